@@ -1,0 +1,92 @@
+"""`textclf <command>`: dispatch only. Each command is a Hydra app whose config ships in textclf.conf."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+USAGE = """usage: textclf <command> [overrides ...]
+
+commands:
+  train     train a classifier (k-fold or holdout) and write a run folder
+  predict   ensemble a run's folds over a new table: run_dir=... input=... output=...
+
+examples:
+  textclf train                                     # embedded default: MiniLM-L6 on BBC News
+  textclf train data=csv data.train_file=my.csv data.text_col=review data.label_col=stars
+  textclf train kfold=stratified kfold.n_splits=5 pooling=cls
+  textclf train -m pooling=mean,cls                 # Hydra multirun sweep
+  textclf train --cfg job                           # print the composed config
+  textclf train --help                              # every config group and option
+  textclf predict run_dir=outputs/2026-11-21/12-00-00 input=new.csv output=preds.csv
+"""
+
+log = logging.getLogger("textclf")
+CONF = "pkg://textclf.conf"
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _run(fn, cfg: DictConfig):
+    from .errors import TextclfError
+
+    _quiet_libraries()
+    try:
+        return fn(cfg)
+    except TextclfError as e:
+        log.error("%s", e)
+        print(f"textclf: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+@hydra.main(config_path=CONF, config_name="train", version_base="1.3")
+def train_app(cfg: DictConfig) -> float:
+    from .train import train
+
+    return _run(train, cfg)
+
+
+@hydra.main(config_path=CONF, config_name="predict", version_base="1.3")
+def predict_app(cfg: DictConfig) -> None:
+    from .predict import predict
+
+    return _run(predict, cfg)
+
+
+COMMANDS = {"train": train_app, "predict": predict_app}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"textclf {__version__}")
+        return 0
+    command = args[0]
+    if command not in COMMANDS:
+        print(f"textclf: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    # @hydra.main reads sys.argv: drop the subcommand so Hydra sees only its own arguments
+    sys.argv = [f"textclf-{command}", *args[1:]]
+    COMMANDS[command]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""validate(cfg): every problem in the composed config, reported at once, before anything heavy loads.
+
+Hydra already rejects an unknown option (`loss=nope`) or an unknown key on the command line
+(`trainer.epochz=1`). This catches the rest: keys added with `+`, typos inside YAML files, keys that the
+`_target_` of a group does not accept, and values out of range.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import TextclfError
+
+TOP_KEYS = {"data", "model", "pooling", "head", "loss", "optimizer", "scheduler", "kfold", "task", "trainer"}
+DATA_KEYS = {"train_file", "valid_file", "test_file", "text_col", "text_pair_col", "label_col", "encoding",
+             "encoding_errors"}
+MODEL_KEYS = {"name_or_path", "max_length", "truncation", "trust_remote_code", "gradient_checkpointing",
+              "hidden_dropout", "attention_dropout"}
+TRAINER_KEYS = {"epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "max_grad_norm", "device",
+                "precision", "seed", "deterministic", "monitor", "early_stopping_patience", "length_window",
+                "num_workers", "log_every_steps"}
+#: arguments of each group's _target_ that textclf passes at build time, not from YAML
+RUNTIME_ARGS = {
+    "pooling": {"hidden_size", "summary_last"},
+    "head": {"in_features", "num_labels"},
+    "loss": set(),
+    "optimizer": {"params"},
+    "scheduler": {"optimizer", "total_steps"},
+    "kfold": set(),
+}
+TASKS = ("auto", "binary", "multiclass")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def validate(cfg: DictConfig) -> None:
+    problems: list[str] = []
+    if OmegaConf.is_missing(cfg, "data") or "data" not in cfg:
+        raise TextclfError("invalid configuration:\n  - data: no data group selected")
+    for key in cfg.keys():
+        if key not in TOP_KEYS:
+            problems.append(f"{key}: unknown top-level key (known: {', '.join(sorted(TOP_KEYS))})")
+    _check_keys(cfg, "data", DATA_KEYS, problems)
+    _check_keys(cfg, "model", MODEL_KEYS, problems)
+    _check_keys(cfg, "trainer", TRAINER_KEYS, problems)
+    for group, runtime in RUNTIME_ARGS.items():
+        _check_target(cfg, group, runtime, problems)
+
+    data = cfg.get("data") or {}
+    if OmegaConf.is_missing(data, "train_file"):
+        problems.append("data.train_file: required (e.g. data.train_file=train.csv)")
+    for key in ("text_col", "label_col"):
+        if not OmegaConf.is_missing(data, key) and not data.get(key):
+            problems.append(f"data.{key}: must name a column")
+    if data.get("encoding_errors", "replace") not in ("strict", "replace"):
+        problems.append(f"data.encoding_errors: must be strict or replace, got {data.get('encoding_errors')!r}")
+
+    model = cfg.get("model") or {}
+    if OmegaConf.is_missing(model, "name_or_path") or not model.get("name_or_path"):
+        problems.append("model.name_or_path: required (a folder, a hub id, or embedded:minilm)")
+    _int_at_least(model, "model.max_length", "max_length", 8, problems)
+    if model.get("truncation") not in ("head", "tail"):
+        problems.append(f"model.truncation: must be head or tail, got {model.get('truncation')!r}")
+
+    if cfg.get("task") not in TASKS:
+        problems.append(f"task: must be one of {', '.join(TASKS)}, got {cfg.get('task')!r}")
+
+    t = cfg.get("trainer") or {}
+    for key, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("grad_accum_steps", 1),
+                     ("seed", 0), ("length_window", 1), ("num_workers", 0), ("log_every_steps", 0)):
+        _int_at_least(t, f"trainer.{key}", key, low, problems)
+    if t.get("precision") not in PRECISIONS:
+        problems.append(f"trainer.precision: must be one of {', '.join(PRECISIONS)}, got {t.get('precision')!r}")
+    device = str(t.get("device"))
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        problems.append(f"trainer.device: must be auto, cpu, cuda or cuda:N, got {device!r}")
+    from .metrics import METRICS
+
+    if t.get("monitor") not in METRICS:
+        problems.append(f"trainer.monitor: must be one of {', '.join(METRICS)}, got {t.get('monitor')!r}")
+    esp = t.get("early_stopping_patience")
+    if esp is not None and (not isinstance(esp, int) or esp < 1):
+        problems.append(f"trainer.early_stopping_patience: must be null or an integer >= 1, got {esp!r}")
+    mgn = t.get("max_grad_norm")
+    if mgn is not None and (not isinstance(mgn, (int, float)) or mgn <= 0):
+        problems.append(f"trainer.max_grad_norm: must be null or a positive number, got {mgn!r}")
+    if problems:
+        raise TextclfError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _check_keys(cfg: DictConfig, group: str, known: set[str], problems: list[str]) -> None:
+    node = cfg.get(group)
+    if node is None:
+        problems.append(f"{group}: no option selected")
+        return
+    for key in node.keys():
+        if key not in known:
+            problems.append(f"{group}.{key}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def _check_target(cfg: DictConfig, group: str, runtime: set[str], problems: list[str]) -> None:
+    node = cfg.get(group)
+    if node is None:
+        problems.append(f"{group}: no option selected")
+        return
+    target = node.get("_target_")
+    if not target:
+        problems.append(f"{group}: the option has no _target_")
+        return
+    try:
+        from hydra.utils import get_object
+
+        obj = get_object(target)
+    except Exception as e:  # noqa: BLE001 - report any import failure as a config problem
+        problems.append(f"{group}._target_: cannot import {target!r} ({type(e).__name__})")
+        return
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = set(params) - {"self"}
+    for key in node.keys():
+        if key in ("_target_", "_partial_", "_recursive_", "_convert_", "_args_"):
+            continue
+        if key not in accepted or key in runtime:
+            names = sorted(accepted - runtime)
+            problems.append(f"{group}.{key}: unknown key for {target} (accepts: {', '.join(names) or 'nothing'})")
+
+
+def _int_at_least(node: Any, label: str, key: str, low: int, problems: list[str]) -> None:
+    value = node.get(key) if node is not None else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        problems.append(f"{label}: must be an integer >= {low}, got {value!r}")

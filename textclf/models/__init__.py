@@ -1,0 +1,1 @@
+from .classifier import TextClassifier, build_classifier  # noqa: F401
