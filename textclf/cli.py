@@ -46,9 +46,17 @@ def _run(fn, cfg: DictConfig):
     try:
         return fn(cfg)
     except TextclfError as e:
-        log.error("%s", e)
+        _log_to_files(f"error: {e}")
         print(f"textclf: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _log_to_files(message: str) -> None:
+    """Record the error in the run's log file; the console gets it once, on stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -19,6 +20,8 @@ from .hooks import Hook
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# a terminal gets a live bar; a log file or CI gets a line every 30 s instead of thousands of redraws
+BAR_INTERVAL = 0.1 if sys.stderr.isatty() else 30.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,7 +52,7 @@ def predict_logits(model, loader, device: torch.device, precision: str = "fp32",
     """Logits for every row the loader yields, returned with those rows' ids (loader order)."""
     model.eval()
     rows, outs = [], []
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None):
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None, mininterval=BAR_INTERVAL):
         batch = to_device(batch, device)
         with autocast(device, precision):
             logits = model(**model_inputs(batch))
@@ -154,7 +157,7 @@ class Trainer:
         total, count, seen = 0.0, 0, 0
         pending = torch.zeros((), device=self.device)
         bar = tqdm(loader, desc=f"{self.desc} epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=BAR_INTERVAL)
         for i, batch in enumerate(bar):
             batch = to_device(batch, self.device)
             loss = self.compute_loss(batch)
