@@ -1,0 +1,195 @@
+"""Shared fixtures: a tiny offline BERT with its own vocabulary, small labelled tables, the installed CLI.
+
+Everything here is offline and CPU-only: the tiny backbone is built from a config in a temporary folder
+and loaded by textclf through the same `from_pretrained` path as a real model.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+# never touch the network, in this process or in the CLI processes the tests start
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("HYDRA_FULL_ERROR", None)  # a full stack trace would hide the messages the tests check
+
+# ----------------------------------------------------------------------------- the small labelled table
+TOPICS = {
+    "sport": ["goal", "match", "team", "score"],
+    "business": ["market", "stock", "price", "bank"],
+    "politics": ["vote", "election", "party", "minister"],
+}
+FILLER = ["the", "a", "of", "and", "to", "in", "is", "on", "for", "with", "today", "after", "new", "big"]
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789")
+VOCAB = list(dict.fromkeys(SPECIAL_TOKENS + [w for ws in TOPICS.values() for w in ws] + FILLER + CHARS
+                           + [f"##{c}" for c in CHARS] + list(".,!?'-:;()")))  # no duplicates: ids are positions
+
+
+def make_frame(n: int = 90, seed: int = 0, *, labels: bool = True):
+    """n rows cycling over the three topics: 2-6 topic words mixed with 1-14 filler words (lengths vary)."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    names = list(TOPICS)
+    rows = []
+    for i in range(n):
+        label = names[i % len(names)]
+        words = rng.choices(TOPICS[label], k=rng.randint(2, 6)) + rng.choices(FILLER, k=rng.randint(1, 14))
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    frame = pd.DataFrame(rows)
+    return frame if labels else frame[["text"]]
+
+
+def write_frame(frame, path: Path) -> Path:
+    """Write by extension: .csv, .tsv, .jsonl, .parquet."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".tsv":
+        frame.to_csv(path, index=False, sep="\t")
+    elif suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        raise ValueError(f"no writer for {suffix}")
+    return path
+
+
+@pytest.fixture
+def make_table(tmp_path):
+    """make_table(name="train.csv", n=90, seed=0, labels=True) -> (path, frame), written under tmp_path."""
+
+    def make(name: str = "train.csv", n: int = 90, seed: int = 0, *, labels: bool = True, frame=None):
+        frame = make_frame(n, seed, labels=labels) if frame is None else frame
+        return write_frame(frame, tmp_path / name), frame
+
+    return make
+
+
+# ----------------------------------------------------------------------------- the tiny backbone
+TINY = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=128)
+
+
+def build_tiny_bert(folder: Path) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    # transformers 5 ignores vocab_file= (the tokenizer comes out with only the 5 special tokens);
+    # it takes the vocabulary itself. transformers 4 takes the file.
+    try:
+        tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
+    except TypeError:
+        tokenizer = None
+    if tokenizer is None or len(tokenizer) != len(VOCAB):
+        tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(str(folder))
+    torch_seed(0)
+    BertModel(BertConfig(vocab_size=len(VOCAB), **TINY)).save_pretrained(str(folder))
+
+    loaded = AutoTokenizer.from_pretrained(str(folder))
+    assert len(loaded) == len(VOCAB), f"tiny tokenizer has {len(loaded)} tokens, wrote {len(VOCAB)}"
+    assert loaded.is_fast and loaded.pad_token_id == 0
+    ids = loaded("Goal match xyz")["input_ids"]
+    assert loaded.convert_ids_to_tokens(ids) == ["[CLS]", "goal", "match", "x", "##y", "##z", "[SEP]"]
+    return folder
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """Folder of a 2-layer, hidden-32 BERT with its own WordPiece vocabulary (len(VOCAB) tokens)."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_bert):
+    from textclf.models.backbone import load_tokenizer
+
+    return load_tokenizer(str(tiny_bert))
+
+
+def tiny_overrides(tiny_bert: Path, run_dir: Path) -> list[str]:
+    """Overrides that make a training run take seconds on a CPU."""
+    return [f"model.name_or_path={tiny_bert}", "model.max_length=32", "trainer.epochs=1", "trainer.batch_size=8",
+            "trainer.eval_batch_size=16", "trainer.device=cpu", f"hydra.run.dir={run_dir}"]
+
+
+# ----------------------------------------------------------------------------- the installed command
+def textclf_executable() -> str:
+    exe = shutil.which("textclf")
+    if exe is None:
+        pytest.fail("the `textclf` console script is not on PATH: install the package (pip install -e .)",
+                    pytrace=False)
+    return exe
+
+
+def run_textclf(args, cwd: Path, timeout: float = 300) -> tuple[int, str, str]:
+    """Run the installed `textclf` with args in cwd, offline; (returncode, stdout, stderr)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONIOENCODING="utf-8")
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([textclf_executable(), *map(str, args)], cwd=str(cwd), env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """cli(*args) runs the installed `textclf` with cwd=tmp_path; returns (returncode, stdout, stderr)."""
+
+    def run(*args, cwd: Path | None = None, timeout: float = 300):
+        return run_textclf(args, cwd or tmp_path, timeout)
+
+    return run
+
+
+def describe(result) -> str:
+    rc, out, err = result
+    return f"exit {rc}\n--- stdout ---\n{out[-3000:]}\n--- stderr ---\n{err[-3000:]}"
+
+
+# ----------------------------------------------------------------------------- one finished k-fold run
+def kfold_train_args(data_dir: Path, tiny_bert: Path, run_dir: Path) -> list[str]:
+    # relative data paths: they must resolve against the folder textclf is launched from (data_dir)
+    return ["train", "data=csv", "data.train_file=train.csv", "data.test_file=test.csv", "kfold=stratified",
+            "kfold.n_splits=2", *tiny_overrides(tiny_bert, run_dir)]
+
+
+@pytest.fixture(scope="session")
+def kfold_run(tmp_path_factory, tiny_bert):
+    """A finished 2-fold x 1-epoch run of the installed CLI on the small table, with a labelled test file."""
+    data_dir = tmp_path_factory.mktemp("kfold_data")
+    train = make_frame(90, seed=0)
+    test = make_frame(24, seed=1)
+    write_frame(train, data_dir / "train.csv")
+    write_frame(test, data_dir / "test.csv")
+    run_dir = tmp_path_factory.mktemp("kfold_out") / "run"
+    args = kfold_train_args(data_dir, tiny_bert, run_dir)
+    result = run_textclf(args, data_dir)
+    if result[0] != 0:
+        pytest.fail(f"textclf train failed:\n{describe(result)}", pytrace=False)
+    return SimpleNamespace(run_dir=run_dir, data_dir=data_dir, train=train, test=test, args=args, result=result)
+
+
+def pytest_report_header(config):
+    return f"textclf executable: {shutil.which('textclf')} (python {sys.version.split()[0]})"
