@@ -6,7 +6,7 @@ import os
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 USAGE = """usage: textclf <command> [overrides ...]
 
@@ -28,21 +28,18 @@ log = logging.getLogger("textclf")
 CONF = "pkg://textclf.conf"
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import transformers
+def _dirname(overrides: str) -> str:
+    """A multirun job folder name from its overrides: one path level, at most 120 characters."""
+    name = overrides.replace("/", "_").replace("\\", "_") or "default"
+    return name if len(name) <= 120 else name[:120] + "~"
 
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    except ImportError:
-        pass
+
+OmegaConf.register_new_resolver("textclf_dirname", _dirname, replace=True)
 
 
 def _run(fn, cfg: DictConfig):
     from .errors import TextclfError
 
-    _quiet_libraries()
     try:
         return fn(cfg)
     except TextclfError as e:
@@ -90,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"textclf: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # @hydra.main reads sys.argv: drop the subcommand so Hydra sees only its own arguments
     sys.argv = [f"textclf-{command}", *args[1:]]
     COMMANDS[command]()

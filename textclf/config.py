@@ -134,3 +134,29 @@ def _int_at_least(node: Any, label: str, key: str, low: int, problems: list[str]
     value = node.get(key) if node is not None else None
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         problems.append(f"{label}: must be an integer >= {low}, got {value!r}")
+
+
+PREDICT_KEYS = {"run_dir", "input", "output", "text_col", "text_pair_col", "label_col", "batch_size", "device",
+                "precision", "folds"}
+
+
+def validate_predict(cfg: DictConfig) -> None:
+    """The same all-at-once check for `textclf predict` options."""
+    problems: list[str] = []
+    for key in cfg.keys():
+        if key not in PREDICT_KEYS:
+            problems.append(f"{key}: unknown key (known: {', '.join(sorted(PREDICT_KEYS))})")
+    for key in ("run_dir", "input", "output"):
+        if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
+            problems.append(f"{key}: required (textclf predict run_dir=<run folder> input=<table> output=<csv>)")
+    _int_at_least(cfg, "batch_size", "batch_size", 1, problems)
+    if cfg.get("precision") not in PRECISIONS:
+        problems.append(f"precision: must be one of {', '.join(PRECISIONS)}, got {cfg.get('precision')!r}")
+    device = str(cfg.get("device"))
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        problems.append(f"device: must be auto, cpu, cuda or cuda:N, got {device!r}")
+    folds = cfg.get("folds")
+    if folds is not None and (not OmegaConf.is_list(folds) or not all(isinstance(f, int) for f in folds)):
+        problems.append(f"folds: must be null or a list of fold numbers like [0,2], got {folds!r}")
+    if problems:
+        raise TextclfError("invalid options:\n" + "\n".join(f"  - {p}" for p in problems))

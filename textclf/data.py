@@ -124,16 +124,21 @@ def _check_texts(frame, col: str, where: str) -> list:
     return values
 
 
-def load_split(name: str, path: str, data_cfg, *, need_labels: bool) -> Split:
-    """Read one file and check the configured columns; every problem names file, column and row."""
+def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str | None = None,
+               keys: dict | None = None) -> Split:
+    """Read one file and check the configured columns; every problem names file, column and row.
+
+    role/keys: how messages name the file and the column options (predict has its own key names)."""
     text_col, pair_col, label_col = data_cfg.text_col, data_cfg.get("text_pair_col"), data_cfg.label_col
-    frame = read_table(path, role=f"data.{name}_file", encoding=data_cfg.get("encoding", "utf-8"),
+    role = role or f"data.{name}_file"
+    keys = keys or {k: f"data.{k}" for k in ("text_col", "text_pair_col", "label_col")}
+    frame = read_table(path, role=role, encoding=data_cfg.get("encoding", "utf-8"),
                        encoding_errors=data_cfg.get("encoding_errors", "replace"), text_cols=(text_col, pair_col))
-    where = f"data.{name}_file {path!r}"
+    where = f"{role} {path!r}"
     cols = [str(c) for c in frame.columns]
-    wanted = [("data.text_col", text_col)] + ([("data.text_pair_col", pair_col)] if pair_col else [])
+    wanted = [(keys["text_col"], text_col)] + ([(keys["text_pair_col"], pair_col)] if pair_col else [])
     if need_labels or label_col in frame.columns:
-        wanted.append(("data.label_col", label_col))
+        wanted.append((keys["label_col"], label_col))
     missing = [f"{key}={col!r}" for key, col in wanted if col not in frame.columns]
     if missing:
         raise TextclfError(f"{where}: no column {', '.join(missing)}; its columns are: {', '.join(cols)}")

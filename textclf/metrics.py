@@ -7,6 +7,11 @@ import numpy as np
 METRICS = {"accuracy": True, "macro_f1": True, "micro_f1": True, "loss": False, "f1": True, "roc_auc": True}
 
 
+def metrics_for_task(task: str) -> list[str]:
+    names = ["accuracy", "macro_f1", "micro_f1", "loss"]
+    return names + (["f1", "roc_auc"] if task == "binary" else [])
+
+
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, task: str) -> dict:
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 

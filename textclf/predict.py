@@ -39,8 +39,10 @@ def load_run(run_dir: Path, folds=None) -> tuple[DictConfig, dict, list[Path]]:
 
 
 def predict(cfg: DictConfig) -> None:
+    from .config import validate_predict
     from .data import LabelSpace, load_split, resolve_path
 
+    validate_predict(cfg)
     run_dir = resolve_path(str(cfg.run_dir))
     run_cfg, label_map, weights = load_run(run_dir, cfg.get("folds"))
     labels = LabelSpace(label_map["task"], label_map["classes"])
@@ -53,8 +55,8 @@ def predict(cfg: DictConfig) -> None:
         "encoding": run_cfg.data.get("encoding", "utf-8"),
         "encoding_errors": run_cfg.data.get("encoding_errors", "replace"),
     })
-    split = load_split("input", str(cfg.input), data_cfg, need_labels=False)
-    split.name = "input"
+    split = load_split("input", str(cfg.input), data_cfg, need_labels=False, role="input",
+                       keys={"text_col": "text_col", "text_pair_col": "text_pair_col", "label_col": "label_col"})
     y_true = labels.encode(split.labels, f"input {str(cfg.input)!r}") if split.labels is not None else None
 
     import torch

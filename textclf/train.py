@@ -63,6 +63,11 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     y_valid = labels.encode(valid_split.labels, f"data.valid_file {cfg.data.valid_file!r}") if valid_split else None
     from hydra.utils import get_class, instantiate
 
+    from .metrics import metrics_for_task
+
+    if str(tcfg.monitor) not in metrics_for_task(labels.task):
+        raise TextclfError(f"trainer.monitor={tcfg.monitor} is not computed for task {labels.task!r}; "
+                           f"choose one of {', '.join(metrics_for_task(labels.task))}")
     loss_cls = get_class(cfg.loss._target_)
     if labels.task not in getattr(loss_cls, "tasks", (labels.task,)):
         raise TextclfError(f"loss={cfg.loss._target_.rsplit('.', 1)[-1]} does not fit task {labels.task!r} "
@@ -92,6 +97,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     backbone_config = load_backbone_config(name_or_path, hidden_dropout=mcfg.hidden_dropout,
                                            attention_dropout=mcfg.attention_dropout,
                                            trust_remote_code=mcfg.trust_remote_code)
+    check_max_length(int(mcfg.max_length), backbone_config, name_or_path)
     save_run_files(run_dir, cfg, labels, tokenizer, backbone_config)
 
     texts = train_split.texts + (valid_split.texts if valid_split else [])
@@ -195,6 +201,20 @@ def score_logits(y_true: np.ndarray, logits: np.ndarray, task: str) -> dict:
 
     probs = softmax(logits)
     return {**classification_metrics(y_true, probs, task), "loss": cross_entropy(y_true, probs)}
+
+
+def check_max_length(max_length: int, backbone_config, name_or_path: str) -> None:
+    """A longer max_length than the backbone has positions would fail deep inside the embeddings."""
+    positions = getattr(backbone_config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return  # relative-position models (XLNet, ...) have no fixed limit
+    # RoBERTa-style models offset positions by padding_idx + 1
+    limit = positions - (backbone_config.pad_token_id + 1
+                         if getattr(backbone_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
+                         and backbone_config.pad_token_id is not None else 0)
+    if max_length > limit:
+        raise TextclfError(f"model.max_length={max_length} is longer than {name_or_path!r} supports "
+                           f"({limit} positions); use model.max_length={limit} or less")
 
 
 def load_weights(path: Path) -> dict:

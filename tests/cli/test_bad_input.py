@@ -83,12 +83,7 @@ CASES = {
                                   ["not a finished textclf run", "config.yaml"]),
 }
 
-XFAIL = {
-    "monitor_not_computed_for_task": (
-        "BUG: config.validate accepts trainer.monitor=f1/roc_auc for any task, but metrics.classification_metrics "
-        "computes them only for binary; a multiclass run trains a whole epoch, then dies with KeyError: 'f1' "
-        "(engine/trainer.py fit: metrics[self.monitor])"),
-}
+XFAIL: dict[str, str] = {}  # case name -> reason, for a known bug
 
 
 #: more of the same kind, also covered in-process by tests/unit and tests/config: run with the slow tests

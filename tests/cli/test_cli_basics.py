@@ -93,10 +93,6 @@ def test_multirun_trains_one_job_per_value(sweep):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: conf/train.yaml hydra.sweep.subdir=${hydra.job.num}_${hydra.job.override_dirname}; the override "
-    "dirname keeps the '/' of path values (model.name_or_path=/x/y, data.train_file=data/t.csv), so each job "
-    "folder is split into nested folders (and long override lists exceed the 255-byte name limit)"))
 def test_multirun_job_folders_are_direct_children_of_the_sweep_dir(sweep):
     sweep_dir, result = sweep
     assert result[0] == 0, describe(result)

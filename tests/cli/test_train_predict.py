@@ -144,10 +144,6 @@ def test_predict_a_subset_of_folds(kfold_run, cli, tmp_path):
     assert one.shape == both.shape and not np.allclose(one, both, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: predict.py never validates its own config: device=gpu dies in torch.device() with a RuntimeError "
-    "traceback, precision=fp64 with a KeyError traceback in engine/trainer.autocast after the first fold's model "
-    "is built"))
 @pytest.mark.parametrize("override, key", [("device=gpu", "device"), ("precision=fp64", "precision")])
 def test_predict_bad_option_is_a_clear_error(kfold_run, cli, override, key):
     rc, out, err = cli("predict", f"run_dir={kfold_run.run_dir}", f"input={kfold_run.data_dir / 'test.csv'}",

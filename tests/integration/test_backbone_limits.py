@@ -7,10 +7,6 @@ from conftest import describe, make_frame, tiny_overrides, write_frame
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: model.max_length is never checked against the backbone's max_position_embeddings (128 for the tiny "
-    "BERT, 512 for bert-base): texts longer than that crash inside the embeddings with a RuntimeError traceback "
-    "at the first training step (train.py after load_backbone_config)"))
 def test_max_length_beyond_the_position_embeddings_is_a_clear_error(cli, tmp_path, tiny_bert):
     frame = make_frame(30, seed=5)
     frame["text"] = (frame["text"] + " ") * 20  # well over 128 tokens

@@ -25,6 +25,8 @@ BAR_INTERVAL = 0.1 if sys.stderr.isatty() else 30.0
 
 
 def resolve_device(name: str) -> torch.device:
+    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise TextclfError(f"device={name!r}: use auto, cpu, cuda or cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -83,6 +85,7 @@ class Trainer:
         # fp16 needs loss scaling on CUDA; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
         self.global_step = 0
+        self.group_size = self.accum  # batches in the current accumulation group
 
     # -- the pieces hooks reuse
     def compute_loss(self, batch: dict) -> torch.Tensor:
@@ -91,7 +94,7 @@ class Trainer:
         return self.loss_fn(logits.float(), batch["labels"])
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss / self.accum).backward()
+        self.scaler.scale(loss / self.group_size).backward()
 
     def optimizer_step(self) -> None:
         if self.max_grad_norm:
@@ -160,6 +163,8 @@ class Trainer:
                    dynamic_ncols=True, mininterval=BAR_INTERVAL)
         for i, batch in enumerate(bar):
             batch = to_device(batch, self.device)
+            # the last accumulation group of an epoch may be short: average over the batches it has
+            self.group_size = min(self.accum, n_batches - (i // self.accum) * self.accum)
             loss = self.compute_loss(batch)
             self.backward(loss)
             for h in self.hooks:

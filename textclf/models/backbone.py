@@ -41,6 +41,14 @@ def resolve_name_or_path(name_or_path: str) -> str:
     return name_or_path  # a hub id
 
 
+def _quiet_transformers() -> None:
+    """transformers' own warnings (unused pooler weights, ...) and download bars add noise to a run's log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _hub_error(name_or_path: str, err: Exception) -> TextclfError:
     return TextclfError(
         f"could not load model {name_or_path!r}: it is not a local folder, and fetching it from the Hugging Face "
@@ -49,6 +57,7 @@ def _hub_error(name_or_path: str, err: Exception) -> TextclfError:
 
 
 def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_code: bool = False):
+    _quiet_transformers()
     from transformers import AutoTokenizer
 
     try:
@@ -63,6 +72,7 @@ def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_
 
 def load_backbone_config(name_or_path: str, *, hidden_dropout=None, attention_dropout=None,
                          trust_remote_code: bool = False):
+    _quiet_transformers()
     from transformers import AutoConfig
 
     try:
@@ -81,6 +91,7 @@ def load_backbone_config(name_or_path: str, *, hidden_dropout=None, attention_dr
 def load_backbone(name_or_path: str, config, *, pretrained: bool = True, trust_remote_code: bool = False,
                   gradient_checkpointing: bool = False):
     """The bare encoder (AutoModel). pretrained=False builds it from config alone, for loading a run."""
+    _quiet_transformers()
     from transformers import AutoModel
 
     try:
