@@ -88,7 +88,9 @@ def prepare_split(args) -> tuple[Path, Path]:
     """Sample rows, split stratified, write train.csv / valid.csv (text,label) into workdir."""
     df = read_csv_robust(Path(args.csv) if args.csv else default_csv())
     df = df[[args.text_col, args.label_col]].rename(columns={args.text_col: "text", args.label_col: "label"})
-    df["text"], df["label"] = df["text"].str.strip(), df["label"].str.strip()
+    # collapse whitespace: a bare "\r" inside a tweet is not quoted by to_csv and would split the row on re-reading
+    df["text"] = df["text"].str.replace(r"\s+", " ", regex=True).str.strip()
+    df["label"] = df["label"].str.strip()
     df = df[(df["text"] != "") & (df["label"] != "")]
     if args.rows and args.rows < len(df):
         df = df.sample(n=args.rows, random_state=args.seed)

@@ -13,6 +13,7 @@ USAGE = """usage: textclf <command> [overrides ...]
 commands:
   train     train a classifier (k-fold or holdout) and write a run folder
   predict   ensemble a run's folds over a new table: run_dir=... input=... output=...
+  info      parameters and forward FLOPs of the composed model (same overrides as train)
 
 examples:
   textclf train                                     # embedded default: MiniLM-L6 on BBC News
@@ -22,6 +23,7 @@ examples:
   textclf train --cfg job                           # print the composed config
   textclf train --help                              # every config group and option
   textclf predict run_dir=outputs/2026-11-21/12-00-00 input=new.csv output=preds.csv
+  textclf info pooling=attention model.max_length=256
 """
 
 log = logging.getLogger("textclf")
@@ -38,10 +40,17 @@ OmegaConf.register_new_resolver("textclf_dirname", _dirname, replace=True)
 
 
 def _run(fn, cfg: DictConfig):
+    from hydra.errors import InstantiationException
+
     from .errors import TextclfError
 
     try:
-        return fn(cfg)
+        try:
+            return fn(cfg)
+        except InstantiationException as e:  # a constructor's own check, wrapped by hydra.utils.instantiate
+            if isinstance(e.__cause__, TextclfError):
+                raise e.__cause__ from None
+            raise
     except TextclfError as e:
         _log_to_files(f"error: {e}")
         print(f"textclf: error: {e}", file=sys.stderr)
@@ -70,7 +79,14 @@ def predict_app(cfg: DictConfig) -> None:
     return _run(predict, cfg)
 
 
-COMMANDS = {"train": train_app, "predict": predict_app}
+@hydra.main(config_path=CONF, config_name="train", version_base="1.3")
+def info_app(cfg: DictConfig) -> None:
+    from .info import info
+
+    _run(info, cfg)
+
+
+COMMANDS = {"train": train_app, "predict": predict_app, "info": info_app}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # @hydra.main reads sys.argv: drop the subcommand so Hydra sees only its own arguments
-    sys.argv = [f"textclf-{command}", *args[1:]]
+    extra = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job.name=info"] \
+        if command == "info" else []  # info writes nothing
+    sys.argv = [f"textclf-{command}", *args[1:], *extra]
     COMMANDS[command]()
     return 0
 

@@ -13,24 +13,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import TextclfError
 
-TOP_KEYS = {"data", "model", "pooling", "head", "loss", "optimizer", "scheduler", "kfold", "task", "trainer"}
-DATA_KEYS = {"train_file", "valid_file", "test_file", "text_col", "text_pair_col", "label_col", "encoding",
-             "encoding_errors"}
+TOP_KEYS = {"data", "model", "pooling", "head", "loss", "optimizer", "scheduler", "kfold", "task", "trainer",
+            "threshold", "tune_threshold"}
+DATA_KEYS = {"train_file", "valid_file", "test_file", "text_col", "text_pair_col", "label_col", "label_sep",
+             "encoding", "encoding_errors"}
 MODEL_KEYS = {"name_or_path", "max_length", "truncation", "trust_remote_code", "gradient_checkpointing",
-              "hidden_dropout", "attention_dropout"}
+              "hidden_dropout", "attention_dropout", "freeze_embeddings", "freeze_layers", "reinit_layers"}
 TRAINER_KEYS = {"epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "max_grad_norm", "device",
                 "precision", "seed", "deterministic", "monitor", "early_stopping_patience", "length_window",
                 "num_workers", "log_every_steps"}
 #: arguments of each group's _target_ that textclf passes at build time, not from YAML
 RUNTIME_ARGS = {
-    "pooling": {"hidden_size", "summary_last"},
+    "pooling": {"hidden_size", "summary_last", "num_hidden_layers"},
     "head": {"in_features", "num_labels"},
     "loss": set(),
-    "optimizer": {"params"},
+    "optimizer": {"model"},
     "scheduler": {"optimizer", "total_steps"},
     "kfold": set(),
 }
-TASKS = ("auto", "binary", "multiclass")
+TASKS = ("auto", "binary", "multiclass", "multilabel", "regression")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -50,7 +51,7 @@ def validate(cfg: DictConfig) -> None:
     data = cfg.get("data") or {}
     if OmegaConf.is_missing(data, "train_file"):
         problems.append("data.train_file: required (e.g. data.train_file=train.csv)")
-    for key in ("text_col", "label_col"):
+    for key in ("text_col", "label_col"):  # label_col may also be a list (several regression targets)
         if not OmegaConf.is_missing(data, key) and not data.get(key):
             problems.append(f"data.{key}: must name a column")
     if data.get("encoding_errors", "replace") not in ("strict", "replace"):
@@ -60,6 +61,11 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(model, "name_or_path") or not model.get("name_or_path"):
         problems.append("model.name_or_path: required (a folder, a hub id, or embedded:minilm)")
     _int_at_least(model, "model.max_length", "max_length", 8, problems)
+    for key in ("freeze_layers", "reinit_layers"):
+        if key in model:
+            _int_at_least(model, f"model.{key}", key, 0, problems)
+    if not isinstance(model.get("freeze_embeddings", False), bool):
+        problems.append(f"model.freeze_embeddings: must be true or false, got {model.get('freeze_embeddings')!r}")
     if model.get("truncation") not in ("head", "tail"):
         problems.append(f"model.truncation: must be head or tail, got {model.get('truncation')!r}")
 
@@ -77,8 +83,15 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"trainer.device: must be auto, cpu, cuda or cuda:N, got {device!r}")
     from .metrics import METRICS
 
-    if t.get("monitor") not in METRICS:
-        problems.append(f"trainer.monitor: must be one of {', '.join(METRICS)}, got {t.get('monitor')!r}")
+    if t.get("monitor") != "auto" and t.get("monitor") not in METRICS:
+        problems.append(f"trainer.monitor: must be auto or one of {', '.join(METRICS)}, got {t.get('monitor')!r}")
+    threshold = cfg.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        problems.append(f"threshold: must be a number between 0 and 1, got {threshold!r}")
+    if not isinstance(cfg.get("tune_threshold"), bool):
+        problems.append(f"tune_threshold: must be true or false, got {cfg.get('tune_threshold')!r}")
+    if not data.get("label_sep"):
+        problems.append("data.label_sep: must be a non-empty separator (multilabel cells are split on it)")
     esp = t.get("early_stopping_patience")
     if esp is not None and (not isinstance(esp, int) or esp < 1):
         problems.append(f"trainer.early_stopping_patience: must be null or an integer >= 1, got {esp!r}")

@@ -129,7 +129,8 @@ def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str |
     """Read one file and check the configured columns; every problem names file, column and row.
 
     role/keys: how messages name the file and the column options (predict has its own key names)."""
-    text_col, pair_col, label_col = data_cfg.text_col, data_cfg.get("text_pair_col"), data_cfg.label_col
+    text_col, pair_col = data_cfg.text_col, data_cfg.get("text_pair_col")
+    label_cols = _as_list(data_cfg.label_col)
     role = role or f"data.{name}_file"
     keys = keys or {k: f"data.{k}" for k in ("text_col", "text_pair_col", "label_col")}
     frame = read_table(path, role=role, encoding=data_cfg.get("encoding", "utf-8"),
@@ -137,26 +138,37 @@ def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str |
     where = f"{role} {path!r}"
     cols = [str(c) for c in frame.columns]
     wanted = [(keys["text_col"], text_col)] + ([(keys["text_pair_col"], pair_col)] if pair_col else [])
-    if need_labels or label_col in frame.columns:
-        wanted.append((keys["label_col"], label_col))
+    if need_labels or all(c in frame.columns for c in label_cols):
+        wanted.extend((keys["label_col"], c) for c in label_cols)
     missing = [f"{key}={col!r}" for key, col in wanted if col not in frame.columns]
     if missing:
         raise TextclfError(f"{where}: no column {', '.join(missing)}; its columns are: {', '.join(cols)}")
     texts = _check_texts(frame, text_col, where)
     pairs = _check_texts(frame, pair_col, where) if pair_col else None
     labels = None
-    if label_col in frame.columns:
-        series = frame[label_col]
-        missing_rows = [i for i, v in enumerate(series.tolist()) if _is_missing(v)]
-        if missing_rows:
-            rows = ", ".join(str(i + 1) for i in missing_rows[:10]) + (" …" if len(missing_rows) > 10 else "")
-            raise TextclfError(f"{where}: column {label_col!r} has {len(missing_rows)} missing label(s), "
-                               f"at data row(s) {rows}")
-        labels = [_plain(v) for v in series.tolist()]
+    if all(c in frame.columns for c in label_cols):
+        columns = []
+        for label_col in label_cols:
+            values = frame[label_col].tolist()
+            missing_rows = [i for i, v in enumerate(values) if _is_missing(v)]
+            if missing_rows:
+                rows = ", ".join(str(i + 1) for i in missing_rows[:10]) + (" …" if len(missing_rows) > 10 else "")
+                raise TextclfError(f"{where}: column {label_col!r} has {len(missing_rows)} missing label(s), "
+                                   f"at data row(s) {rows}")
+            columns.append([_plain(v) for v in values])
+        labels = columns[0] if len(columns) == 1 else [list(row) for row in zip(*columns)]
     return Split(name, path, texts, pairs, labels)
 
 
+def _as_list(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
 def _is_missing(v) -> bool:
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return len(v) == 0
     if v is None:
         return True
     if isinstance(v, float) and math.isnan(v):
@@ -166,6 +178,8 @@ def _is_missing(v) -> bool:
 
 def _plain(v):
     """numpy scalars -> Python; integral floats (from a column pandas widened) -> int; strings stripped."""
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()]
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and v.is_integer():
@@ -185,51 +199,7 @@ def load_splits(data_cfg) -> dict[str, Split]:
 
 
 # ----------------------------------------------------------------------------- labels
-@dataclass
-class LabelSpace:
-    task: str
-    classes: list
-
-    @classmethod
-    def fit(cls, labels: list, task: str = "auto", where: str = "data.train_file") -> "LabelSpace":
-        kinds = {type(v) for v in labels}
-        if float in kinds:
-            raise TextclfError(f"{where}: the label column holds non-integer numbers (e.g. "
-                               f"{next(v for v in labels if isinstance(v, float))}); regression is not supported "
-                               f"by this version — use class labels")
-        if len(kinds) > 1:  # mixed ints and strings: treat every label as a string
-            labels = [str(v) for v in labels]
-        classes = sorted(set(labels))
-        if len(classes) < 2:
-            raise TextclfError(f"{where}: the label column has only one class ({classes[0]!r}); "
-                               f"a classifier needs at least two")
-        inferred = "binary" if len(classes) == 2 else "multiclass"
-        if task == "auto":
-            task = inferred
-        elif task == "binary" and len(classes) != 2:
-            raise TextclfError(f"task=binary but {where} has {len(classes)} classes: {classes[:10]}")
-        elif task not in ("binary", "multiclass"):
-            raise TextclfError(f"task={task!r} is not supported by this version; use auto, binary or multiclass")
-        return cls(task, classes)
-
-    def encode(self, labels: list, where: str) -> np.ndarray:
-        index = {c: i for i, c in enumerate(self.classes)}
-        as_str = isinstance(self.classes[0], str)
-        out = np.empty(len(labels), dtype=np.int64)
-        for i, v in enumerate(labels):
-            key = str(v) if as_str else v
-            if key not in index:
-                raise TextclfError(f"{where}: data row {i + 1} has label {v!r}, which the training data does not "
-                                   f"have; known labels: {', '.join(map(str, self.classes[:20]))}")
-            out[i] = index[key]
-        return out
-
-    def to_dict(self) -> dict:
-        return {"task": self.task, "classes": self.classes}
-
-    @property
-    def names(self) -> list[str]:
-        return [str(c) for c in self.classes]
+from .tasks import LabelSpace  # noqa: E402,F401  (labels live with the task logic; re-exported here)
 
 
 # ----------------------------------------------------------------------------- tokenization

@@ -45,13 +45,14 @@ def predict(cfg: DictConfig) -> None:
     validate_predict(cfg)
     run_dir = resolve_path(str(cfg.run_dir))
     run_cfg, label_map, weights = load_run(run_dir, cfg.get("folds"))
-    labels = LabelSpace(label_map["task"], label_map["classes"])
+    labels = LabelSpace.from_dict(label_map)
 
     # the input table, checked before the model loads
     data_cfg = OmegaConf.create({
         "text_col": cfg.text_col or run_cfg.data.text_col,
         "text_pair_col": cfg.text_pair_col if cfg.text_pair_col is not None else run_cfg.data.get("text_pair_col"),
         "label_col": cfg.label_col or run_cfg.data.label_col,
+        "label_sep": run_cfg.data.get("label_sep", "|"),
         "encoding": run_cfg.data.get("encoding", "utf-8"),
         "encoding_errors": run_cfg.data.get("encoding_errors", "replace"),
     })
@@ -65,7 +66,8 @@ def predict(cfg: DictConfig) -> None:
     from .engine.trainer import predict_logits, resolve_device
     from .models import build_classifier
     from .models.backbone import load_backbone_config, load_tokenizer
-    from .train import load_weights, prediction_table, score_logits, softmax
+    from .metrics import compute_metrics
+    from .train import load_weights
 
     device = resolve_device(str(cfg.device))
     precision = str(cfg.precision)
@@ -78,22 +80,22 @@ def predict(cfg: DictConfig) -> None:
     batches = sorted_batches(np.arange(len(encoded)), encoded.lengths, int(cfg.batch_size))
     loader = torch.utils.data.DataLoader(range(len(encoded)), batch_sampler=batches, collate_fn=collate)
 
-    probs = np.zeros((len(encoded), len(labels.classes)), dtype=np.float64)
+    outputs = np.zeros((len(encoded), len(labels.classes)), dtype=np.float64)
     for path in weights:
-        model = build_classifier(mcfg, run_cfg.pooling, run_cfg.head, len(labels.classes),
+        model = build_classifier(mcfg, run_cfg.pooling, run_cfg.head, labels.num_outputs,
                                  name_or_path=backbone_dir, pretrained=False, backbone_config=backbone_config)
         model.load_state_dict(load_weights(path))
         model.to(device)
         rows, logits = predict_logits(model, loader, device, precision, desc=f"predict {path.parent.name}")
-        probs[rows] += softmax(logits) / len(weights)
+        outputs[rows] += labels.outputs(logits) / len(weights)
         del model
-    table = prediction_table(probs, labels, extra={"row": np.arange(len(probs))})
+    table = labels.table(outputs, extra={"row": np.arange(len(outputs))})
     from .io import write_csv
 
     out = resolve_path(str(cfg.output))
     write_csv(out, table)
     log.info("wrote %d predictions (%d fold(s) averaged) to %s", len(table), len(weights), out)
     if y_true is not None:
-        metrics = score_logits(y_true, np.log(np.clip(probs, 1e-12, 1.0)), labels.task)
+        metrics = compute_metrics(labels, y_true, outputs)
         log.info("metrics on %s: %s", cfg.input, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         print(json.dumps(metrics, indent=2), file=sys.stdout)

@@ -58,25 +58,37 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     # 1. data, checked before anything heavy loads
     splits = load_splits(cfg.data)
     train_split, valid_split, test_split = splits["train"], splits.get("valid"), splits.get("test")
-    labels = LabelSpace.fit(train_split.labels, cfg.task, where=f"data.train_file {cfg.data.train_file!r}")
-    y = labels.encode(train_split.labels, f"data.train_file {cfg.data.train_file!r}")
+    label_cols = cfg.data.label_col
+    target_names = [str(c) for c in label_cols] if not isinstance(label_cols, str) else None
+    where = f"data.train_file {cfg.data.train_file!r}"
+    labels = LabelSpace.fit(train_split.labels, cfg.task, where=where, sep=str(cfg.data.label_sep),
+                            target_names=target_names)
+    labels.threshold = float(cfg.threshold)
+    y = labels.encode(train_split.labels, where)
     y_valid = labels.encode(valid_split.labels, f"data.valid_file {cfg.data.valid_file!r}") if valid_split else None
     from hydra.utils import get_class, instantiate
 
-    from .metrics import metrics_for_task
+    from .losses import default_loss_for
+    from .metrics import default_monitor, metrics_for_task
 
-    if str(tcfg.monitor) not in metrics_for_task(labels.task):
-        raise TextclfError(f"trainer.monitor={tcfg.monitor} is not computed for task {labels.task!r}; "
+    if cfg.loss._target_ == "textclf.losses.auto":
+        cfg = resolved_copy(cfg, loss=default_loss_for(labels.task))
+    monitor = default_monitor(labels.task) if tcfg.monitor == "auto" else str(tcfg.monitor)
+    if monitor not in metrics_for_task(labels.task):
+        raise TextclfError(f"trainer.monitor={monitor} is not computed for task {labels.task!r}; "
                            f"choose one of {', '.join(metrics_for_task(labels.task))}")
     loss_cls = get_class(cfg.loss._target_)
     if labels.task not in getattr(loss_cls, "tasks", (labels.task,)):
         raise TextclfError(f"loss={cfg.loss._target_.rsplit('.', 1)[-1]} does not fit task {labels.task!r} "
                            f"(it fits: {', '.join(loss_cls.tasks)})")
+    labels.single_logit = labels.task == "binary" and getattr(loss_cls, "single_logit_binary", False)
     splitter = instantiate(cfg.kfold)
-    if not valid_split:
+    strat = labels.stratify_key(y)
+    if not valid_split and labels.task in ("binary", "multiclass"):
         splitter.check(y, labels.names)
-    folds = splitter.split(y, len(valid_split) if valid_split else 0)
-    log.info("task %s, %d classes: %s", labels.task, len(labels.classes), ", ".join(labels.names[:20]))
+    folds = splitter.split(strat, len(y), len(valid_split) if valid_split else 0)
+    log.info("task %s, %d %s: %s", labels.task, len(labels.classes),
+             "targets" if labels.task == "regression" else "classes", ", ".join(labels.names[:20]))
 
     # 2. backbone files and one tokenization for the whole run
     import torch
@@ -85,7 +97,6 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     from .engine.trainer import Trainer, predict_logits, resolve_device
     from .models import build_classifier
     from .models.backbone import load_backbone_config, load_tokenizer, resolve_name_or_path
-    from .optim import param_groups
 
     seed_everything(int(tcfg.seed), bool(tcfg.deterministic))
     device = resolve_device(str(tcfg.device))
@@ -115,16 +126,16 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
                      pin_memory=device.type == "cuda")
     write_csv(run_dir / "folds.csv", folds_table(folds, len(y)))
 
-    n_classes = len(labels.classes)
-    oof = np.full((len(y_all), n_classes), np.nan, dtype=np.float32)
-    test_probs = np.zeros((len(test_split), n_classes), dtype=np.float64) if test_split else None
+    n_cols = len(labels.classes)
+    oof = np.full((len(y_all), n_cols), np.nan, dtype=np.float64)
+    test_out = np.zeros((len(test_split), n_cols), dtype=np.float64) if test_split else None
 
     def fit_fold(fold) -> dict:
         import torch
 
         torch.manual_seed(int(tcfg.seed) + fold.index)
         fold_dir = run_dir / f"fold_{fold.index}"
-        model = build_classifier(mcfg, cfg.pooling, cfg.head, n_classes, name_or_path=name_or_path,
+        model = build_classifier(mcfg, cfg.pooling, cfg.head, labels.num_outputs, name_or_path=name_or_path,
                                  backbone_config=backbone_config)
         train_batches = EpochBatches(fold.train_rows, lengths, int(tcfg.batch_size), int(tcfg.length_window),
                                      seed=int(tcfg.seed) + 1000 * fold.index)
@@ -132,22 +143,24 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
         valid_loader = loader(range(len(encoded)), collate_fn=collate,
                               batch_sampler=sorted_batches(fold.valid_rows, lengths, int(tcfg.eval_batch_size)))
         steps_per_epoch = -(-len(train_batches) // int(tcfg.grad_accum_steps))
-        optimizer = instantiate(cfg.optimizer)(param_groups(model, float(cfg.optimizer.get("weight_decay", 0.0))))
+        model.to(device)  # before the optimizer, so its state lives on the same device
+        optimizer = instantiate(cfg.optimizer)(model)
         scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps_per_epoch * int(tcfg.epochs))
-        loss_fn = instantiate(cfg.loss).to(device)
+        loss_fn = build_loss(cfg.loss, labels, y_all[fold.train_rows]).to(device)
         trainer = Trainer(model, loss_fn, optimizer, scheduler, device=device, epochs=int(tcfg.epochs),
                           grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
-                          precision=str(tcfg.precision), monitor=str(tcfg.monitor),
+                          precision=str(tcfg.precision), monitor=monitor,
                           early_stopping_patience=tcfg.early_stopping_patience,
                           log_every_steps=int(tcfg.log_every_steps), desc=f"fold {fold.index}")
 
         def score(rows, logits):
-            return score_logits(y_all[rows], logits, labels.task)
+            return score_logits(labels, y_all[rows], logits, loss_fn.cpu())
 
         result = trainer.fit(train_loader, valid_loader, score,
                              on_improve=lambda state: save_weights(fold_dir / "model.safetensors", state))
         rows, logits = result.best_valid_logits
-        oof[rows] = softmax(logits)
+        loss_fn.to(device)
+        oof[rows] = labels.outputs(logits)
         write_csv(fold_dir / "history.csv", _frame(result.history))
         if test_encoded is not None:
             model.load_state_dict(load_weights(fold_dir / "model.safetensors"))
@@ -156,51 +169,87 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
                                  batch_sampler=sorted_batches(np.arange(len(test_encoded)), test_encoded.lengths,
                                                               int(tcfg.eval_batch_size)))
             t_rows, t_logits = predict_logits(model, test_loader, device, str(tcfg.precision), desc="test")
-            test_probs[t_rows] += softmax(t_logits) / len(folds)
+            test_out[t_rows] += labels.outputs(t_logits) / len(folds)
         del model, optimizer, trainer
         out = {"fold": fold.index, "best_epoch": result.best_epoch, **result.best_metrics,
                "train_samples_per_s": result.train_samples_per_s, "eval_samples_per_s": result.eval_samples_per_s}
         out.pop("epoch", None)
-        log.info("fold %d: best epoch %d, %s=%.4f", fold.index, result.best_epoch, tcfg.monitor,
-                 result.best_metrics[tcfg.monitor])
+        log.info("fold %d: best epoch %d, %s=%.4f", fold.index, result.best_epoch, monitor,
+                 result.best_metrics[monitor])
         return out
 
     # 3. the folds
     fold_results = run_folds(folds, fit_fold)
 
     # 4. out-of-fold predictions, metrics, test predictions
-    from .metrics import summarize
+    from .metrics import compute_metrics, per_class_report, summarize
+    from .tasks import tune_thresholds
 
     scored = ~np.isnan(oof[:, 0])
-    oof_metrics = score_logits(y_all[scored], np.log(np.clip(oof[scored], 1e-12, 1)), labels.task)
-    mean, std = summarize(fold_results)
-    write_json(run_dir / "metrics.json", {"task": labels.task, "monitor": str(tcfg.monitor), "folds": fold_results,
-                                         "mean": mean, "std": std, "oof": oof_metrics})
+    oof_metrics = compute_metrics(labels, y_all[scored], oof[scored])
+    summary = {"task": labels.task, "monitor": monitor, "folds": fold_results}
+    summary["mean"], summary["std"] = summarize(fold_results)
+    summary["oof"] = oof_metrics
+    if labels.task == "multilabel" and cfg.tune_threshold:
+        labels.threshold = tune_thresholds(y_all[scored], oof[scored])
+        summary["oof_tuned_threshold"] = {"threshold": labels.threshold,
+                                          **compute_metrics(labels, y_all[scored], oof[scored])}
+        write_json(run_dir / "labels.json", labels.to_dict())
+        log.info("tuned per-class thresholds on out-of-fold predictions: %s", labels.threshold)
+    report = per_class_report(labels, y_all[scored], oof[scored])
+    if report is not None:
+        summary["oof_report"] = report
+    write_json(run_dir / "metrics.json", summary)
     source = ["train"] * len(y) + ["valid"] * (len(y_all) - len(y))
     row_in_file = list(range(len(y))) + list(range(len(y_all) - len(y)))
-    write_csv(run_dir / "oof.csv", prediction_table(oof[scored], labels, y_true=y_all[scored],
-                                                    extra={"source": np.asarray(source)[scored],
-                                                           "row": np.asarray(row_in_file)[scored]}))
-    if test_probs is not None:
-        write_csv(run_dir / "test_predictions.csv", prediction_table(test_probs, labels))
-    score_value = mean[str(tcfg.monitor)]
-    log.info("done: %s = %.4f ± %.4f over %d fold(s); accuracy %.4f; run folder %s", tcfg.monitor, score_value,
-             std[str(tcfg.monitor)], len(fold_results), mean["accuracy"], run_dir)
-    return float(score_value)
+    write_csv(run_dir / "oof.csv", labels.table(oof[scored], y_true=y_all[scored],
+                                                extra={"source": np.asarray(source)[scored],
+                                                       "row": np.asarray(row_in_file)[scored]}))
+    if test_out is not None:
+        write_csv(run_dir / "test_predictions.csv", labels.table(test_out))
+    mean, std = summary["mean"], summary["std"]
+    log.info("done: %s = %.4f ± %.4f over %d fold(s); run folder %s", monitor, mean[monitor], std[monitor],
+             len(fold_results), run_dir)
+    return float(mean[monitor])
 
 
 # ----------------------------------------------------------------------------- helpers
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def score_logits(labels: LabelSpace, y_true: np.ndarray, logits: np.ndarray, loss_fn=None) -> dict:
+    """The task's metrics from raw logits, plus the loss (the training objective) when loss_fn is given."""
+    from .metrics import compute_metrics
+
+    out = compute_metrics(labels, y_true, labels.outputs(logits))
+    if loss_fn is not None:
+        import torch
+
+        with torch.no_grad():
+            out["loss"] = float(loss_fn(torch.from_numpy(logits).float(), torch.from_numpy(y_true)))
+    return out
 
 
-def score_logits(y_true: np.ndarray, logits: np.ndarray, task: str) -> dict:
-    from .metrics import classification_metrics, cross_entropy
+def build_loss(loss_cfg, labels: LabelSpace, y_train: np.ndarray):
+    """Instantiate the loss; `class_weights: balanced` becomes n / (K * count_k) on this fold's rows."""
+    from hydra.utils import instantiate
 
-    probs = softmax(logits)
-    return {**classification_metrics(y_true, probs, task), "loss": cross_entropy(y_true, probs)}
+    weights = loss_cfg.get("class_weights")
+    if weights is None:
+        return instantiate(loss_cfg)
+    k = len(labels.classes)
+    if weights == "balanced":
+        counts = y_train.sum(axis=0) if labels.task == "multilabel" else np.bincount(y_train, minlength=k)
+        weights = (len(y_train) / (k * np.maximum(counts, 1))).tolist()
+    weights = [float(w) for w in weights]
+    if len(weights) != k:
+        raise TextclfError(f"loss.class_weights has {len(weights)} values but there are {k} classes "
+                           f"({', '.join(labels.names[:20])})")
+    return instantiate(loss_cfg, class_weights=weights)
+
+
+def resolved_copy(cfg: DictConfig, **groups) -> DictConfig:
+    """A copy of cfg with whole groups replaced (e.g. loss=auto made concrete for the task)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.update({k: OmegaConf.to_container(v) if isinstance(v, DictConfig) else v for k, v in groups.items()})
+    return OmegaConf.create(data)
 
 
 def check_max_length(max_length: int, backbone_config, name_or_path: str) -> None:
@@ -230,19 +279,6 @@ def folds_table(folds, n_rows: int):
     for f in folds:
         fold_of[f.valid_rows[f.valid_rows < n_rows]] = f.index
     return pd.DataFrame({"row": np.arange(n_rows), "fold": fold_of})
-
-
-def prediction_table(probs: np.ndarray, labels: LabelSpace, y_true: np.ndarray | None = None, extra=None):
-    import pandas as pd
-
-    names = labels.names
-    table = pd.DataFrame(extra or {})
-    if y_true is not None:
-        table["label"] = [names[i] for i in y_true]
-    table["pred"] = [names[i] for i in probs.argmax(axis=1)]
-    for i, name in enumerate(names):
-        table[f"prob_{name}"] = probs[:, i]
-    return table
 
 
 def _frame(rows: list[dict]):

@@ -47,11 +47,23 @@ def test_every_option_composes_and_validates(group, option):
 def build(group, node):
     """Instantiate a group node with the arguments textclf passes at run time."""
     if group == "pooling":
-        return instantiate(node, hidden_size=32, summary_last=False)
+        return instantiate(node, hidden_size=32, summary_last=False, num_hidden_layers=4)
     if group == "head":
         return instantiate(node, in_features=32, num_labels=3)
     if group == "optimizer":
-        return instantiate(node)([torch.nn.Parameter(torch.zeros(2))])
+        from transformers import BertConfig, BertModel
+
+        from textclf.models.classifier import TextClassifier
+        from textclf.models.heads import ClassificationHead
+        from textclf.models.pooling import MeanPooling
+
+        backbone = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64))
+        return instantiate(node)(TextClassifier(backbone, MeanPooling(32), ClassificationHead(32, 3)))
+    if group == "loss" and node._target_ == "textclf.losses.auto":
+        from textclf.losses import default_loss_for
+
+        return [instantiate(default_loss_for(task)) for task in ("binary", "multiclass", "multilabel", "regression")]
     if group == "scheduler":
         return instantiate(node)(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), total_steps=10)
     return instantiate(node)
@@ -66,13 +78,18 @@ def test_every_option_builds(group, option):
     obj = build(group, cfg[group])
     assert obj is not None
     if group == "pooling":
-        out = obj(torch.randn(2, 4, 32), torch.ones(2, 4, dtype=torch.long))
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        states = tuple(torch.randn(2, 4, 32) for _ in range(5))  # embeddings + 4 layers
+        outputs = BaseModelOutputWithPooling(last_hidden_state=states[-1], pooler_output=torch.randn(2, 32),
+                                             hidden_states=states)
+        out = obj(states[-1], torch.ones(2, 4, dtype=torch.long), outputs)
         assert out.shape == (2, obj.output_dim)
     if group == "kfold":
         import numpy as np
 
         y = np.repeat([0, 1, 2], 10)
-        folds = obj.split(y)
+        folds = obj.split(y, len(y))
         valid = np.concatenate([f.valid_rows for f in folds])
         assert len(np.unique(valid)) == len(valid)  # no row validated twice
 

@@ -35,15 +35,15 @@ class Holdout:
             raise TextclfError(f"data.train_file: class(es) {', '.join(small)} have fewer than 2 rows, too few to "
                                f"hold any out for validation; add rows or give data.valid_file")
 
-    def split(self, y: np.ndarray, n_valid_file_rows: int = 0) -> list[Fold]:
-        n = len(y)
+    def split(self, strat: np.ndarray | None, n: int, n_valid_file_rows: int = 0) -> list[Fold]:
+        """strat: what to stratify on (class ids, regression bins), or None for a plain shuffled split."""
         if n_valid_file_rows:
             return [Fold(0, np.arange(n), np.arange(n, n + n_valid_file_rows))]
         from sklearn.model_selection import train_test_split
 
-        n_test = max(int(round(n * self.holdout)), len(np.unique(y)))
+        n_test = max(int(round(n * self.holdout)), len(np.unique(strat)) if strat is not None else 1)
         train_rows, valid_rows = train_test_split(np.arange(n), test_size=n_test, random_state=self.seed,
-                                                  stratify=y)
+                                                  stratify=strat)
         return [Fold(0, np.sort(train_rows), np.sort(valid_rows))]
 
 
@@ -66,14 +66,20 @@ class StratifiedKFoldSplit:
             raise TextclfError(f"data.train_file: class(es) {', '.join(small)} have fewer rows than "
                                f"kfold.n_splits={self.n_splits}; lower n_splits or add rows")
 
-    def split(self, y: np.ndarray, n_valid_file_rows: int = 0) -> list[Fold]:
+    def split(self, strat: np.ndarray | None, n: int, n_valid_file_rows: int = 0) -> list[Fold]:
+        """strat: what to stratify on (class ids, regression bins); None (multilabel) falls back to KFold."""
         if n_valid_file_rows:
             raise TextclfError("data.valid_file is used only with kfold=none; with k-fold every fold validates on "
                                "its own part of data.train_file (drop data.valid_file, or use kfold=none)")
-        from sklearn.model_selection import StratifiedKFold
+        from sklearn.model_selection import KFold, StratifiedKFold
 
-        skf = StratifiedKFold(self.n_splits, shuffle=self.shuffle, random_state=self.seed if self.shuffle else None)
-        folds = [Fold(i, tr, va) for i, (tr, va) in enumerate(skf.split(np.zeros(len(y)), y))]
+        seed = self.seed if self.shuffle else None
+        if strat is None:
+            log.info("kfold=stratified: nothing to stratify on for this task; using shuffled KFold")
+            splits = KFold(self.n_splits, shuffle=self.shuffle, random_state=seed).split(np.zeros(n))
+        else:
+            splits = StratifiedKFold(self.n_splits, shuffle=self.shuffle, random_state=seed).split(np.zeros(n), strat)
+        folds = [Fold(i, tr, va) for i, (tr, va) in enumerate(splits)]
         return [f for f in folds if self.folds is None or f.index in self.folds]
 
 

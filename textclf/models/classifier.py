@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
+from ..errors import TextclfError
 from .backbone import load_backbone, load_backbone_config
 
 
@@ -36,9 +38,41 @@ def build_classifier(model_cfg, pooling_cfg, head_cfg, num_labels: int, *, name_
         backbone_config = load_backbone_config(
             name_or_path, hidden_dropout=model_cfg.get("hidden_dropout"),
             attention_dropout=model_cfg.get("attention_dropout"), trust_remote_code=trust)
+    # pooling and head first: an option that does not fit this backbone fails before any weights load
+    pooling = _build(pooling_cfg, hidden_size=backbone_config.hidden_size,
+                     summary_last=summary_token_is_last(backbone_config),
+                     num_hidden_layers=getattr(backbone_config, "num_hidden_layers", None))
+    head = _build(head_cfg, in_features=pooling.output_dim, num_labels=num_labels)
     backbone = load_backbone(name_or_path, backbone_config, pretrained=pretrained, trust_remote_code=trust,
                              gradient_checkpointing=bool(model_cfg.get("gradient_checkpointing", False)))
-    hidden = backbone.config.hidden_size
-    pooling = instantiate(pooling_cfg, hidden_size=hidden, summary_last=summary_token_is_last(backbone.config))
-    head = instantiate(head_cfg, in_features=pooling.output_dim, num_labels=num_labels)
+    if getattr(pooling, "needs_pooler_output", False) and getattr(backbone, "pooler", None) is None:
+        raise TextclfError(f"pooling=pooler: this backbone ({backbone_config.model_type}) has no pooler output; "
+                           f"use pooling=cls")
+    if pretrained:  # a run being reloaded already holds the trained weights
+        apply_layer_options(backbone, model_cfg)
     return TextClassifier(backbone, pooling, head)
+
+
+def _build(node, **runtime):
+    """instantiate(), but a TextclfError raised by a constructor reaches the user as itself, not wrapped."""
+    try:
+        return instantiate(node, **runtime)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, TextclfError):
+            raise e.__cause__ from None
+        raise
+
+
+def apply_layer_options(backbone, model_cfg) -> None:
+    """Freeze the embeddings / lowest layers and re-initialise the top layers, as the model config asks."""
+    freeze_embeddings = bool(model_cfg.get("freeze_embeddings", False))
+    freeze_layers = int(model_cfg.get("freeze_layers", 0) or 0)
+    reinit_layers = int(model_cfg.get("reinit_layers", 0) or 0)
+    if not (freeze_embeddings or freeze_layers or reinit_layers):
+        return
+    from .layers import freeze, reinit_top_layers
+
+    if reinit_layers:
+        reinit_top_layers(backbone, reinit_layers)
+    if freeze_embeddings or freeze_layers:
+        freeze(backbone, embeddings=freeze_embeddings, layers=freeze_layers)

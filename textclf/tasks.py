@@ -1,0 +1,225 @@
+"""What a task means for labels, model outputs, decisions and prediction tables.
+
+binary / multiclass: one class per row, softmax over K logits (or one sigmoid logit for binary with a
+single-logit loss such as bce); multilabel: a set of classes per row, K sigmoid outputs and a decision
+threshold; regression: T numeric targets, identity outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import TextclfError
+
+TASKS = ("binary", "multiclass", "multilabel", "regression")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def split_labels(value, sep: str) -> list:
+    """A multilabel cell: a list (JSONL/Parquet) or a string joined by `sep`."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [p.strip() for p in str(value).split(sep) if p.strip()]
+
+
+def infer_task(labels: list, sep: str, n_targets: int = 1) -> str:
+    if n_targets > 1:
+        return "regression"
+    if any(isinstance(v, (list, tuple, np.ndarray)) for v in labels):
+        return "multilabel"
+    if sep and any(isinstance(v, str) and sep in v for v in labels):
+        return "multilabel"
+    if labels and all(_is_number(v) for v in labels) and any(isinstance(v, float) for v in labels):
+        return "regression"
+    return "binary" if len({str(v) for v in labels}) == 2 else "multiclass"
+
+
+@dataclass
+class LabelSpace:
+    """Task, class (or target) names in output order, and the multilabel decision threshold(s)."""
+
+    task: str
+    classes: list
+    sep: str = "|"
+    threshold: float | list = 0.5
+    single_logit: bool = False
+    target_names: list = field(default_factory=list)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def fit(cls, labels: list, task: str = "auto", where: str = "data.train_file", sep: str = "|",
+            target_names: list | None = None) -> "LabelSpace":
+        n_targets = len(target_names) if target_names else 1
+        inferred = infer_task(labels, sep, n_targets)
+        if task == "auto":
+            task = inferred
+        if task not in TASKS:
+            raise TextclfError(f"task={task!r}: use auto, {', '.join(TASKS)}")
+        if task == "regression":
+            names = list(target_names) if target_names else ["target"]
+            space = cls("regression", names, sep=sep, target_names=names)
+            space.encode(labels, where)  # every value numeric
+            return space
+        if n_targets > 1:
+            raise TextclfError(f"data.label_col names {n_targets} columns; several label columns mean "
+                               f"task=regression (got task={task})")
+        if task == "multilabel":
+            classes = sorted({c for v in labels for c in split_labels(v, sep)})
+            if len(classes) < 2:
+                raise TextclfError(f"{where}: multilabel data needs at least two distinct labels, found {classes}")
+            return cls("multilabel", classes, sep=sep)
+        if inferred == "regression":
+            example = next(v for v in labels if isinstance(v, float) and not float(v).is_integer())
+            raise TextclfError(f"{where}: the label column holds non-integer numbers (e.g. {example}); use "
+                               f"task=regression (or task=auto) for numeric targets")
+        if inferred == "multilabel":
+            raise TextclfError(f"{where}: labels contain the separator {sep!r} (multilabel) but task={task}; "
+                               f"use task=multilabel, or set data.label_sep to a character the labels do not use")
+        if len({type(v) for v in labels}) > 1:  # mixed ints and strings: treat every label as a string
+            labels = [str(v) for v in labels]
+        classes = sorted(set(labels))
+        if len(classes) < 2:
+            raise TextclfError(f"{where}: the label column has only one class ({classes[0]!r}); "
+                               f"a classifier needs at least two")
+        if task == "binary" and len(classes) != 2:
+            raise TextclfError(f"task=binary but {where} has {len(classes)} classes: {classes[:10]}")
+        return cls(task, classes, sep=sep)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelSpace":
+        return cls(d["task"], d["classes"], sep=d.get("sep", "|"), threshold=d.get("threshold", 0.5),
+                   single_logit=d.get("single_logit", False), target_names=d.get("target_names", []))
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "classes": self.classes, "sep": self.sep, "threshold": self.threshold,
+                "single_logit": self.single_logit, "target_names": self.target_names}
+
+    @property
+    def names(self) -> list[str]:
+        return [str(c) for c in self.classes]
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.single_logit else len(self.classes)
+
+    # ------------------------------------------------------------------ labels -> targets
+    def encode(self, labels: list, where: str) -> np.ndarray:
+        """Class ids (N,) for binary/multiclass; float (N, K) multi-hot or (N, T) values otherwise."""
+        if self.task == "regression":
+            out = np.empty((len(labels), len(self.classes)), dtype=np.float32)
+            for i, v in enumerate(labels):
+                values = v if isinstance(v, (list, tuple)) else (v,)
+                try:
+                    out[i] = [float(x) for x in values]
+                except (TypeError, ValueError):
+                    raise TextclfError(f"{where}: data row {i + 1} has target {v!r}, which is not a number") from None
+                if not np.isfinite(out[i]).all():
+                    raise TextclfError(f"{where}: data row {i + 1} has a target that is not finite: {v!r}")
+            return out
+        index = {c: i for i, c in enumerate(self.classes)}
+        if self.task == "multilabel":
+            out = np.zeros((len(labels), len(self.classes)), dtype=np.float32)
+            for i, v in enumerate(labels):
+                for c in split_labels(v, self.sep):
+                    if c not in index:
+                        raise TextclfError(f"{where}: data row {i + 1} has label {c!r}, which the training data "
+                                           f"does not have; known labels: {', '.join(self.names[:20])}")
+                    out[i, index[c]] = 1.0
+            return out
+        as_str = isinstance(self.classes[0], str)
+        out = np.empty(len(labels), dtype=np.int64)
+        for i, v in enumerate(labels):
+            key = str(v) if as_str else v
+            if key not in index:
+                raise TextclfError(f"{where}: data row {i + 1} has label {v!r}, which the training data does not "
+                                   f"have; known labels: {', '.join(self.names[:20])}")
+            out[i] = index[key]
+        return out
+
+    def stratify_key(self, y: np.ndarray) -> np.ndarray | None:
+        """What stratified splits balance: the class; regression: quantile bins; multilabel: none here."""
+        if self.task in ("binary", "multiclass"):
+            return y
+        if self.task == "regression":
+            bins = min(10, max(2, len(y) // 20))
+            edges = np.quantile(y[:, 0], np.linspace(0, 1, bins + 1)[1:-1])
+            return np.searchsorted(edges, y[:, 0], side="right")
+        return None
+
+    # ------------------------------------------------------------------ logits -> outputs -> decisions
+    def outputs(self, logits: np.ndarray) -> np.ndarray:
+        """Probabilities per class (binary: both columns, even from one logit), or regression values."""
+        logits = logits.astype(np.float64)
+        if self.task == "regression":
+            return logits
+        if self.task == "multilabel":
+            return sigmoid(logits)
+        if self.single_logit:
+            p = sigmoid(logits[:, 0])
+            return np.stack([1.0 - p, p], axis=1)
+        return softmax(logits)
+
+    def thresholds(self) -> np.ndarray:
+        t = self.threshold
+        return np.asarray(t if isinstance(t, (list, tuple)) else [t] * len(self.classes), dtype=np.float64)
+
+    def decide(self, outputs: np.ndarray) -> np.ndarray:
+        """Class ids (binary/multiclass), 0/1 matrix (multilabel) or values (regression)."""
+        if self.task == "multilabel":
+            return (outputs >= self.thresholds()).astype(np.int64)
+        if self.task == "regression":
+            return outputs
+        return outputs.argmax(axis=1)
+
+    def table(self, outputs: np.ndarray, y_true: np.ndarray | None = None, extra: dict | None = None):
+        """A prediction table: true label (when known), decision, and one column per class or target."""
+        import pandas as pd
+
+        table = pd.DataFrame(extra or {})
+        names = self.names
+        decided = self.decide(outputs)
+        if self.task == "regression":
+            for j, name in enumerate(names):
+                if y_true is not None:
+                    table[f"true_{name}"] = y_true[:, j]
+                table[f"pred_{name}"] = outputs[:, j]
+            return table
+        if self.task == "multilabel":
+            join = lambda row: self.sep.join(n for n, on in zip(names, row) if on)  # noqa: E731
+            if y_true is not None:
+                table["label"] = [join(r) for r in y_true.astype(bool)]
+            table["pred"] = [join(r) for r in decided]
+        else:
+            if y_true is not None:
+                table["label"] = [names[i] for i in y_true]
+            table["pred"] = [names[i] for i in decided]
+        for i, name in enumerate(names):
+            table[f"prob_{name}"] = outputs[:, i]
+        return table
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid=None) -> list[float]:
+    """Per-class threshold that maximises that class's F1 on out-of-fold probabilities."""
+    from sklearn.metrics import f1_score
+
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2) if grid is None else grid
+    best = []
+    for k in range(y_true.shape[1]):
+        scores = [f1_score(y_true[:, k], probs[:, k] >= t, zero_division=0) for t in grid]
+        best.append(float(grid[int(np.argmax(scores))]))
+    return best
+
