@@ -59,7 +59,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     splits = load_splits(cfg.data)
     train_split, valid_split, test_split = splits["train"], splits.get("valid"), splits.get("test")
     label_cols = cfg.data.label_col
-    target_names = [str(c) for c in label_cols] if not isinstance(label_cols, str) else None
+    target_names = [label_cols] if isinstance(label_cols, str) else [str(c) for c in label_cols]
     where = f"data.train_file {cfg.data.train_file!r}"
     labels = LabelSpace.fit(train_split.labels, cfg.task, where=where, sep=str(cfg.data.label_sep),
                             target_names=target_names)

@@ -1,0 +1,87 @@
+"""Every option of every group trains on the tiny model, on each task it fits (in-process `train`)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from importlib import resources
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.utils import get_class
+
+from textclf.train import train
+
+pytestmark = pytest.mark.slow
+
+CONF = resources.files("textclf.conf")
+SKIP_GROUPS = {"data", "model"}  # data/model options are covered by the CLI tests
+TRAINED = [(g.name, f.name[:-5]) for g in sorted(CONF.iterdir(), key=lambda p: p.name)
+           if g.is_dir() and not g.name.startswith("__") and g.name not in SKIP_GROUPS
+           for f in sorted(g.iterdir(), key=lambda p: p.name) if f.name.endswith(".yaml")]
+WORDS = {"sport": ["goal", "match", "team"], "business": ["market", "stock", "bank"],
+         "politics": ["vote", "party", "minister"]}
+
+
+def task_frame(task: str, n: int = 48):
+    import pandas as pd
+
+    rng = random.Random(1)
+    topics = list(WORDS) if task != "binary" else ["sport", "business"]
+    rows = []
+    for i in range(n):
+        t = topics[i % len(topics)]
+        other = topics[(i + 1) % len(topics)]
+        words = rng.choices(WORDS[t], k=3) + (rng.choices(WORDS[other], k=2) if task == "multilabel" and i % 2 else [])
+        label = {"multilabel": f"{t}|{other}" if i % 2 else t, "regression": float(i % 3) + 0.25}.get(task, t)
+        rows.append({"text": " ".join(words + ["the", "a"][: rng.randint(0, 2)]), "label": label})
+    return pd.DataFrame(rows)
+
+
+def tasks_for(group: str, option: str) -> list[str]:
+    if group == "loss":
+        if option == "auto":
+            return ["binary", "multiclass", "multilabel", "regression"]
+        node = __import__("omegaconf").OmegaConf.load(CONF.joinpath("loss", f"{option}.yaml"))
+        return list(get_class(node._target_).tasks)
+    return ["multiclass"]
+
+
+CASES = [(g, o, t) for g, o in TRAINED for t in tasks_for(g, o)]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert4(tiny_bert, tmp_path_factory):
+    """The tiny BERT with 4 layers (poolings over the last 4 layers need them); new layers start random."""
+    folder = tmp_path_factory.mktemp("tiny_bert4")
+    for f in tiny_bert.iterdir():
+        shutil.copy(f, folder / f.name)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 4
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_every_group_is_exercised():
+    groups = {g for g, _, _ in CASES}
+    assert {"pooling", "head", "loss", "optimizer", "scheduler", "kfold"} <= groups
+    assert {t for _, _, t in CASES} == {"binary", "multiclass", "multilabel", "regression"}
+
+
+@pytest.mark.parametrize("group, option, task", CASES, ids=[f"{g}={o}-{t}" for g, o, t in CASES])
+def test_option_trains_on_the_tiny_model(group, option, task, tiny_bert4, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    task_frame(task).to_csv(tmp_path / "train.csv", index=False)
+    overrides = ["data=csv", "data.train_file=train.csv", f"model.name_or_path={tiny_bert4}", "model.max_length=16",
+                 "trainer.epochs=1", "trainer.batch_size=16", "trainer.eval_batch_size=32", "trainer.device=cpu",
+                 f"{group}={option}"]
+    if group == "kfold" and option == "stratified":
+        overrides.append("kfold.n_splits=2")
+    with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    score = train(cfg, run_dir=tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["task"] == task
+    assert math.isfinite(score) and math.isfinite(metrics["mean"]["train_loss"])
+    assert (tmp_path / "run" / "fold_0" / "model.safetensors").exists()
