@@ -102,5 +102,10 @@ def load_backbone(name_or_path: str, config, *, pretrained: bool = True, trust_r
     except (OSError, ValueError) as e:
         raise _hub_error(name_or_path, e) from None
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise TextclfError(f"model.gradient_checkpointing=true: {type(model).__name__} does not support it")
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
