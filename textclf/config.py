@@ -14,14 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import TextclfError
 
 TOP_KEYS = {"data", "model", "pooling", "head", "loss", "optimizer", "scheduler", "kfold", "task", "trainer",
-            "threshold", "tune_threshold"}
+            "threshold", "tune_threshold", "adversarial", "ema", "rdrop"}
 DATA_KEYS = {"train_file", "valid_file", "test_file", "text_col", "text_pair_col", "label_col", "label_sep",
              "encoding", "encoding_errors"}
 MODEL_KEYS = {"name_or_path", "max_length", "truncation", "trust_remote_code", "gradient_checkpointing",
               "hidden_dropout", "attention_dropout", "freeze_embeddings", "freeze_layers", "reinit_layers"}
 TRAINER_KEYS = {"epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "max_grad_norm", "device",
                 "precision", "seed", "deterministic", "monitor", "early_stopping_patience", "length_window",
-                "num_workers", "log_every_steps"}
+                "num_workers", "log_every_steps", "compile"}
 #: arguments of each group's _target_ that textclf passes at build time, not from YAML
 RUNTIME_ARGS = {
     "pooling": {"hidden_size", "summary_last", "num_hidden_layers"},
@@ -30,7 +30,12 @@ RUNTIME_ARGS = {
     "optimizer": {"model"},
     "scheduler": {"optimizer", "total_steps"},
     "kfold": set(),
+    "adversarial": set(),
+    "ema": set(),
+    "rdrop": {"task", "single_logit"},
 }
+#: groups whose `none` option is an empty mapping that builds nothing
+OPTIONAL_GROUPS = {"adversarial", "ema", "rdrop"}
 TASKS = ("auto", "binary", "multiclass", "multilabel", "regression")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -46,6 +51,8 @@ def validate(cfg: DictConfig) -> None:
     _check_keys(cfg, "model", MODEL_KEYS, problems)
     _check_keys(cfg, "trainer", TRAINER_KEYS, problems)
     for group, runtime in RUNTIME_ARGS.items():
+        if group in OPTIONAL_GROUPS and (cfg.get(group) is None or len(cfg[group]) == 0):
+            continue
         _check_target(cfg, group, runtime, problems)
 
     data = cfg.get("data") or {}
@@ -76,6 +83,9 @@ def validate(cfg: DictConfig) -> None:
     for key, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("grad_accum_steps", 1),
                      ("seed", 0), ("length_window", 1), ("num_workers", 0), ("log_every_steps", 0)):
         _int_at_least(t, f"trainer.{key}", key, low, problems)
+    for key in ("deterministic", "compile"):
+        if not isinstance(t.get(key, False), bool):
+            problems.append(f"trainer.{key}: must be true or false, got {t.get(key)!r}")
     if t.get("precision") not in PRECISIONS:
         problems.append(f"trainer.precision: must be one of {', '.join(PRECISIONS)}, got {t.get('precision')!r}")
     device = str(t.get("device"))

@@ -18,6 +18,7 @@ from .errors import TextclfError
 log = logging.getLogger(__name__)
 
 READERS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+COMPRESSED = {".gz", ".bz2", ".xz", ".zip", ".zst"}  # text formats may be compressed: train.jsonl.gz
 EMBEDDED_PREFIX = "embedded:"
 
 
@@ -72,7 +73,10 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
         raise TextclfError(f"{role} {path!r} does not exist (looked at {p})")
     if p.is_dir():
         raise TextclfError(f"{role} {path!r} is a folder, not a file")
-    kind = READERS.get(p.suffix.lower())
+    suffixes = [x.lower() for x in p.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED and len(suffixes) > 1:
+        suffixes = suffixes[:-1]
+    kind = READERS.get(suffixes[-1] if suffixes else "")
     if kind is None:
         raise TextclfError(f"{role} {path!r}: unknown file type {p.suffix!r}; use one of {', '.join(sorted(READERS))}")
     dtype = {c: str for c in text_cols if c}
@@ -82,8 +86,8 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
                                 encoding_errors=encoding_errors, dtype=dtype or None, keep_default_na=False,
                                 na_values=[""])
         elif kind == "jsonl":
-            with open(p, encoding=encoding, errors=encoding_errors) as fh:
-                frame = pd.read_json(fh, lines=True, dtype=False)
+            frame = pd.read_json(p, lines=True, dtype=False, encoding=encoding, encoding_errors=encoding_errors,
+                                 compression="infer")
         else:
             frame = pd.read_parquet(p)
     except UnicodeDecodeError as e:
@@ -119,8 +123,8 @@ def _check_texts(frame, col: str, where: str) -> list:
                            f"at data row(s) {rows} (row 1 is the first row after the header)")
     replaced = sum("\ufffd" in v for v in values)
     if replaced:
-        log.warning("%s: %d text(s) in column %r held bytes that are not valid text; they were replaced by U+FFFD",
-                    where, replaced, col)
+        log.warning("%s: %d text(s) in column %r contain the replacement character U+FFFD (bytes that were not "
+                    "valid text, replaced when the file was decoded or before)", where, replaced, col)
     return values
 
 

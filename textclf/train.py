@@ -93,6 +93,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     # 2. backbone files and one tokenization for the whole run
     import torch
 
+    from .engine.hooks import build_hooks
     from .engine.kfold import run_folds
     from .engine.trainer import Trainer, predict_logits, resolve_device
     from .models import build_classifier
@@ -144,13 +145,18 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
                               batch_sampler=sorted_batches(fold.valid_rows, lengths, int(tcfg.eval_batch_size)))
         steps_per_epoch = -(-len(train_batches) // int(tcfg.grad_accum_steps))
         model.to(device)  # before the optimizer, so its state lives on the same device
+        if tcfg.get("compile", False):
+            model.compile(dynamic=True)  # in place: state_dict keys stay the same for saving and predict
         optimizer = instantiate(cfg.optimizer)(model)
         scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps_per_epoch * int(tcfg.epochs))
         loss_fn = build_loss(cfg.loss, labels, y_all[fold.train_rows]).to(device)
+        hooks = build_hooks(cfg.get("adversarial"), cfg.get("ema"))  # fresh per fold; `none` ({}) builds nothing
+        objective = (instantiate(cfg.rdrop, task=labels.task, single_logit=labels.single_logit)
+                     if cfg.get("rdrop") else None)
         trainer = Trainer(model, loss_fn, optimizer, scheduler, device=device, epochs=int(tcfg.epochs),
                           grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
                           precision=str(tcfg.precision), monitor=monitor,
-                          early_stopping_patience=tcfg.early_stopping_patience,
+                          early_stopping_patience=tcfg.early_stopping_patience, hooks=hooks, objective=objective,
                           log_every_steps=int(tcfg.log_every_steps), desc=f"fold {fold.index}")
 
         def score(rows, logits):

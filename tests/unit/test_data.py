@@ -303,3 +303,21 @@ def test_label_space_needs_two_classes_and_rejects_binary_with_three():
         LabelSpace.fit(["a", "a"])
     with pytest.raises(TextclfError, match="binary"):
         LabelSpace.fit(["a", "b", "c"], task="binary")
+
+
+@pytest.mark.parametrize("name", ["t.csv.gz", "t.jsonl.gz", "t.tsv.bz2"])
+def test_compressed_tables_are_read_by_their_inner_extension(tmp_path, name):
+    import pandas as pd
+
+    from textclf.data import read_table
+
+    frame = pd.DataFrame({"text": ["héllo wörld", "b c"], "label": [["x", "y"], ["z"]] if "jsonl" in name else
+                          ["x", "z"]})
+    path = tmp_path / name
+    if "jsonl" in name:
+        frame.to_json(path, orient="records", lines=True, force_ascii=False, compression="infer")
+    else:
+        frame.to_csv(path, index=False, sep="\t" if ".tsv" in name else ",", compression="infer")
+    read = read_table(str(path), text_cols=("text",))
+    assert read["text"].tolist() == frame["text"].tolist()
+    assert read["label"].tolist() == frame["label"].tolist()

@@ -1,8 +1,19 @@
-"""Training hooks: no-op events that tricks (FGM, PGD, AWP, EMA, ...) override.
+"""Training hooks: no-op events that tricks (FGM, PGD, AWP, EMA) override.
 
-A hook gets the trainer, so it can call `trainer.backward` (scaling and accumulation live there).
+Per fit (one fold, fresh hooks) the Trainer calls: on_fit_start once; after_backward after each micro-batch's
+backward, before the optimizer step; after_step after each optimizer step; before_evaluate / after_evaluate
+around each evaluation (the best checkpoint is saved between the two, so it holds whatever weights the model
+holds while it is evaluated). A hook calls the trainer's own `compute_loss` and `backward`, so autocast, loss
+scaling and accumulation live in one place.
 """
 from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from ..errors import TextclfError
 
 
 class Hook:
@@ -11,3 +22,306 @@ class Hook:
     def after_step(self, trainer) -> None: ...
     def before_evaluate(self, trainer) -> None: ...
     def after_evaluate(self, trainer) -> None: ...
+
+
+def build_hooks(*nodes) -> list[Hook]:
+    """Instantiate the config nodes that name a `_target_`; an empty node (a group's `none`) builds nothing."""
+    from hydra.utils import instantiate
+
+    return [instantiate(node) for node in nodes if node is not None and node.get("_target_")]
+
+
+# ----------------------------------------------------------------------------- adversarial training
+class _Attack(Hook):
+    """What FGM, PGD and AWP share: the attacked parameters (by name), this micro-batch's gradient of them,
+    a backup and a bit-exact restore. The adversarial loss goes through `trainer.backward`, so its gradients
+    add to the plain ones before the optimizer step.
+
+    With gradient accumulation, `.grad` after a backward holds the whole group's gradient so far; the direction
+    of the attack is this micro-batch's own gradient, so the gradients so far are kept while more micro-batches
+    of the group follow (one copy of the attacked parameters' gradients, only when accumulating).
+    """
+
+    def __init__(self, param_name: str):
+        if not isinstance(param_name, str) or not param_name:
+            raise TextclfError(f"adversarial.param_name must be a non-empty string, got {param_name!r}")
+        self.param_name = param_name
+        self.names: list[str] = []
+        self.params: list[torch.nn.Parameter] = []
+        self._prev: list[torch.Tensor | None] | None = None
+        self._seen = 0
+
+    def on_fit_start(self, trainer) -> None:
+        model = trainer.model
+        named = [(n, p) for n, p in model.named_parameters() if self.param_name in n]
+        option = type(self).__name__.lower()
+        if not named:
+            raise TextclfError(f"adversarial={option}: param_name={self.param_name!r} matches no parameter of the "
+                               f"model; {_embedding_hint(model)}")
+        trainable = [(n, p) for n, p in named if p.requires_grad]
+        if not trainable:
+            raise TextclfError(f"adversarial={option}: every parameter matching {self.param_name!r} is frozen "
+                               f"({', '.join(n for n, _ in named[:3])}), so there is no gradient to attack along; "
+                               f"unfreeze it (model.freeze_embeddings=false) or choose another param_name")
+        self.names = [n for n, _ in trainable]
+        self.params = [p for _, p in trainable]
+        self._prev, self._seen = None, 0
+
+    def after_step(self, trainer) -> None:
+        self._prev, self._seen = None, 0  # the optimizer step cleared the gradients
+
+    def _directions(self) -> tuple[list, list, list[float]]:
+        """(parameters, this micro-batch's gradients, their norms) for the attacked parameters."""
+        pairs = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
+        grads = [p.grad for _, p in pairs]
+        if self._prev is not None and grads:
+            prev = [self._prev[i] for i, _ in pairs]
+            if all(t is not None for t in prev):
+                grads = torch._foreach_sub(grads, prev)
+            else:
+                grads = [g if t is None else g - t for g, t in zip(grads, prev)]
+        return usable([p for _, p in pairs], grads)
+
+    def _remember(self, trainer) -> None:
+        """Keep the gradients so far when more micro-batches of this accumulation group follow."""
+        self._seen += 1
+        if self._seen >= getattr(trainer, "group_size", 1):
+            self._prev = None
+            return
+        grads = [p.grad for p in self.params]
+        have = [g for g in grads if g is not None]
+        copies = copy_of(have)
+        it = iter(copies)
+        self._prev = [None if g is None else next(it) for g in grads]
+
+
+def usable(params: list, grads: list) -> tuple[list, list, list[float]]:
+    """Drop parameters whose gradient norm is zero (nothing to follow) or not finite (an fp16 overflow: the
+    scaler skips this step anyway). The norm is scale-invariant in direction, so scaled gradients are fine.
+    One host sync for all of them."""
+    if not grads:
+        return [], [], []
+    norms = torch.stack([n.float() for n in torch._foreach_norm(grads)]).tolist()
+    keep = [k for k, n in enumerate(norms) if n > 0 and math.isfinite(n)]
+    return [params[k] for k in keep], [grads[k] for k in keep], [norms[k] for k in keep]
+
+
+def copy_of(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Detached copies, made with one fused copy rather than a clone per tensor."""
+    copies = [torch.empty_like(t) for t in tensors]
+    if tensors:
+        with torch.no_grad():
+            torch._foreach_copy_(copies, tensors)
+    return copies
+
+
+@torch.no_grad()
+def restore(params: list, originals: list[torch.Tensor]) -> None:
+    torch._foreach_copy_(params, originals)  # a copy, not `w - r`: bit-exact
+
+
+def _embedding_hint(model) -> str:
+    names = [n for n, _ in model.named_parameters()]
+    weight = None
+    for module in model.modules():
+        if hasattr(module, "get_input_embeddings"):
+            with contextlib.suppress(Exception):
+                weight = module.get_input_embeddings().weight
+                break
+    for n, p in model.named_parameters():
+        if weight is not None and p is weight:
+            short = n.rsplit(".", 2)[-2] if n.count(".") >= 1 else n
+            return f"this model's input embeddings are {n!r} (use adversarial.param_name={short})"
+    embeddings = [n for n in names if "embed" in n.lower()][:5] or names[:5]
+    return f"parameters include: {', '.join(embeddings)}"
+
+
+class FGM(_Attack):
+    """Fast gradient method (Miyato et al. 2017): after the plain backward, add r = ε·g/‖g‖ to the word
+    embeddings, backward the loss at that point (gradients add up), restore the exact weights. One extra
+    forward and backward per micro-batch; none when the gradient is zero or not finite."""
+
+    def __init__(self, epsilon: float = 1.0, param_name: str = "word_embeddings"):
+        super().__init__(param_name)
+        _positive("adversarial.epsilon", epsilon)
+        self.epsilon = float(epsilon)
+
+    def after_backward(self, trainer, batch) -> None:
+        params, grads, norms = self._directions()
+        if params:
+            originals = copy_of(params)
+            with torch.no_grad():
+                for p, g, n in zip(params, grads, norms):  # usually one parameter: in place, no temporary
+                    p.add_(g, alpha=self.epsilon / n)
+            trainer.backward(trainer.compute_loss(batch))
+            restore(params, originals)
+        self._remember(trainer)
+
+
+class PGD(_Attack):
+    """Projected gradient descent (Madry et al. 2018), the shape Kaggle NLP solutions use: `steps` moves of
+    α·g/‖g‖ on the word embeddings, each projected onto the ε-ball around the original weights; the gradients
+    of the last adversarial loss add to the plain ones; the weights are restored exactly.
+
+    The intermediate steps need only the embeddings' own gradient, so they use `torch.autograd.grad`: no
+    gradient of any weight is touched, nothing has to be backed up and zeroed, and the weight-gradient part of
+    those backwards is skipped. The result equals the usual back-up/zero/restore loop: plain + last adversarial.
+    """
+
+    def __init__(self, epsilon: float = 1.0, alpha: float = 0.3, steps: int = 3, param_name: str = "word_embeddings"):
+        super().__init__(param_name)
+        _positive("adversarial.epsilon", epsilon)
+        _positive("adversarial.alpha", alpha)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise TextclfError(f"adversarial.steps must be an integer >= 1, got {steps!r}")
+        self.epsilon, self.alpha, self.steps = float(epsilon), float(alpha), steps
+
+    def after_backward(self, trainer, batch) -> None:
+        moving, grads, norms = self._directions()
+        if moving:
+            attacked = list(moving)
+            originals = copy_of(attacked)
+            for k in range(self.steps):
+                with torch.no_grad():
+                    for p, g, n in zip(moving, grads, norms):  # a zero or non-finite gradient: no move
+                        p.add_(g, alpha=self.alpha / n)
+                    self._project(attacked, originals)
+                loss = trainer.compute_loss(batch)
+                if k == self.steps - 1:
+                    trainer.backward(loss)
+                    break
+                found = torch.autograd.grad(trainer.scaler.scale(loss), attacked, allow_unused=True)
+                pairs = [(p, g) for p, g in zip(attacked, found) if g is not None]
+                moving, grads, norms = usable([p for p, _ in pairs], [g for _, g in pairs])
+            restore(attacked, originals)
+        self._remember(trainer)
+
+    def _project(self, params: list, originals: list) -> None:
+        delta = torch._foreach_sub(params, originals)
+        norms = torch.stack([n.float() for n in torch._foreach_norm(delta)]).tolist()
+        torch._foreach_mul_(delta, [min(1.0, self.epsilon / n) if n > 0 else 1.0 for n in norms])
+        torch._foreach_copy_(params, torch._foreach_add(originals, delta))
+
+
+class AWP(_Attack):
+    """Adversarial weight perturbation (Wu et al. 2020), as in the Feedback Prize solutions: from `start_epoch`
+    (0-based) on, move each matching weight w by lr·g/‖g‖·‖w‖, clamped to [w − ε|w|, w + ε|w|], backward the
+    loss there (gradients add up), restore the exact weights."""
+
+    def __init__(self, lr: float = 1.0, epsilon: float = 0.001, start_epoch: int = 1, param_name: str = "weight"):
+        super().__init__(param_name)
+        _positive("adversarial.lr", lr)
+        _positive("adversarial.epsilon", epsilon)
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+            raise TextclfError(f"adversarial.start_epoch must be an integer >= 0, got {start_epoch!r}")
+        self.lr, self.epsilon, self.start_epoch = float(lr), float(epsilon), start_epoch
+
+    def after_backward(self, trainer, batch) -> None:
+        if getattr(trainer, "epoch", 0) < self.start_epoch:
+            return
+        params, grads, norms = self._directions()
+        if params:
+            originals = copy_of(params)
+            with torch.no_grad():
+                w_norms = torch.stack([n.float() for n in torch._foreach_norm(originals)]).tolist()
+                step = torch._foreach_mul(grads, [self.lr * (w + 1e-6) / (n + 1e-6) for n, w in zip(norms, w_norms)])
+                bound = torch._foreach_abs(originals)
+                torch._foreach_mul_(bound, self.epsilon)
+                torch._foreach_minimum_(step, bound)
+                torch._foreach_neg_(bound)
+                torch._foreach_maximum_(step, bound)
+                torch._foreach_add_(params, step)
+                del step, bound
+            trainer.backward(trainer.compute_loss(batch))
+            restore(params, originals)
+        self._remember(trainer)
+
+
+def _positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise TextclfError(f"{name} must be a positive number, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- weight averaging
+class EMA(Hook):
+    """Exponential moving average of the weights: shadow = decay·shadow + (1 − decay)·param after each optimizer
+    step from `start_step` on (before it the shadow follows the live weights). Evaluation, and so the saved
+    best checkpoint, see the shadow; training goes on with the live weights.
+
+    warmup=true uses min(decay, (1 + n) / (10 + n)) for the n-th update (TensorFlow's num_updates rule): a short
+    fine-tune of a few hundred steps would otherwise average mostly the pretrained weights at decay 0.999.
+    The update is one fused lerp over all parameters; the shadow costs one copy of the trainable weights.
+    """
+
+    def __init__(self, decay: float = 0.999, start_step: int = 0, warmup: bool = False):
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise TextclfError(f"ema.decay must be a number in [0, 1), got {decay!r}")
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+            raise TextclfError(f"ema.start_step must be an integer >= 0, got {start_step!r}")
+        if not isinstance(warmup, bool):
+            raise TextclfError(f"ema.warmup must be true or false, got {warmup!r}")
+        self.decay, self.start_step, self.warmup = float(decay), start_step, warmup
+        self.names: list[str] = []
+        self.params: list[torch.nn.Parameter] = []
+        self.shadow: list[torch.Tensor] = []
+        self.updates = 0
+        self._live: list[torch.Tensor] | None = None
+
+    def on_fit_start(self, trainer) -> None:
+        named = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad and p.is_floating_point()]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.shadow = copy_of([p.detach() for p in self.params])
+        self.updates, self._live = 0, None
+
+    def decay_now(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def after_step(self, trainer) -> None:
+        self._follow_device()
+        if trainer.global_step < self.start_step:
+            torch._foreach_copy_(self.shadow, self.params)
+            return
+        torch._foreach_lerp_(self.shadow, self.params, 1.0 - self.decay_now())
+        self.updates += 1
+
+    def before_evaluate(self, trainer) -> None:
+        self._follow_device()
+        self._live = self._swap_in(self.params)
+
+    def after_evaluate(self, trainer) -> None:
+        if self._live is not None:
+            restore(self.params, self._live)
+            self._live = None
+
+    @contextlib.contextmanager
+    def swapped(self, model: torch.nn.Module | None = None):
+        """`with ema.swapped(model):` the model holds the shadow weights inside, its live weights after."""
+        params = self.params if model is None else self._params_of(model)
+        live = self._swap_in(params)
+        try:
+            yield model
+        finally:
+            restore(params, live)
+
+    def shadow_state(self) -> dict[str, torch.Tensor]:
+        """The shadow weights by parameter name (they share memory with the hook's shadow)."""
+        return dict(zip(self.names, self.shadow))
+
+    def _swap_in(self, params: list) -> list[torch.Tensor]:
+        live = copy_of([p.detach() for p in params])
+        restore(params, self.shadow)
+        return live
+
+    def _params_of(self, model: torch.nn.Module) -> list:
+        named = dict(model.named_parameters())
+        missing = [n for n in self.names if n not in named]
+        if missing:
+            raise TextclfError(f"ema: the model has no parameter {missing[0]!r}: it is not the model this EMA "
+                               f"averaged")
+        return [named[n] for n in self.names]
+
+    def _follow_device(self) -> None:
+        if self.shadow and self.shadow[0].device != self.params[0].device:
+            self.shadow = [s.to(p.device) for s, p in zip(self.shadow, self.params)]

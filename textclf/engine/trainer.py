@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..errors import TextclfError
 from ..metrics import better
 from .hooks import Hook
+from .objective import StandardObjective, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ def autocast(device: torch.device, precision: str):
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
 
 
 @torch.inference_mode()
@@ -77,7 +74,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer, scheduler, *,
                  device: torch.device, epochs: int, grad_accum_steps: int = 1, max_grad_norm: float | None = 1.0,
                  precision: str = "fp32", monitor: str = "macro_f1", early_stopping_patience: int | None = None,
-                 hooks: Sequence[Hook] = (), log_every_steps: int = 50, desc: str = "train"):
+                 hooks: Sequence[Hook] = (), objective=None, log_every_steps: int = 50, desc: str = "train"):
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.device, self.epochs, self.accum = device, epochs, max(1, grad_accum_steps)
         self.max_grad_norm, self.precision, self.monitor = max_grad_norm, precision, monitor
@@ -85,13 +82,13 @@ class Trainer:
         # fp16 needs loss scaling on CUDA; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
         self.global_step = 0
+        self.epoch = 0
         self.group_size = self.accum  # batches in the current accumulation group
+        self.objective = objective if objective is not None else StandardObjective()  # how a batch becomes a loss
 
     # -- the pieces hooks reuse
     def compute_loss(self, batch: dict) -> torch.Tensor:
-        with autocast(self.device, self.precision):
-            logits = self.model(**model_inputs(batch))
-        return self.loss_fn(logits.float(), batch["labels"])
+        return self.objective(self.model, batch, self.loss_fn, lambda: autocast(self.device, self.precision))
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.group_size).backward()
@@ -119,6 +116,7 @@ class Trainer:
         for h in self.hooks:
             h.on_fit_start(self)
         for epoch in range(self.epochs):
+            self.epoch = epoch
             if hasattr(train_loader.batch_sampler, "set_epoch"):
                 train_loader.batch_sampler.set_epoch(epoch)
             t0 = time.perf_counter()
