@@ -125,7 +125,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     collate = Collator(encoded, y_all, tokenizer.pad_token_id, pad_left)
     loader = partial(torch.utils.data.DataLoader, num_workers=int(tcfg.num_workers),
                      pin_memory=device.type == "cuda")
-    write_csv(run_dir / "folds.csv", folds_table(folds, len(y)))
+    write_csv(run_dir / "folds.csv", folds_table(folds, len(y), getattr(splitter, "assignment", None)))
 
     n_cols = len(labels.classes)
     oof = np.full((len(y_all), n_cols), np.nan, dtype=np.float64)
@@ -278,9 +278,12 @@ def load_weights(path: Path) -> dict:
     return load_file(str(path))
 
 
-def folds_table(folds, n_rows: int):
+def folds_table(folds, n_rows: int, assignment: np.ndarray | None = None):
+    """Each training row's fold (-1: never validated, as with a holdout's training rows)."""
     import pandas as pd
 
+    if assignment is not None:
+        return pd.DataFrame({"row": np.arange(n_rows), "fold": assignment[:n_rows]})
     fold_of = np.full(n_rows, -1, dtype=np.int64)
     for f in folds:
         fold_of[f.valid_rows[f.valid_rows < n_rows]] = f.index

@@ -85,3 +85,20 @@ def test_option_trains_on_the_tiny_model(group, option, task, tiny_bert4, tmp_pa
     assert metrics["task"] == task
     assert math.isfinite(score) and math.isfinite(metrics["mean"]["train_loss"])
     assert (tmp_path / "run" / "fold_0" / "model.safetensors").exists()
+
+
+def test_a_subset_of_folds_still_records_every_rows_fold(tiny_bert, tmp_path, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    task_frame("multiclass", n=30).to_csv(tmp_path / "train.csv", index=False)
+    overrides = ["data=csv", "data.train_file=train.csv", f"model.name_or_path={tiny_bert}", "model.max_length=16",
+                 "trainer.epochs=1", "trainer.device=cpu", "kfold=stratified", "kfold.n_splits=3", "kfold.folds=[1]"]
+    with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    train(cfg, run_dir=tmp_path / "run")
+    folds = pd.read_csv(tmp_path / "run" / "folds.csv")
+    assert sorted(folds["fold"].unique()) == [0, 1, 2] and len(folds) == 30
+    assert [p.name for p in (tmp_path / "run").glob("fold_*")] == ["fold_1"]
+    oof = pd.read_csv(tmp_path / "run" / "oof.csv")
+    assert sorted(oof["row"]) == sorted(folds.loc[folds["fold"] == 1, "row"])  # out-of-fold only where it ran

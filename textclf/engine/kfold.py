@@ -80,6 +80,9 @@ class StratifiedKFoldSplit:
         else:
             splits = StratifiedKFold(self.n_splits, shuffle=self.shuffle, random_state=seed).split(np.zeros(n), strat)
         folds = [Fold(i, tr, va) for i, (tr, va) in enumerate(splits)]
+        self.assignment = np.full(n, -1, dtype=np.int64)  # every row's fold, also of folds not run
+        for f in folds:
+            self.assignment[f.valid_rows] = f.index
         return [f for f in folds if self.folds is None or f.index in self.folds]
 
 
