@@ -40,17 +40,11 @@ OmegaConf.register_new_resolver("textclf_dirname", _dirname, replace=True)
 
 
 def _run(fn, cfg: DictConfig):
-    from hydra.errors import InstantiationException
-
-    from .errors import TextclfError
+    from .errors import TextclfError, own_errors
 
     try:
-        try:
+        with own_errors():
             return fn(cfg)
-        except InstantiationException as e:  # a constructor's own check, wrapped by hydra.utils.instantiate
-            if isinstance(e.__cause__, TextclfError):
-                raise e.__cause__ from None
-            raise
     except TextclfError as e:
         _log_to_files(f"error: {e}")
         print(f"textclf: error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ Run folder (Hydra's output directory):
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -149,7 +150,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
             model.compile(dynamic=True)  # in place: state_dict keys stay the same for saving and predict
         optimizer = instantiate(cfg.optimizer)(model)
         scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps_per_epoch * int(tcfg.epochs))
-        loss_fn = build_loss(cfg.loss, labels, y_all[fold.train_rows]).to(device)
+        loss_fn = build_loss(cfg.loss, labels, y_all[fold.train_rows])
+        eval_loss_fn = copy.deepcopy(loss_fn)  # scores logits on the CPU; the training copy stays on the device
+        loss_fn.to(device)
         hooks = build_hooks(cfg.get("adversarial"), cfg.get("ema"))  # fresh per fold; `none` ({}) builds nothing
         objective = (instantiate(cfg.rdrop, task=labels.task, single_logit=labels.single_logit)
                      if cfg.get("rdrop") else None)
@@ -160,12 +163,11 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
                           log_every_steps=int(tcfg.log_every_steps), desc=f"fold {fold.index}")
 
         def score(rows, logits):
-            return score_logits(labels, y_all[rows], logits, loss_fn.cpu())
+            return score_logits(labels, y_all[rows], logits, eval_loss_fn)
 
         result = trainer.fit(train_loader, valid_loader, score,
                              on_improve=lambda state: save_weights(fold_dir / "model.safetensors", state))
         rows, logits = result.best_valid_logits
-        loss_fn.to(device)
         oof[rows] = labels.outputs(logits)
         write_csv(fold_dir / "history.csv", _frame(result.history))
         if test_encoded is not None:

@@ -166,3 +166,14 @@ def test_hydra_rejects_unknown_options_and_keys_at_compose_time():
 @pytest.mark.parametrize("value", ["cuda", "cuda:1", "cpu", "auto"])
 def test_valid_devices_pass(value):
     validate(compose_train([f"trainer.device={value}"]))
+
+
+def test_task_and_training_switches_are_checked_before_anything_loads():
+    cfg = compose_train(["threshold=1.5", "data.label_sep=''", "trainer.compile=maybe", "tune_threshold=3",
+                         "model.freeze_embeddings=2", "trainer.monitor=bleu"])
+    with pytest.raises(TextclfError) as info:
+        validate(cfg)
+    message = str(info.value)
+    for name in ("threshold: must be a number between 0 and 1", "data.label_sep", "trainer.compile",
+                 "tune_threshold", "model.freeze_embeddings", "trainer.monitor"):
+        assert name in message, message

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from ..errors import TextclfError
+from ..errors import TextclfError, own_errors
 from .backbone import load_backbone, load_backbone_config
 
 
@@ -54,13 +53,8 @@ def build_classifier(model_cfg, pooling_cfg, head_cfg, num_labels: int, *, name_
 
 
 def _build(node, **runtime):
-    """instantiate(), but a TextclfError raised by a constructor reaches the user as itself, not wrapped."""
-    try:
+    with own_errors():
         return instantiate(node, **runtime)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, TextclfError):
-            raise e.__cause__ from None
-        raise
 
 
 def apply_layer_options(backbone, model_cfg) -> None:
