@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .data import AGGREGATES, TRUNCATIONS
 from .errors import TextclfError
 
 TOP_KEYS = {"data", "model", "pooling", "head", "loss", "optimizer", "scheduler", "kfold", "task", "trainer",
@@ -18,7 +19,8 @@ TOP_KEYS = {"data", "model", "pooling", "head", "loss", "optimizer", "scheduler"
 DATA_KEYS = {"train_file", "valid_file", "test_file", "text_col", "text_pair_col", "label_col", "label_sep",
              "encoding", "encoding_errors"}
 MODEL_KEYS = {"name_or_path", "max_length", "truncation", "trust_remote_code", "gradient_checkpointing",
-              "hidden_dropout", "attention_dropout", "freeze_embeddings", "freeze_layers", "reinit_layers"}
+              "hidden_dropout", "attention_dropout", "freeze_embeddings", "freeze_layers", "reinit_layers",
+              "head_fraction", "window_stride", "max_windows", "window_aggregate"}
 TRAINER_KEYS = {"epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "max_grad_norm", "device",
                 "precision", "seed", "deterministic", "monitor", "early_stopping_patience", "length_window",
                 "num_workers", "log_every_steps", "compile"}
@@ -73,8 +75,19 @@ def validate(cfg: DictConfig) -> None:
             _int_at_least(model, f"model.{key}", key, 0, problems)
     if not isinstance(model.get("freeze_embeddings", False), bool):
         problems.append(f"model.freeze_embeddings: must be true or false, got {model.get('freeze_embeddings')!r}")
-    if model.get("truncation") not in ("head", "tail"):
-        problems.append(f"model.truncation: must be head or tail, got {model.get('truncation')!r}")
+    if model.get("truncation") not in TRUNCATIONS:
+        problems.append(f"model.truncation: must be one of {', '.join(TRUNCATIONS)}, got {model.get('truncation')!r}")
+    hf = model.get("head_fraction", 0.25)
+    if isinstance(hf, bool) or not isinstance(hf, (int, float)) or not 0 <= hf <= 1:
+        problems.append(f"model.head_fraction: must be a number from 0 to 1 (the share of the tokens kept from "
+                        f"the start with truncation=head_tail), got {hf!r}")
+    for key in ("window_stride", "max_windows"):
+        value = model.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            problems.append(f"model.{key}: must be null or an integer >= 1, got {value!r}")
+    if model.get("window_aggregate", "mean") not in AGGREGATES:
+        problems.append(f"model.window_aggregate: must be one of {', '.join(AGGREGATES)}, "
+                        f"got {model.get('window_aggregate')!r}")
 
     if cfg.get("task") not in TASKS:
         problems.append(f"task: must be one of {', '.join(TASKS)}, got {cfg.get('task')!r}")

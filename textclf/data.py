@@ -207,13 +207,22 @@ from .tasks import LabelSpace  # noqa: E402,F401  (labels live with the task log
 
 
 # ----------------------------------------------------------------------------- tokenization
+TRUNCATIONS = ("head", "tail", "head_tail", "window")
+AGGREGATES = ("mean", "max")
+
+
 @dataclass
 class Encoded:
-    """Token ids of many texts in one flat array: row i is ids[offsets[i]:offsets[i+1]]."""
+    """Token ids of many sequences in one flat array: sequence i is ids[offsets[i]:offsets[i+1]].
+
+    A sequence is a whole text, or with sliding windows one window of a text: `doc[i]` is the input row
+    sequence i came from (None: one sequence per row, sequence i is row i). A row's windows are contiguous.
+    """
 
     ids: np.ndarray
     offsets: np.ndarray
     type_ids: np.ndarray | None = None
+    doc: np.ndarray | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -222,37 +231,180 @@ class Encoded:
     def __len__(self):
         return len(self.offsets) - 1
 
+    @property
+    def n_docs(self) -> int:
+        return len(self) if self.doc is None else int(self.doc[-1]) + 1 if len(self.doc) else 0
 
-def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, chunk: int = 4096,
-             desc: str = "tokenize") -> Encoded:
-    """Tokenize once with the fast tokenizer, no padding; a progress bar on large inputs."""
+    def seq_rows(self, docs) -> np.ndarray:
+        """The sequences (windows) of the given input rows, in that order."""
+        docs = np.asarray(docs, dtype=np.int64)
+        if self.doc is None:
+            return docs
+        starts = np.searchsorted(self.doc, docs, side="left")
+        ends = np.searchsorted(self.doc, docs, side="right")
+        return np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) if len(docs) else docs
+
+    def seq_labels(self, y: np.ndarray | None) -> np.ndarray | None:
+        """Each sequence's label: its row's."""
+        return y if y is None or self.doc is None else y[self.doc]
+
+    def aggregate(self, rows: np.ndarray, logits: np.ndarray, how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """Per-sequence logits -> one per input row (mean or max over its windows), rows ascending."""
+        if self.doc is None:
+            order = np.argsort(rows, kind="stable")
+            return rows[order], logits[order]
+        docs = self.doc[rows]
+        order = np.argsort(docs, kind="stable")
+        docs, logits = docs[order], logits[order]
+        uniq, first = np.unique(docs, return_index=True)
+        if how == "max":
+            out = np.maximum.reduceat(logits, first, axis=0)
+        else:
+            counts = np.diff(np.append(first, len(docs)))
+            out = np.add.reduceat(logits.astype(np.float64), first, axis=0) / counts[:, None]
+        return uniq, out.astype(logits.dtype, copy=False)
+
+
+def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, truncation: str = "head",
+             head_fraction: float = 0.25, stride: int | None = None, max_windows: int | None = None,
+             chunk: int = 4096, desc: str = "tokenize") -> Encoded:
+    """Tokenize once with the fast tokenizer, no padding; a progress bar on large inputs.
+
+    truncation: head / tail keep the start / the end (the tokenizer's own truncation); head_tail keeps
+    head_fraction of the token budget from the start and the rest from the end; window cuts a long text into
+    windows of max_length tokens (special tokens included) that start `stride` text tokens apart (default:
+    half a window), the last one ending at the text's end; max_windows keeps that many, evenly spread.
+    Segment ids are kept for text pairs and wherever the tokenizer gives a text non-zero ones (XLNet's <cls>).
+    """
     from tqdm.auto import tqdm
 
-    ids, type_ids, lengths = [], [], []
-    need_types = pairs is not None and "token_type_ids" in tokenizer.model_input_names
+    if truncation not in TRUNCATIONS:
+        raise TextclfError(f"model.truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
+    manual = truncation in ("head_tail", "window")
+    if manual and pairs is not None:
+        raise TextclfError(f"model.truncation={truncation} works on single texts; with data.text_pair_col use "
+                           f"model.truncation=head or tail")
+    template = special_template(tokenizer) if manual else None
+    tokenizer.truncation_side = "left" if truncation == "tail" else "right"
+    if template is not None:
+        budget = max_length - len(template.prefix) - len(template.suffix)
+        if budget < 1:
+            raise TextclfError(f"model.max_length={max_length} leaves no room for text next to the tokenizer's "
+                               f"{len(template.prefix) + len(template.suffix)} special tokens")
+        if stride is not None and not 0 < int(stride) <= budget:
+            raise TextclfError(f"model.window_stride={stride} must be between 1 and the window's {budget} text "
+                               f"tokens (max_length {max_length} minus special tokens)")
+        step = int(stride) if stride is not None else max(1, budget // 2)
+    want_types = "token_type_ids" in tokenizer.model_input_names
+    ids, type_ids, lengths, docs = [], [], [], []
+    any_types = pairs is not None
     for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", disable=len(texts) <= chunk,
                       leave=False):
         a = texts[start:start + chunk]
         b = pairs[start:start + chunk] if pairs is not None else None
-        enc = tokenizer(a, b, truncation=True, max_length=max_length, padding=False,
-                        return_attention_mask=False, return_token_type_ids=need_types)
-        for row in enc["input_ids"]:
+        if template is None:
+            enc = tokenizer(a, b, truncation=True, max_length=max_length, padding=False,
+                            return_attention_mask=False, return_token_type_ids=want_types)
+            pieces = [(start + j, row, enc["token_type_ids"][j] if want_types else None)
+                      for j, row in enumerate(enc["input_ids"])]
+        else:
+            enc = tokenizer(a, add_special_tokens=False, truncation=False, padding=False,
+                            return_attention_mask=False, return_token_type_ids=False)
+            pieces = []
+            for j, row in enumerate(enc["input_ids"]):
+                if truncation == "head_tail":
+                    cuts = [head_tail(row, budget, head_fraction)]
+                else:
+                    cuts = windows(row, budget, step, max_windows)
+                pieces.extend((start + j, *template.wrap(cut)) for cut in cuts)
+        for doc, row, types in pieces:
             ids.append(np.asarray(row, dtype=np.int32))
             lengths.append(len(row))
-        if need_types:
-            type_ids.extend(np.asarray(r, dtype=np.int8) for r in enc["token_type_ids"])
+            docs.append(doc)
+            if want_types:
+                t = np.asarray(types, dtype=np.int8)
+                any_types = any_types or bool(t.any())
+                type_ids.append(t)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
-    flat_types = np.concatenate(type_ids) if need_types and type_ids else None
-    return Encoded(flat, offsets, flat_types)
+    flat_types = np.concatenate(type_ids) if want_types and any_types and type_ids else None
+    doc = np.asarray(docs, dtype=np.int64) if truncation == "window" else None
+    return Encoded(flat, offsets, flat_types, doc)
+
+
+def tokenize_with(tokenizer, texts: list, pairs: list | None, model_cfg, desc: str = "tokenize") -> Encoded:
+    """tokenize() with the model config's max_length and truncation settings (a run's saved config too)."""
+    get = model_cfg.get
+    return tokenize(tokenizer, texts, pairs, int(get("max_length")), truncation=str(get("truncation", "head")),
+                    head_fraction=float(get("head_fraction", 0.25)), stride=get("window_stride"),
+                    max_windows=get("max_windows"), desc=desc)
+
+
+def head_tail(ids: list, budget: int, head_fraction: float) -> list:
+    if len(ids) <= budget:
+        return ids
+    head = int(round(budget * head_fraction))
+    tail = budget - head
+    return ids[:head] + (ids[len(ids) - tail:] if tail else [])
+
+
+def windows(ids: list, budget: int, step: int, max_windows: int | None = None) -> list[list]:
+    """Windows of `budget` tokens starting `step` apart; the last one ends at the end. An empty text is one
+    empty window, so every row keeps one sequence."""
+    if len(ids) <= budget:
+        return [ids]
+    starts = list(range(0, len(ids) - budget, step)) + [len(ids) - budget]
+    if max_windows and len(starts) > max_windows:
+        keep = np.unique(np.linspace(0, len(starts) - 1, int(max_windows)).round().astype(int))
+        starts = [starts[k] for k in keep]
+    return [ids[s:s + budget] for s in starts]
+
+
+@dataclass
+class SpecialTemplate:
+    """Where a tokenizer puts its special tokens around one text, and their segment ids."""
+
+    prefix: list
+    suffix: list
+    prefix_types: list
+    text_type: int
+    suffix_types: list
+
+    def wrap(self, ids: list) -> tuple[list, list]:
+        return (self.prefix + list(ids) + self.suffix,
+                self.prefix_types + [self.text_type] * len(ids) + self.suffix_types)
+
+
+def special_template(tokenizer) -> SpecialTemplate:
+    """Read the special-token layout off the tokenizer itself: tokenize a sample with and without special
+    tokens and find the text inside (BERT: [CLS] text [SEP]; RoBERTa: <s> text </s>; XLNet: text <sep> <cls>)."""
+    sample = "hello world 2024"
+    text = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    full = tokenizer(sample, add_special_tokens=True, return_token_type_ids=True)
+    ids, types = full["input_ids"], full.get("token_type_ids") or [0] * len(full["input_ids"])
+    for i in range(len(ids) - len(text) + 1):
+        if ids[i:i + len(text)] == text:
+            j = i + len(text)
+            return SpecialTemplate(ids[:i], ids[j:], list(types[:i]), int(types[i]) if text else 0,
+                                   list(types[j:]))
+    raise TextclfError(f"cannot find where {type(tokenizer).__name__} puts its special tokens (the text's own "
+                       f"tokens do not appear inside the full encoding); use model.truncation=head or tail")
 
 
 class Collator:
-    """Pads a list of row indices to the batch's longest row, on the tokenizer's padding side."""
+    """Pads a list of sequence indices to the batch's longest one, on the tokenizer's padding side."""
 
-    def __init__(self, encoded: Encoded, labels: np.ndarray | None, pad_id: int, pad_left: bool = False):
+    def __init__(self, encoded: Encoded, labels: np.ndarray | None, pad_id: int, pad_left: bool = False,
+                 pad_type_id: int = 0):
         self.encoded, self.labels, self.pad_id, self.pad_left = encoded, labels, pad_id, pad_left
+        self.pad_type_id = pad_type_id
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, encoded: Encoded, labels: np.ndarray | None = None) -> "Collator":
+        """Labels are per input row; with windows each window gets its row's."""
+        return cls(encoded, encoded.seq_labels(labels), tokenizer.pad_token_id, tokenizer.padding_side == "left",
+                   int(getattr(tokenizer, "pad_token_type_id", 0) or 0))
 
     def __call__(self, rows: list[int]) -> dict:
         import torch
@@ -262,7 +414,7 @@ class Collator:
         width = int(lengths.max())
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
-        types = np.zeros((len(rows), width), dtype=np.int64) if enc.type_ids is not None else None
+        types = np.full((len(rows), width), self.pad_type_id, dtype=np.int64) if enc.type_ids is not None else None
         for j, (r, n) in enumerate(zip(rows, lengths)):
             s = enc.offsets[r]
             cols = slice(width - n, width) if self.pad_left else slice(0, n)

@@ -62,7 +62,7 @@ def predict(cfg: DictConfig) -> None:
 
     import torch
 
-    from .data import Collator, sorted_batches, tokenize
+    from .data import Collator, sorted_batches, tokenize_with
     from .engine.trainer import predict_logits, resolve_device
     from .models import build_classifier
     from .models.backbone import load_backbone_config, load_tokenizer
@@ -75,18 +75,20 @@ def predict(cfg: DictConfig) -> None:
     mcfg = run_cfg.model
     tokenizer = load_tokenizer(backbone_dir, truncation=mcfg.truncation, trust_remote_code=mcfg.trust_remote_code)
     backbone_config = load_backbone_config(backbone_dir, trust_remote_code=mcfg.trust_remote_code)
-    encoded = tokenize(tokenizer, split.texts, split.pairs, int(mcfg.max_length))
-    collate = Collator(encoded, None, tokenizer.pad_token_id, tokenizer.padding_side == "left")
+    encoded = tokenize_with(tokenizer, split.texts, split.pairs, mcfg)
+    collate = Collator.for_tokenizer(tokenizer, encoded)
     batches = sorted_batches(np.arange(len(encoded)), encoded.lengths, int(cfg.batch_size))
     loader = torch.utils.data.DataLoader(range(len(encoded)), batch_sampler=batches, collate_fn=collate)
 
-    outputs = np.zeros((len(encoded), len(labels.classes)), dtype=np.float64)
+    outputs = np.zeros((encoded.n_docs, len(labels.classes)), dtype=np.float64)
     for path in weights:
         model = build_classifier(mcfg, run_cfg.pooling, run_cfg.head, labels.num_outputs,
                                  name_or_path=backbone_dir, pretrained=False, backbone_config=backbone_config)
         model.load_state_dict(load_weights(path))
         model.to(device)
-        rows, logits = predict_logits(model, loader, device, precision, desc=f"predict {path.parent.name}")
+        rows, logits = encoded.aggregate(
+            *predict_logits(model, loader, device, precision, desc=f"predict {path.parent.name}"),
+            str(mcfg.get("window_aggregate", "mean")))
         outputs[rows] += labels.outputs(logits) / len(weights)
         del model
     table = labels.table(outputs, extra={"row": np.arange(len(outputs))})

@@ -24,7 +24,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
-from .data import Collator, EpochBatches, LabelSpace, load_splits, sorted_batches, tokenize
+from .data import Collator, EpochBatches, LabelSpace, load_splits, sorted_batches, tokenize_with
 from .errors import TextclfError
 from .io import save_weights, write_csv, write_json, write_text
 
@@ -106,6 +106,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
         raise TextclfError("trainer.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
     name_or_path = resolve_name_or_path(cfg.model.name_or_path)
     mcfg = cfg.model
+    aggregate = str(mcfg.get("window_aggregate", "mean"))
     tokenizer = load_tokenizer(name_or_path, truncation=mcfg.truncation, trust_remote_code=mcfg.trust_remote_code)
     backbone_config = load_backbone_config(name_or_path, hidden_dropout=mcfg.hidden_dropout,
                                            attention_dropout=mcfg.attention_dropout,
@@ -115,15 +116,20 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
 
     texts = train_split.texts + (valid_split.texts if valid_split else [])
     pairs = (train_split.pairs + (valid_split.pairs if valid_split else [])) if train_split.pairs else None
-    encoded = tokenize(tokenizer, texts, pairs, int(mcfg.max_length), desc="tokenize")
+    encoded = tokenize_with(tokenizer, texts, pairs, mcfg, desc="tokenize")
     y_all = np.concatenate([y, y_valid]) if valid_split else y
     lengths = encoded.lengths
-    log.info("tokenized %d texts once: mean %.1f tokens, %.1f%% truncated at max_length=%d", len(encoded),
-             lengths.mean(), 100.0 * (lengths >= int(mcfg.max_length)).mean(), int(mcfg.max_length))
-    test_encoded = tokenize(tokenizer, test_split.texts, test_split.pairs, int(mcfg.max_length),
-                            desc="tokenize test") if test_split else None
-    pad_left = tokenizer.padding_side == "left"
-    collate = Collator(encoded, y_all, tokenizer.pad_token_id, pad_left)
+    if encoded.doc is not None:
+        log.info("tokenized %d texts once into %d windows of up to %d tokens (%.2f per text, at most %d); "
+                 "window logits are %s-aggregated per text", encoded.n_docs, len(encoded), int(mcfg.max_length),
+                 len(encoded) / max(encoded.n_docs, 1), int(np.bincount(encoded.doc).max()), aggregate)
+    else:
+        log.info("tokenized %d texts once: mean %.1f tokens, %.1f%% cut to max_length=%d (truncation=%s)",
+                 len(encoded), lengths.mean(), 100.0 * (lengths >= int(mcfg.max_length)).mean(),
+                 int(mcfg.max_length), mcfg.truncation)
+    test_encoded = (tokenize_with(tokenizer, test_split.texts, test_split.pairs, mcfg, desc="tokenize test")
+                    if test_split else None)
+    collate = Collator.for_tokenizer(tokenizer, encoded, y_all)
     loader = partial(torch.utils.data.DataLoader, num_workers=int(tcfg.num_workers),
                      pin_memory=device.type == "cuda")
     write_csv(run_dir / "folds.csv", folds_table(folds, len(y), getattr(splitter, "assignment", None)))
@@ -139,11 +145,12 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
         fold_dir = run_dir / f"fold_{fold.index}"
         model = build_classifier(mcfg, cfg.pooling, cfg.head, labels.num_outputs, name_or_path=name_or_path,
                                  backbone_config=backbone_config)
-        train_batches = EpochBatches(fold.train_rows, lengths, int(tcfg.batch_size), int(tcfg.length_window),
+        train_batches = EpochBatches(encoded.seq_rows(fold.train_rows), lengths, int(tcfg.batch_size), int(tcfg.length_window),
                                      seed=int(tcfg.seed) + 1000 * fold.index)
         train_loader = loader(range(len(encoded)), batch_sampler=train_batches, collate_fn=collate)
         valid_loader = loader(range(len(encoded)), collate_fn=collate,
-                              batch_sampler=sorted_batches(fold.valid_rows, lengths, int(tcfg.eval_batch_size)))
+                              batch_sampler=sorted_batches(encoded.seq_rows(fold.valid_rows), lengths,
+                                                                   int(tcfg.eval_batch_size)))
         steps_per_epoch = -(-len(train_batches) // int(tcfg.grad_accum_steps))
         model.to(device)  # before the optimizer, so its state lives on the same device
         if tcfg.get("compile", False):
@@ -166,17 +173,19 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
             return score_logits(labels, y_all[rows], logits, eval_loss_fn)
 
         result = trainer.fit(train_loader, valid_loader, score,
-                             on_improve=lambda state: save_weights(fold_dir / "model.safetensors", state))
+                             on_improve=lambda state: save_weights(fold_dir / "model.safetensors", state),
+                             reduce=lambda rows, logits: encoded.aggregate(rows, logits, aggregate))
         rows, logits = result.best_valid_logits
         oof[rows] = labels.outputs(logits)
         write_csv(fold_dir / "history.csv", _frame(result.history))
         if test_encoded is not None:
             model.load_state_dict(load_weights(fold_dir / "model.safetensors"))
-            test_collate = Collator(test_encoded, None, tokenizer.pad_token_id, pad_left)
+            test_collate = Collator.for_tokenizer(tokenizer, test_encoded)
             test_loader = loader(range(len(test_encoded)), collate_fn=test_collate,
                                  batch_sampler=sorted_batches(np.arange(len(test_encoded)), test_encoded.lengths,
                                                               int(tcfg.eval_batch_size)))
-            t_rows, t_logits = predict_logits(model, test_loader, device, str(tcfg.precision), desc="test")
+            t_rows, t_logits = test_encoded.aggregate(
+                *predict_logits(model, test_loader, device, str(tcfg.precision), desc="test"), aggregate)
             test_out[t_rows] += labels.outputs(t_logits) / len(folds)
         del model, optimizer, trainer
         out = {"fold": fold.index, "best_epoch": result.best_epoch, **result.best_metrics,

@@ -163,7 +163,7 @@ def test_tail_truncation_keeps_the_end(tiny_bert):
     tail = load_tokenizer(str(tiny_bert), truncation="tail")
     text = "goal " * 20 + "vote bank"
     h = tokenize(head, [text], None, 8)
-    t = tokenize(tail, [text], None, 8)
+    t = tokenize(tail, [text], None, 8, truncation="tail")
     h_tokens = head.convert_ids_to_tokens(h.ids.tolist())
     t_tokens = tail.convert_ids_to_tokens(t.ids.tolist())
     assert h_tokens[0] == t_tokens[0] == "[CLS]" and h_tokens[-1] == t_tokens[-1] == "[SEP]"

@@ -107,8 +107,10 @@ class Trainer:
 
     # -- the loop
     def fit(self, train_loader, valid_loader, score_fn: Callable[[np.ndarray, np.ndarray], dict],
-            on_improve: Callable[[dict], None] | None = None) -> FitResult:
-        """score_fn(rows, logits) -> metrics dict; on_improve(state_dict) is called for each new best."""
+            on_improve: Callable[[dict], None] | None = None,
+            reduce: Callable[[np.ndarray, np.ndarray], tuple] | None = None) -> FitResult:
+        """score_fn(rows, logits) -> metrics dict; on_improve(state_dict) is called for each new best;
+        reduce(rows, logits) -> (rows, logits) turns the loader's sequences into input rows (sliding windows)."""
         best, best_epoch, best_logits, history, stale = None, -1, None, [], 0
         train_time = train_samples = eval_time = eval_samples = 0.0
         self.model.to(self.device)
@@ -131,6 +133,8 @@ class Trainer:
                                           desc=f"{self.desc} eval")
             eval_time += time.perf_counter() - t0
             eval_samples += len(rows)
+            if reduce is not None:
+                rows, logits = reduce(rows, logits)
             metrics = {"epoch": epoch + 1, "train_loss": train_loss, **score_fn(rows, logits)}
             history.append(metrics)
             log.info("%s epoch %d/%d: %s", self.desc, epoch + 1, self.epochs,

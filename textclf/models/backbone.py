@@ -49,24 +49,92 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _hub_error(name_or_path: str, err: Exception) -> TextclfError:
-    return TextclfError(
-        f"could not load model {name_or_path!r}: it is not a local folder, and fetching it from the Hugging Face "
-        f"hub failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}). On an offline machine, download "
-        f"it elsewhere and point model.name_or_path at the folder.")
+def _offline_mode() -> bool:
+    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether a load failed because the hub could not be reached (offline mode, no network, a timeout)."""
+    seen = 0
+    while err is not None and seen < 10:  # the cause chain, bounded
+        name = type(err).__name__
+        if name in ("OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout",
+                    "ConnectionError", "TimeoutError", "ReadTimeout") or "couldn't connect" in str(err):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _hub_error(name_or_path: str, err: Exception, what: str = "model") -> TextclfError:
+    """One message saying what to do: a local folder transformers cannot read, a hub id that cannot be fetched
+    (offline: how to bring a copy over), or another hub failure (a wrong id, a gated repository)."""
+    detail = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+    if Path(name_or_path).is_dir():
+        return TextclfError(f"could not load the {what} from the folder {name_or_path!r} ({detail})")
+    fetch = (f"download it on a machine with network (`hf download {name_or_path} --local-dir DIR`; with an older "
+             f"huggingface_hub `huggingface-cli download {name_or_path} --local-dir DIR`), copy DIR here and pass "
+             f"model.name_or_path=DIR")
+    if _offline_mode() or _unreachable(err):
+        why = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline_mode() else "the hub is unreachable from here"
+        return TextclfError(f"could not load model {name_or_path!r}: it is neither a local folder nor in the "
+                            f"Hugging Face cache, and {why}; {fetch}")
+    return TextclfError(f"could not load model {name_or_path!r}: it is not a local folder and fetching it from the "
+                        f"Hugging Face hub failed ({detail}); check the hub id, or {fetch}")
+
+
+#: packages that turn a SentencePiece model file (spiece.model, spm.model, ...) into a fast tokenizer
+SENTENCEPIECE_PACKAGES = {"sentencepiece": "sentencepiece", "protobuf": "google.protobuf"}
+
+
+def _missing_sentencepiece_packages() -> list[str]:
+    import importlib
+
+    missing = []
+    for package, module in SENTENCEPIECE_PACKAGES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
+
+
+def _sentencepiece_error(name_or_path: str, err: Exception | None) -> TextclfError | None:
+    """A clear message when a SentencePiece tokenizer cannot be read for want of sentencepiece/protobuf
+    (transformers 5 falls through to a misleading "tiktoken is required" error); None when that is not it."""
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        models = sorted(p.name for p in folder.glob("*.model"))
+        if not models or (folder / "tokenizer.json").exists():
+            return None  # nothing to convert: tokenizer.json is read without either package
+    else:
+        models = []
+        text = f"{err}".lower()
+        if err is None or not any(word in text for word in ("sentencepiece", "protobuf", "tiktoken")):
+            return None
+    missing = _missing_sentencepiece_packages()
+    if not missing:
+        return None
+    found = f" ({', '.join(models)})" if models else ""
+    return TextclfError(f"model {name_or_path!r} has a SentencePiece tokenizer{found}; reading it needs the "
+                        f"sentencepiece and protobuf packages, and {' and '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} not installed: pip install sentencepiece protobuf")
 
 
 def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_code: bool = False):
     _quiet_transformers()
     from transformers import AutoTokenizer
 
+    spm_error = _sentencepiece_error(name_or_path, None)
+    if spm_error is not None:
+        raise spm_error
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise _hub_error(name_or_path, e) from None
+    except (OSError, ValueError, ImportError) as e:
+        raise (_sentencepiece_error(name_or_path, e) or _hub_error(name_or_path, e, "tokenizer")) from None
     if not getattr(tok, "is_fast", False):
         raise TextclfError(f"model {name_or_path!r} has no fast tokenizer; textclf needs one (tokenizers library)")
-    tok.truncation_side = {"head": "right", "tail": "left"}[truncation]
+    tok.truncation_side = "left" if truncation == "tail" else "right"  # head_tail / window cut texts themselves
     return tok
 
 
@@ -78,7 +146,7 @@ def load_backbone_config(name_or_path: str, *, hidden_dropout=None, attention_dr
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise _hub_error(name_or_path, e) from None
+        raise _hub_error(name_or_path, e, "model config") from None
     for value, names in ((hidden_dropout, ("hidden_dropout_prob", "dropout", "hidden_dropout")),
                          (attention_dropout, ("attention_probs_dropout_prob", "attention_dropout"))):
         if value is not None:
