@@ -39,6 +39,8 @@ CONFIGS = {
     "awp": ["adversarial=awp", "adversarial.start_epoch=0"],  # active from the first step
     "rdrop": ["rdrop=default"],
     "all": ["adversarial=fgm", "ema=default", "rdrop=default"],
+    # reference, not a hook: plain training on batches twice as large, the work R-Drop's doubled batch does
+    "plain_2x": [],
 }
 
 
@@ -132,24 +134,26 @@ def main() -> int:
     y = np.array([classes.index(v) for v in split.labels], dtype=np.int64)
     n_rows = args.batch_size * args.steps
     rng = np.random.default_rng(0)
-    rows = rng.choice(len(split.texts), size=n_rows, replace=False)
+    rows = rng.choice(len(split.texts), size=2 * n_rows, replace=False)
     encoded = tokenize(tokenizer, [split.texts[i] for i in rows], None, args.max_length)
-    collate = Collator(encoded, y[rows], tokenizer.pad_token_id, tokenizer.padding_side == "left")
+    collate = Collator.for_tokenizer(tokenizer, encoded, y[rows])
     batches = [collate(list(range(i, i + args.batch_size))) for i in range(0, n_rows, args.batch_size)]
-    widths = sorted({b["input_ids"].shape[1] for b in batches})
+    double = [collate(list(range(i, i + 2 * args.batch_size))) for i in range(0, 2 * n_rows, 2 * args.batch_size)]
+    widths = sorted({b["input_ids"].shape[1] for b in batches + double})
 
     print(f"device {device}, torch threads {torch.get_num_threads()}, precision {args.precision}, "
           f"backbone {name_or_path}")
     print(f"{len(batches)} batches of {args.batch_size} demo articles, widths {widths}; "
           f"{args.rounds} rounds x {args.steps} steps per configuration, round-robin")
     trainers = {n: build(cfgs[n], batches, len(classes), name_or_path, backbone_config, device) for n in names}
+    batches_of = {n: double if n == "plain_2x" else batches for n in names}
     for n in names:  # warm-up: allocator, kernels, optimizer state
-        run_steps(trainers[n], batches[:1])
+        run_steps(trainers[n], batches_of[n][:1])
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         order = names if r % 2 == 0 else list(reversed(names))  # alternate the order between rounds
         for n in order:
-            times[n].extend(run_steps(trainers[n], batches))
+            times[n].extend(run_steps(trainers[n], batches_of[n]))
         print(f"round {r + 1}/{args.rounds} (median s/step so far): "
               + "  ".join(f"{n} {statistics.median(times[n]):.3f}" for n in names), flush=True)
 
@@ -170,6 +174,8 @@ def main() -> int:
               f"{('<= %.2fx' % target) if target else '':>9}  {verdict:<7}  {' '.join(CONFIGS[n]) or '-'}")
     if k:
         print(f"(pgd runs K={k} adversarial steps: target (K+1) x 1.05)")
+    if "plain_2x" in names:
+        print(f"(plain_2x: plain training on batches of {2 * args.batch_size}, the compute of one R-Drop step)")
     return 1 if failed else 0
 
 

@@ -193,3 +193,13 @@ def kfold_run(tmp_path_factory, tiny_bert):
 
 def pytest_report_header(config):
     return f"textclf executable: {shutil.which('textclf')} (python {sys.version.split()[0]})"
+
+
+# ----------------------------------------------------------------------------- tiny backbones of every family
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory):
+    """tiny_backbones(arch) -> folder of a 2-layer, hidden-32 model with its own tokenizer, for arch in
+    tiny_models.ARCHS (bert, roberta, deberta, electra, xlnet, bert_chinese); each built once per session."""
+    from tiny_models import TinyBackbones
+
+    return TinyBackbones(tmp_path_factory)

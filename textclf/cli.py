@@ -1,7 +1,7 @@
-"""`textclf <command>`: dispatch only. Each command is a Hydra app whose config ships in textclf.conf."""
+"""`textclf <command>`: dispatch only. train/predict/info are Hydra apps whose config ships in textclf.conf;
+report and ensemble read finished run folders (plain argparse)."""
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -14,19 +14,23 @@ commands:
   train     train a classifier (k-fold or holdout) and write a run folder
   predict   ensemble a run's folds over a new table: run_dir=... input=... output=...
   info      parameters and forward FLOPs of the composed model (same overrides as train)
+  report    rank every run of a sweep (or run) folder: overrides, CV mean ± std, folds, time, status
+  ensemble  blend runs trained on the same folds by their out-of-fold and test probabilities
 
 examples:
   textclf train                                     # embedded default: MiniLM-L6 on BBC News
   textclf train data=csv data.train_file=my.csv data.text_col=review data.label_col=stars
   textclf train kfold=stratified kfold.n_splits=5 pooling=cls
-  textclf train -m pooling=mean,cls                 # Hydra multirun sweep
+  textclf train -m pooling=mean,cls                 # Hydra multirun sweep (a failed job is recorded, not fatal)
+  textclf train -m hparams_search=optuna hydra.sweeper.n_trials=20   # Optuna search
+  textclf report multirun/2026-11-21/12-00-00       # the sweep's jobs, best first
+  textclf ensemble outputs/a outputs/b --output blend
   textclf train --cfg job                           # print the composed config
   textclf train --help                              # every config group and option
   textclf predict run_dir=outputs/2026-11-21/12-00-00 input=new.csv output=preds.csv
   textclf info pooling=attention model.max_length=256
 """
 
-log = logging.getLogger("textclf")
 CONF = "pkg://textclf.conf"
 
 
@@ -36,7 +40,14 @@ def _dirname(overrides: str) -> str:
     return name if len(name) <= 120 else name[:120] + "~"
 
 
+def _direction(monitor: str) -> str:
+    from .sweep import sweeper_direction
+
+    return sweeper_direction(str(monitor))
+
+
 OmegaConf.register_new_resolver("textclf_dirname", _dirname, replace=True)
+OmegaConf.register_new_resolver("textclf_direction", _direction, replace=True)
 
 
 def _run(fn, cfg: DictConfig):
@@ -46,24 +57,19 @@ def _run(fn, cfg: DictConfig):
         with own_errors():
             return fn(cfg)
     except TextclfError as e:
-        _log_to_files(f"error: {e}")
+        from .sweep import log_to_files
+
+        log_to_files(f"error: {e}")  # the run's log file; the console gets it once, on stderr
         print(f"textclf: error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
-def _log_to_files(message: str) -> None:
-    """Record the error in the run's log file; the console gets it once, on stderr."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
-def train_app(cfg: DictConfig) -> float:
+def train_app(cfg: DictConfig) -> float | None:
+    from .sweep import run_job
     from .train import train
 
-    return _run(train, cfg)
+    return run_job(train, cfg)  # the CV score; in a multirun a failed job is recorded and returns None
 
 
 @hydra.main(config_path=CONF, config_name="predict", version_base="1.3")
@@ -80,7 +86,35 @@ def info_app(cfg: DictConfig) -> None:
     _run(info, cfg)
 
 
+def report_command(argv: list[str]) -> int:
+    from .report import main as report_main
+
+    return report_main(argv)
+
+
+def ensemble_command(argv: list[str]) -> int:
+    from .ensemble import main as ensemble_main
+
+    return ensemble_main(argv)
+
+
 COMMANDS = {"train": train_app, "predict": predict_app, "info": info_app}
+PLAIN_COMMANDS = {"report": report_command, "ensemble": ensemble_command}
+PLUGINS = {"optuna": ("hydra_plugins.hydra_optuna_sweeper", "the Optuna sweeper"),
+           "joblib": ("hydra_plugins.hydra_joblib_launcher", "the joblib launcher")}
+
+
+def _missing_plugin(args: list[str]) -> str | None:
+    """hparams_search=optuna / launcher=joblib without their Hydra plugin: say what to install."""
+    import importlib.util
+
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") in ("hparams_search", "launcher", "hydra/sweeper", "hydra/launcher") and value in PLUGINS:
+            module, what = PLUGINS[value]
+            if importlib.util.find_spec(module) is None:
+                return f"{arg} needs {what}: pip install 'textclf[sweep]'"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,10 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"textclf {__version__}")
         return 0
     command = args[0]
+    if command in PLAIN_COMMANDS:
+        return PLAIN_COMMANDS[command](args[1:])
     if command not in COMMANDS:
         print(f"textclf: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    missing = _missing_plugin(args[1:])
+    if missing:
+        print(f"textclf: error: {missing}", file=sys.stderr)
+        return 2
+    if command == "train" and not {"-m", "--multirun"} & set(args) and any(
+            a.startswith("hparams_search=") and not a.endswith("=null") for a in args):
+        print("textclf: note: hparams_search only acts in a multirun: textclf train -m hparams_search=...",
+              file=sys.stderr)
     # @hydra.main reads sys.argv: drop the subcommand so Hydra sees only its own arguments
     extra = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job.name=info"] \
         if command == "info" else []  # info writes nothing

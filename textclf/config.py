@@ -15,15 +15,15 @@ from .data import AGGREGATES, TRUNCATIONS
 from .errors import TextclfError
 
 TOP_KEYS = {"data", "model", "pooling", "head", "loss", "optimizer", "scheduler", "kfold", "task", "trainer",
-            "threshold", "tune_threshold", "adversarial", "ema", "rdrop"}
+            "threshold", "tune_threshold", "adversarial", "ema", "rdrop", "resume"}
 DATA_KEYS = {"train_file", "valid_file", "test_file", "text_col", "text_pair_col", "label_col", "label_sep",
-             "encoding", "encoding_errors"}
+             "encoding", "encoding_errors", "group_col"}
 MODEL_KEYS = {"name_or_path", "max_length", "truncation", "trust_remote_code", "gradient_checkpointing",
               "hidden_dropout", "attention_dropout", "freeze_embeddings", "freeze_layers", "reinit_layers",
               "head_fraction", "window_stride", "max_windows", "window_aggregate"}
 TRAINER_KEYS = {"epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "max_grad_norm", "device",
                 "precision", "seed", "deterministic", "monitor", "early_stopping_patience", "length_window",
-                "num_workers", "log_every_steps", "compile"}
+                "num_workers", "log_every_steps", "compile", "checkpoint_every_steps"}
 #: arguments of each group's _target_ that textclf passes at build time, not from YAML
 RUNTIME_ARGS = {
     "pooling": {"hidden_size", "summary_last", "num_hidden_layers"},
@@ -96,6 +96,11 @@ def validate(cfg: DictConfig) -> None:
     for key, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("grad_accum_steps", 1),
                      ("seed", 0), ("length_window", 1), ("num_workers", 0), ("log_every_steps", 0)):
         _int_at_least(t, f"trainer.{key}", key, low, problems)
+    if "checkpoint_every_steps" in t:
+        _int_at_least(t, "trainer.checkpoint_every_steps", "checkpoint_every_steps", 0, problems)
+    if not isinstance(cfg.get("resume", False), bool):
+        problems.append(f"resume: must be true or false (resume=<run folder> also works on the command line), "
+                        f"got {cfg.get('resume')!r}")
     for key in ("deterministic", "compile"):
         if not isinstance(t.get(key, False), bool):
             problems.append(f"trainer.{key}: must be true or false, got {t.get(key)!r}")

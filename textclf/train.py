@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
 from .data import Collator, EpochBatches, LabelSpace, load_splits, sorted_batches, tokenize_with
+from .engine.checkpoint import FoldCheckpoint, fault_point
 from .errors import TextclfError
-from .io import save_weights, write_csv, write_json, write_text
+from .io import atomic_path, save_weights, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,14 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
         raise TextclfError(f"loss={cfg.loss._target_.rsplit('.', 1)[-1]} does not fit task {labels.task!r} "
                            f"(it fits: {', '.join(loss_cls.tasks)})")
     labels.single_logit = labels.task == "binary" and getattr(loss_cls, "single_logit_binary", False)
+    from .engine.kfold import make_folds
+
+    # an earlier run in this folder with the same settings is continued; other settings start over
+    resuming = prepare_run_dir(run_dir, cfg, bool(cfg.get("resume", False)))
     splitter = instantiate(cfg.kfold)
-    strat = labels.stratify_key(y)
-    if not valid_split and labels.task in ("binary", "multiclass"):
-        splitter.check(y, labels.names)
-    folds = splitter.split(strat, len(y), len(valid_split) if valid_split else 0)
+    # reuses run_dir/folds.csv when it exists, so a rerun validates on identical splits
+    folds, folds_frame = make_folds(splitter, labels, y, len(valid_split) if valid_split else 0, data_cfg=cfg.data,
+                                    run_dir=run_dir)
     log.info("task %s, %d %s: %s", labels.task, len(labels.classes),
              "targets" if labels.task == "regression" else "classes", ", ".join(labels.names[:20]))
 
@@ -130,12 +134,17 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     test_encoded = (tokenize_with(tokenizer, test_split.texts, test_split.pairs, mcfg, desc="tokenize test")
                     if test_split else None)
     collate = Collator.for_tokenizer(tokenizer, encoded, y_all)
+    # loaders draw their worker seeds from their own generator: each new iterator would otherwise take a number
+    # from the global RNG (the dropout masks' source), and a resumed epoch, which makes its iterator after
+    # restoring that RNG, would drift from the uninterrupted run
     loader = partial(torch.utils.data.DataLoader, num_workers=int(tcfg.num_workers),
-                     pin_memory=device.type == "cuda")
-    write_csv(run_dir / "folds.csv", folds_table(folds, len(y), getattr(splitter, "assignment", None)))
+                     pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(int(tcfg.seed)))
+    write_csv(run_dir / "folds.csv", folds_frame)
 
     n_cols = len(labels.classes)
-    oof = np.full((len(y_all), n_cols), np.nan, dtype=np.float64)
+    # summed over the folds that validate a row (once per kfold.repeats); averaged after the folds
+    oof_sum = np.zeros((len(y_all), n_cols), dtype=np.float64)
+    oof_count = np.zeros(len(y_all), dtype=np.int64)
     test_out = np.zeros((len(test_split), n_cols), dtype=np.float64) if test_split else None
 
     def fit_fold(fold) -> dict:
@@ -143,6 +152,12 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
 
         torch.manual_seed(int(tcfg.seed) + fold.index)
         fold_dir = run_dir / f"fold_{fold.index}"
+        if resuming and (fold_dir / "result.json").exists():
+            return finished_fold(fold_dir, fold.index, oof_sum, oof_count, test_out, len(folds))
+        checkpoint = FoldCheckpoint(fold_dir / "checkpoint", int(tcfg.get("checkpoint_every_steps", 0) or 0),
+                                    tag=str(fold.index))
+        if not resuming:
+            checkpoint.clear()
         model = build_classifier(mcfg, cfg.pooling, cfg.head, labels.num_outputs, name_or_path=name_or_path,
                                  backbone_config=backbone_config)
         train_batches = EpochBatches(encoded.seq_rows(fold.train_rows), lengths, int(tcfg.batch_size), int(tcfg.length_window),
@@ -174,10 +189,14 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
 
         result = trainer.fit(train_loader, valid_loader, score,
                              on_improve=lambda state: save_weights(fold_dir / "model.safetensors", state),
-                             reduce=lambda rows, logits: encoded.aggregate(rows, logits, aggregate))
+                             reduce=lambda rows, logits: encoded.aggregate(rows, logits, aggregate),
+                             checkpoint=checkpoint)
         rows, logits = result.best_valid_logits
-        oof[rows] = labels.outputs(logits)
+        fold_oof = labels.outputs(logits)
+        oof_sum[rows] += fold_oof
+        oof_count[rows] += 1
         write_csv(fold_dir / "history.csv", _frame(result.history))
+        fold_test = None
         if test_encoded is not None:
             model.load_state_dict(load_weights(fold_dir / "model.safetensors"))
             test_collate = Collator.for_tokenizer(tokenizer, test_encoded)
@@ -186,17 +205,27 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
                                                               int(tcfg.eval_batch_size)))
             t_rows, t_logits = test_encoded.aggregate(
                 *predict_logits(model, test_loader, device, str(tcfg.precision), desc="test"), aggregate)
-            test_out[t_rows] += labels.outputs(t_logits) / len(folds)
+            fold_test = np.zeros_like(test_out)
+            fold_test[t_rows] = labels.outputs(t_logits)
+            test_out[:] += fold_test / len(folds)
         del model, optimizer, trainer
         out = {"fold": fold.index, "best_epoch": result.best_epoch, **result.best_metrics,
                "train_samples_per_s": result.train_samples_per_s, "eval_samples_per_s": result.eval_samples_per_s}
         out.pop("epoch", None)
+        # the fold's outputs, then result.json last: a fold with result.json is complete, and a resume skips it
+        save_arrays(fold_dir / "outputs.npz", oof_rows=rows, oof=fold_oof,
+                    **({"test": fold_test} if fold_test is not None else {}))
+        write_json(fold_dir / "result.json", plain_floats(out))
+        checkpoint.clear()
+        fault_point(f"fold:{fold.index}")
         log.info("fold %d: best epoch %d, %s=%.4f", fold.index, result.best_epoch, monitor,
                  result.best_metrics[monitor])
         return out
 
     # 3. the folds
     fold_results = run_folds(folds, fit_fold)
+    oof = np.full((len(y_all), n_cols), np.nan, dtype=np.float64)
+    oof[oof_count > 0] = oof_sum[oof_count > 0] / oof_count[oof_count > 0, None]
 
     # 4. out-of-fold predictions, metrics, test predictions
     from .metrics import compute_metrics, per_class_report, summarize
@@ -228,6 +257,84 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     log.info("done: %s = %.4f ± %.4f over %d fold(s); run folder %s", monitor, mean[monitor], std[monitor],
              len(fold_results), run_dir)
     return float(mean[monitor])
+
+
+# ----------------------------------------------------------------------------- resuming
+#: settings that may change between an interrupted run and its resumption without changing its results
+RESUME_FREE_KEYS = {"resume", "trainer.checkpoint_every_steps", "trainer.log_every_steps", "trainer.num_workers"}
+#: what a run writes; a run folder reused with other settings loses these (folds.csv stays only if the split
+#: settings are unchanged)
+RUN_OUTPUTS = ("metrics.json", "oof.csv", "test_predictions.csv")
+
+
+def prepare_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> bool:
+    """True when run_dir holds an earlier run with the same settings: it continues (finished folds are kept,
+    the fold in flight goes on from its last checkpoint). Other settings: resume=true is an error, otherwise
+    the folder's earlier outputs are removed and the run starts over."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        if resume:
+            raise TextclfError(f"resume=true but {run_dir} holds no run to resume (no config.yaml); point "
+                               f"hydra.run.dir (or resume=<folder>) at the folder of the interrupted run")
+        return False
+    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    changed = [k for k in config_differences(old, new) if k not in RESUME_FREE_KEYS]
+    if not changed:
+        done = sorted(p.parent.name for p in run_dir.glob("fold_*/result.json"))
+        log.info("resuming the run in %s (finished folds: %s)", run_dir, ", ".join(done) or "none")
+        return True
+    if resume:
+        raise TextclfError(f"cannot resume {run_dir}: it was started with other settings "
+                           f"({', '.join(changed[:8])}); resume with the same settings, or use another run folder")
+    log.warning("run folder %s holds an earlier run with other settings (%s): starting over", run_dir,
+                ", ".join(changed[:8]))
+    import shutil
+
+    for path in run_dir.glob("fold_*"):
+        if path.is_dir():
+            shutil.rmtree(path)
+    for name in RUN_OUTPUTS:
+        (run_dir / name).unlink(missing_ok=True)
+    if any(k.startswith(("kfold.", "data.")) or k == "trainer.seed" for k in changed):
+        (run_dir / "folds.csv").unlink(missing_ok=True)
+    return False
+
+
+def config_differences(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config trees."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out.extend(config_differences(old.get(key, "<missing>"), new.get(key, "<missing>"), f"{prefix}{key}."))
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def finished_fold(fold_dir: Path, index: int, oof_sum: np.ndarray, oof_count: np.ndarray,
+                  test_out: np.ndarray | None, n_folds: int) -> dict:
+    """A fold a resumed run had finished: its result and predictions, read back instead of trained again."""
+    import json
+
+    arrays = np.load(fold_dir / "outputs.npz", allow_pickle=False)
+    oof_sum[arrays["oof_rows"]] += arrays["oof"]
+    oof_count[arrays["oof_rows"]] += 1
+    if test_out is not None:
+        if "test" not in arrays:
+            raise TextclfError(f"cannot resume: {fold_dir} has no test predictions but data.test_file is set")
+        test_out += arrays["test"] / n_folds
+    log.info("fold %d: finished before, kept", index)
+    return json.loads((fold_dir / "result.json").read_text(encoding="utf-8"))
+
+
+def save_arrays(path: Path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def plain_floats(d: dict) -> dict:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -287,18 +394,6 @@ def load_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
-
-
-def folds_table(folds, n_rows: int, assignment: np.ndarray | None = None):
-    """Each training row's fold (-1: never validated, as with a holdout's training rows)."""
-    import pandas as pd
-
-    if assignment is not None:
-        return pd.DataFrame({"row": np.arange(n_rows), "fold": assignment[:n_rows]})
-    fold_of = np.full(n_rows, -1, dtype=np.int64)
-    for f in folds:
-        fold_of[f.valid_rows[f.valid_rows < n_rows]] = f.index
-    return pd.DataFrame({"row": np.arange(n_rows), "fold": fold_of})
 
 
 def _frame(rows: list[dict]):

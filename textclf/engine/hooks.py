@@ -22,6 +22,9 @@ class Hook:
     def after_step(self, trainer) -> None: ...
     def before_evaluate(self, trainer) -> None: ...
     def after_evaluate(self, trainer) -> None: ...
+    # what a resumed fold needs back (checkpoints are taken between optimizer steps)
+    def state_dict(self) -> dict: return {}
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def build_hooks(*nodes) -> list[Hook]:
@@ -273,6 +276,14 @@ class EMA(Hook):
         self.params = [p for _, p in named]
         self.shadow = copy_of([p.detach() for p in self.params])
         self.updates, self._live = 0, None
+
+    def state_dict(self) -> dict:
+        return {"shadow": [t.detach().cpu() for t in self.shadow], "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.shadow, [t.to(s.device) for t, s in zip(state["shadow"], self.shadow)])
+        self.updates = int(state["updates"])
 
     def decay_now(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import sys
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..errors import TextclfError
 from ..metrics import better
+from .checkpoint import fault_point, rng_state, set_rng_state
 from .hooks import Hook
 from .objective import StandardObjective, model_inputs
 
@@ -85,6 +87,7 @@ class Trainer:
         self.epoch = 0
         self.group_size = self.accum  # batches in the current accumulation group
         self.objective = objective if objective is not None else StandardObjective()  # how a batch becomes a loss
+        self.checkpoint = None
 
     # -- the pieces hooks reuse
     def compute_loss(self, batch: dict) -> torch.Tensor:
@@ -108,62 +111,82 @@ class Trainer:
     # -- the loop
     def fit(self, train_loader, valid_loader, score_fn: Callable[[np.ndarray, np.ndarray], dict],
             on_improve: Callable[[dict], None] | None = None,
-            reduce: Callable[[np.ndarray, np.ndarray], tuple] | None = None) -> FitResult:
+            reduce: Callable[[np.ndarray, np.ndarray], tuple] | None = None, checkpoint=None) -> FitResult:
         """score_fn(rows, logits) -> metrics dict; on_improve(state_dict) is called for each new best;
-        reduce(rows, logits) -> (rows, logits) turns the loader's sequences into input rows (sliding windows)."""
-        best, best_epoch, best_logits, history, stale = None, -1, None, [], 0
-        train_time = train_samples = eval_time = eval_samples = 0.0
+        reduce(rows, logits) -> (rows, logits) turns the loader's sequences into input rows (sliding windows);
+        checkpoint (a FoldCheckpoint) saves the fold's state every N steps and each epoch, and a fit that finds
+        one continues from it exactly."""
+        self.checkpoint = checkpoint
+        self.progress = {"best": None, "best_epoch": -1, "history": [], "stale": 0, "train_time": 0.0,
+                         "train_samples": 0, "eval_time": 0.0, "eval_samples": 0}
+        self.best_logits = None  # (rows, logits) of the best epoch's validation predictions
+        start_epoch, start_batch, acc = 0, 0, None
         self.model.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         for h in self.hooks:
             h.on_fit_start(self)
-        for epoch in range(self.epochs):
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            start_epoch, start_batch, acc = self._restore(*saved)
+            log.info("%s: resuming at epoch %d, batch %d (optimizer step %d)", self.desc, start_epoch + 1,
+                     start_batch, self.global_step)
+        p = self.progress
+        for epoch in range(start_epoch, self.epochs):
             self.epoch = epoch
             if hasattr(train_loader.batch_sampler, "set_epoch"):
                 train_loader.batch_sampler.set_epoch(epoch)
             t0 = time.perf_counter()
-            train_loss, seen = self._train_epoch(train_loader, epoch)
-            train_time += time.perf_counter() - t0
-            train_samples += seen
+            first = epoch == start_epoch
+            train_loss, seen = self._train_epoch(train_loader, epoch, start_batch if first else 0,
+                                                 acc if first else None)
+            p["train_time"] += time.perf_counter() - t0
+            p["train_samples"] += seen
 
             for h in self.hooks:
                 h.before_evaluate(self)
             t0 = time.perf_counter()
             rows, logits = predict_logits(self.model, valid_loader, self.device, self.precision,
                                           desc=f"{self.desc} eval")
-            eval_time += time.perf_counter() - t0
-            eval_samples += len(rows)
+            p["eval_time"] += time.perf_counter() - t0
+            p["eval_samples"] += len(rows)
             if reduce is not None:
                 rows, logits = reduce(rows, logits)
             metrics = {"epoch": epoch + 1, "train_loss": train_loss, **score_fn(rows, logits)}
-            history.append(metrics)
+            p["history"].append(metrics)
             log.info("%s epoch %d/%d: %s", self.desc, epoch + 1, self.epochs,
                      "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
+            best = p["best"]
             if better(self.monitor, metrics[self.monitor], None if best is None else best[self.monitor]):
-                best, best_epoch, stale = metrics, epoch + 1, 0
+                p["best"], p["best_epoch"], p["stale"] = metrics, epoch + 1, 0
                 order = np.argsort(rows, kind="stable")
-                best_logits = (rows[order], logits[order])
+                self.best_logits = (rows[order], logits[order])
                 if on_improve is not None:
                     on_improve(self.model.state_dict())
             else:
-                stale += 1
+                p["stale"] += 1
             for h in self.hooks:
                 h.after_evaluate(self)
-            if self.patience and stale >= self.patience:
+            if self.patience and p["stale"] >= self.patience:
                 log.info("%s: early stop after epoch %d (%s did not improve for %d epochs)",
-                         self.desc, epoch + 1, self.monitor, stale)
+                         self.desc, epoch + 1, self.monitor, p["stale"])
                 break
-        return FitResult(best_epoch, best, best_logits, history,
-                         train_samples / max(train_time, 1e-9), eval_samples / max(eval_time, 1e-9))
+            if checkpoint is not None and epoch + 1 < self.epochs:
+                checkpoint.save(self.model, self._snapshot(epoch + 1, 0, None))
+                fault_point(f"epoch:{checkpoint.tag}:{epoch + 1}")
+        return FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"],
+                         p["train_samples"] / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
 
-    def _train_epoch(self, loader, epoch: int) -> tuple[float, int]:
+    def _train_epoch(self, loader, epoch: int, start: int = 0, acc: dict | None = None) -> tuple[float, int]:
+        """One epoch from batch `start` on (a resumed fold), with the loss accumulators it had there."""
         self.model.train()
         n_batches = len(loader)
-        total, count, seen = 0.0, 0, 0
-        pending = torch.zeros((), device=self.device)
+        acc = acc or {"total": 0.0, "count": 0, "pending": 0.0, "seen": 0}
+        total, count, seen = acc["total"], acc["count"], acc["seen"]
+        pending = torch.tensor(acc["pending"], dtype=torch.float32, device=self.device)
         bar = tqdm(loader, desc=f"{self.desc} epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
                    dynamic_ncols=True, mininterval=BAR_INTERVAL)
-        for i, batch in enumerate(bar):
+        # a resumed epoch skips the batches it had done: the epoch's batch order is the same as before
+        for i, batch in enumerate(itertools.islice(bar, start, None), start=start):
             batch = to_device(batch, self.device)
             # the last accumulation group of an epoch may be short: average over the batches it has
             self.group_size = min(self.accum, n_batches - (i // self.accum) * self.accum)
@@ -171,7 +194,8 @@ class Trainer:
             self.backward(loss)
             for h in self.hooks:
                 h.after_backward(self, batch)
-            if (i + 1) % self.accum == 0 or i + 1 == n_batches:
+            stepped = (i + 1) % self.accum == 0 or i + 1 == n_batches
+            if stepped:
                 self.optimizer_step()
             pending += loss.detach()
             seen += batch["input_ids"].size(0)
@@ -189,4 +213,36 @@ class Trainer:
             if self.log_every and (i + 1) % self.log_every == 0:
                 log.debug("%s epoch %d step %d/%d loss %.4f", self.desc, epoch + 1, i + 1, n_batches,
                           total / max(count, 1))
+            ckpt = self.checkpoint
+            if stepped and ckpt is not None:
+                if ckpt.due(self.global_step) and i + 1 < n_batches:
+                    state = {"total": total, "count": count, "pending": pending.item(), "seen": seen}
+                    ckpt.save(self.model, self._snapshot(epoch, i + 1, state))
+                fault_point(f"step:{ckpt.tag}:{self.global_step}")
         return total / max(count, 1), seen
+
+    # -- checkpoints
+    def _snapshot(self, epoch: int, batch_index: int, acc: dict | None) -> dict:
+        best_logits = self.best_logits
+        return {"epoch": epoch, "batch_index": batch_index, "global_step": self.global_step, "acc": acc,
+                "progress": self.progress,
+                "best_rows": None if best_logits is None else best_logits[0],
+                "best_logits": None if best_logits is None else best_logits[1],
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "hooks": [h.state_dict() for h in self.hooks],
+                "rng": rng_state()}
+
+    def _restore(self, weights: dict, state: dict):
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        for h, hs in zip(self.hooks, state["hooks"]):
+            h.load_state_dict(hs)
+        self.global_step = int(state["global_step"])
+        self.progress = state["progress"]
+        if state["best_rows"] is not None:
+            self.best_logits = (state["best_rows"].numpy(), state["best_logits"].numpy())
+        set_rng_state(state["rng"])
+        return int(state["epoch"]), int(state["batch_index"]), state["acc"]

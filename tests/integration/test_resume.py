@@ -1,0 +1,98 @@
+"""Kill a run (SIGKILL) at several points, resume it, and get exactly what an uninterrupted run gives (CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import pandas as pd
+import pytest
+from conftest import describe, make_frame, textclf_executable, tiny_overrides, write_frame
+
+pytestmark = pytest.mark.slow
+
+# 90 rows, 2 folds: 45 training rows a fold, batch 8 -> 6 optimizer steps an epoch, 12 a fold (2 epochs);
+# checkpoints every 4 steps: step 4, the end of epoch 1 (step 6), step 8
+KILL_POINTS = {
+    "step:0:5": "mid-epoch, one step after a checkpoint",
+    "step:0:10": "mid-epoch in the second epoch",
+    "epoch:0:1": "between epochs",
+    "checkpoint_write:0:8": "during a checkpoint write (weights written, state not)",
+    "fold:0": "between folds",
+    "step:1:3": "in the second fold before its first checkpoint",
+}
+
+
+def run(args, cwd, kill_at=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1",
+               TOKENIZERS_PARALLELISM="false")
+    env.pop("TEXTCLF_KILL_AT", None)
+    if kill_at:
+        env["TEXTCLF_KILL_AT"] = kill_at
+    proc = subprocess.run([textclf_executable(), *map(str, args)], cwd=str(cwd), env=env, capture_output=True,
+                          text=True, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume_data")
+    write_frame(make_frame(90, seed=0), d / "train.csv")
+    write_frame(make_frame(20, seed=1), d / "test.csv")
+    return d
+
+
+def train_args(tiny_bert, data_dir, run_dir):
+    return ["train", "data=csv", "data.train_file=train.csv", "data.test_file=test.csv", "kfold=stratified",
+            "kfold.n_splits=2", "ema=default", *tiny_overrides(tiny_bert, run_dir), "trainer.epochs=2",
+            "trainer.checkpoint_every_steps=4"]
+
+
+def outputs(run_dir) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for fold in metrics["folds"]:  # timings differ between any two runs
+        fold.pop("train_samples_per_s"), fold.pop("eval_samples_per_s")
+    for key in ("mean", "std"):
+        metrics[key].pop("train_samples_per_s", None), metrics[key].pop("eval_samples_per_s", None)
+    return {"metrics": metrics, "oof": pd.read_csv(run_dir / "oof.csv"),
+            "test": pd.read_csv(run_dir / "test_predictions.csv")}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert, data_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("resume_ref") / "run"
+    result = run(train_args(tiny_bert, data_dir, run_dir), data_dir)
+    assert result[0] == 0, describe(result)
+    assert not list(run_dir.glob("fold_*/checkpoint")), "a finished fold keeps no checkpoint"
+    return outputs(run_dir)
+
+
+@pytest.mark.parametrize("kill_at", list(KILL_POINTS), ids=list(KILL_POINTS.values()))
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert, data_dir, tmp_path, reference, kill_at):
+    run_dir = tmp_path / "run"
+    args = train_args(tiny_bert, data_dir, run_dir)
+    killed = run(args, data_dir, kill_at=kill_at)
+    assert killed[0] == -signal.SIGKILL, f"the fault point {kill_at} was never reached:\n{describe(killed)}"
+    assert not (run_dir / "metrics.json").exists(), "a killed run must not look finished"
+    resumed = run(args, data_dir)
+    assert resumed[0] == 0, describe(resumed)
+    assert "resuming the run" in resumed[1] + resumed[2] + (run_dir / "train.log").read_text()
+    got = outputs(run_dir)
+    assert got["metrics"] == reference["metrics"]
+    pd.testing.assert_frame_equal(got["oof"], reference["oof"], check_exact=True)
+    pd.testing.assert_frame_equal(got["test"], reference["test"], check_exact=True)
+
+
+def test_resume_true_with_other_settings_is_refused(tiny_bert, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = train_args(tiny_bert, data_dir, run_dir)
+    assert run(args, data_dir, kill_at="fold:0")[0] == -signal.SIGKILL
+    rc, out, err = run([*args, "optimizer.lr=1e-3", "resume=true"], data_dir)
+    assert rc == 2 and "cannot resume" in err and "optimizer.lr" in err, (rc, err)
+    assert err.count("textclf: error:") == 1 and "Traceback" not in err
+
+
+def test_resume_true_without_a_run_is_a_clear_error(tiny_bert, data_dir, tmp_path):
+    rc, out, err = run([*train_args(tiny_bert, data_dir, tmp_path / "empty"), "resume=true"], data_dir)
+    assert rc == 2 and "no run to resume" in err, err

@@ -1,0 +1,309 @@
+"""`textclf report <folder>`: one table of every run under a sweep (or run) folder, best first.
+
+A run folder is one with status.json, metrics.json or config.yaml (its fold_<k>/, backbone/ and .hydra/
+subfolders are not runs). Each row: the job's overrides (from .hydra/overrides.yaml), the monitored metric's
+mean ± std over the folds, every fold's score, the out-of-fold score, wall time and status (a failed job
+with its error's first line). Ranked by the metric's direction; printed and written as report.csv and
+report.md into the folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUN_MARKERS = ("status.json", "metrics.json", "config.yaml")
+SKIP_DIRS = {"backbone", ".hydra", "__pycache__"}
+ERROR_WIDTH = 100
+
+
+@dataclass
+class Job:
+    path: Path
+    name: str
+    num: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    status: str = "incomplete"
+    metric: str | None = None
+    direction: str | None = None
+    mean: float | None = None
+    std: float | None = None
+    folds: list[float] = field(default_factory=list)
+    oof: float | None = None
+    wall_s: float | None = None
+    error: str | None = None
+    warning: str | None = None
+    rank: int | None = None
+
+    def score(self, by: str = "mean") -> float | None:
+        value = self.oof if by == "oof" else self.mean
+        return value if value is not None and math.isfinite(value) else None
+
+
+# ----------------------------------------------------------------------------- reading
+def find_runs(root: Path) -> list[Path]:
+    runs = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if any(m in filenames for m in RUN_MARKERS) or ".hydra" in dirnames:
+            runs.append(Path(dirpath))
+            dirnames[:] = []  # fold_<k>/, backbone/, .hydra/ belong to the run
+        else:
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+    return runs
+
+
+def read_job(root: Path, path: Path) -> Job:
+    from .sweep import direction_of, read_status
+
+    name = "." if path == root else path.relative_to(root).as_posix()
+    m = re.match(r"^(\d+)_", path.name)
+    job = Job(path=path, name=name, num=int(m.group(1)) if m else None)
+    status = read_status(path) or {}
+    metrics = _read_json(path / "metrics.json")
+    job.overrides = _overrides(path, status)
+    if status.get("job") is not None:
+        job.num = int(status["job"])
+    job.status = status.get("status") or ("ok" if metrics else "incomplete")
+    if job.status == "running" and not _alive(status.get("pid")):
+        job.status = "incomplete"  # the process that ran it is gone: killed, or stopped with the machine
+    job.metric = (metrics or {}).get("monitor") or status.get("metric")
+    job.direction = status.get("direction") or direction_of(job.metric)
+    job.wall_s = status.get("wall_s")
+    job.error = status.get("error")
+    job.warning = status.get("warning")
+    if metrics and job.metric:
+        job.mean = _num((metrics.get("mean") or {}).get(job.metric))
+        job.std = _num((metrics.get("std") or {}).get(job.metric))
+        job.oof = _num((metrics.get("oof") or {}).get(job.metric))
+        job.folds = [_num(f.get(job.metric)) for f in metrics.get("folds") or []]
+    elif status.get("score") is not None:
+        job.mean = _num(status.get("score"))
+    return job
+
+
+def collect(root: Path, by: str = "mean") -> list[Job]:
+    """Every run under root, ranked: best first by the most common metric, then the rest."""
+    root = Path(root)
+    jobs = [read_job(root, p) for p in find_runs(root)]
+    return rank(jobs, by)
+
+
+def rank(jobs: list[Job], by: str = "mean") -> list[Job]:
+    scored = [j for j in jobs if j.status == "ok" and j.score(by) is not None]
+    metrics = [j.metric for j in scored]
+    primary = max(set(metrics), key=metrics.count) if metrics else None
+
+    def key(j: Job):
+        if j in scored and j.metric == primary:
+            s = j.score(by)
+            return (0, -s if j.direction != "minimize" else s, _order(j))
+        return (1 if j in scored else 2 if j.status == "ok" else 3, 0.0, _order(j))
+
+    ranked = sorted(jobs, key=key)
+    n = 0
+    for j in ranked:
+        if j in scored and j.metric == primary:
+            n += 1
+            j.rank = n
+    return ranked
+
+
+def _order(j: Job):
+    return (j.num if j.num is not None else 10 ** 9, j.name)
+
+
+def _overrides(path: Path, status: dict) -> list[str]:
+    file = path / ".hydra" / "overrides.yaml"
+    if file.exists():
+        from omegaconf import OmegaConf
+
+        try:
+            return [str(o) for o in OmegaConf.load(file)]
+        except Exception:  # noqa: BLE001 - unreadable: fall back to the status file or folder name
+            pass
+    if status.get("overrides") is not None:
+        return [str(o) for o in status["overrides"]]
+    name = re.sub(r"^\d+_", "", path.name)
+    return [] if name in ("default", ".") else [name]
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: trust the status
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _num(v) -> float | None:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- tables
+def common_overrides(jobs: list[Job]) -> list[str]:
+    """Overrides every job shares (shown once above the table instead of on every row)."""
+    if len(jobs) < 2:
+        return []
+    first = jobs[0].overrides
+    return [o for o in first if all(o in j.overrides for j in jobs[1:])]
+
+
+def rows(jobs: list[Job]) -> list[dict]:
+    common = set(common_overrides(jobs))
+    out = []
+    for j in jobs:
+        metric = j.metric or ""
+        out.append({
+            "rank": j.rank if j.rank is not None else "",
+            "job": j.num if j.num is not None else j.name,
+            "overrides": " ".join(o for o in j.overrides if o not in common) or "-",
+            "status": j.status,
+            "metric": metric,
+            "direction": j.direction or "",
+            "mean": j.mean, "std": j.std,
+            "folds": " ".join(_fmt(f) for f in j.folds),
+            "oof": j.oof,
+            "wall_s": round(j.wall_s, 1) if j.wall_s is not None else None,
+            "error": j.error or "",
+            "all_overrides": " ".join(j.overrides),
+            "folder": j.name,
+        })
+    return out
+
+
+def write_report(root: Path, jobs: list[Job], by: str = "mean") -> tuple[Path, Path]:
+    import pandas as pd
+
+    from .io import write_csv, write_text
+
+    table = pd.DataFrame(rows(jobs))
+    csv_path, md_path = Path(root) / "report.csv", Path(root) / "report.md"
+    write_csv(csv_path, table)
+    write_text(md_path, markdown(root, jobs, by))
+    return csv_path, md_path
+
+
+def _display(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
+    metrics = [j.metric for j in jobs if j.metric]
+    metric = max(set(metrics), key=metrics.count) if metrics else "score"
+    # status last: a failed job's error is the longest cell and stretches no other column
+    header = ["rank", "job", "overrides", f"{metric} mean ± std", "folds", "oof", "time", "status"]
+    body = []
+    for r, j in zip(rows(jobs), jobs):
+        status = j.status
+        if j.error:
+            first = j.error.strip().splitlines()[0]
+            status += ": " + (first if len(first) <= ERROR_WIDTH else first[:ERROR_WIDTH - 1] + "…")
+        score = "" if j.mean is None else _fmt(j.mean) + ("" if j.std is None or len(j.folds) < 2 else f" ± {_fmt(j.std)}")
+        if j.metric and j.metric != metric and score:
+            score += f" ({j.metric})"
+        body.append([str(r["rank"]), str(r["job"]), r["overrides"], score, r["folds"],
+                     "" if j.oof is None else _fmt(j.oof), _duration(j.wall_s), status])
+    return header, body
+
+
+def summary_lines(root: Path, jobs: list[Job], by: str = "mean") -> list[str]:
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: kv[0] != "ok"))
+    ranked = [j for j in jobs if j.rank is not None]
+    lines = [f"{root}: {len(jobs)} job(s), {parts}"]
+    if ranked:
+        d = ranked[0].direction
+        lines.append(f"ranked by {ranked[0].metric} ({'lower' if d == 'minimize' else 'higher'} is better), "
+                     f"{'out-of-fold' if by == 'oof' else 'mean over folds'}; best: job {ranked[0].num if ranked[0].num is not None else ranked[0].name}")
+    common = common_overrides(jobs)
+    if common:
+        lines.append("every job: " + " ".join(common))
+    for j in jobs:
+        if j.warning:
+            lines.append(f"job {j.num if j.num is not None else j.name}: warning: {j.warning}")
+    return lines
+
+
+def text_table(root: Path, jobs: list[Job], by: str = "mean") -> str:
+    header, body = _display(jobs)
+    keep = [i for i in range(len(header)) if header[i] in ("rank", "job", "overrides", "status")
+            or any(r[i] for r in body)]  # drop empty columns
+    header, body = [header[i] for i in keep], [[r[i] for i in keep] for r in body]
+    widths = [max(len(header[i]), *(len(r[i]) for r in body)) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = summary_lines(root, jobs, by) + ["", line(header), line(["-" * w for w in widths])]
+    out += [line(r) for r in body]
+    return "\n".join(out) + "\n"
+
+
+def markdown(root: Path, jobs: list[Job], by: str = "mean") -> str:
+    header, body = _display(jobs)
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    out = [f"# Report of {root}", ""] + [f"{s}  " for s in summary_lines(root, jobs, by)] + [""]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "|".join("---" for _ in header) + "|")
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in body]
+    return "\n".join(out) + "\n"
+
+
+def print_report(root: Path, jobs: list[Job], by: str = "mean", file=None) -> None:
+    print(text_table(root, jobs, by), end="", file=file or sys.stdout)
+    print(f"(written to {Path(root) / 'report.csv'} and report.md)", file=file or sys.stdout)
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return ""
+    s = float(s)
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
+# ----------------------------------------------------------------------------- command
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="textclf report",
+        description="Rank every run under a sweep (multirun/<date>/<time>) or run folder: overrides, CV mean ± std "
+                    "of the monitored metric, per-fold scores, out-of-fold score, time and status, best first. "
+                    "Writes report.csv and report.md into the folder.")
+    parser.add_argument("folder", help="a sweep folder (multirun/<date>/<time>) or a run folder")
+    parser.add_argument("--by", choices=("mean", "oof"), default="mean",
+                        help="rank by the mean over folds (default) or the out-of-fold score")
+    args = parser.parse_args(argv)
+    root = Path(args.folder)
+    if not root.is_dir():
+        print(f"textclf: error: {args.folder!r} is not a folder", file=sys.stderr)
+        return 2
+    jobs = collect(root, args.by)
+    if not jobs:
+        print(f"textclf: error: no runs under {args.folder!r} (a run folder holds status.json, metrics.json or "
+              f"config.yaml)", file=sys.stderr)
+        return 2
+    write_report(root, jobs, args.by)
+    print_report(root, jobs, args.by)
+    return 0

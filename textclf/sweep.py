@@ -1,0 +1,228 @@
+"""Sweeps: a training job that records its outcome and never takes a multirun down with it.
+
+Each job writes `status.json` into its folder: `running` when it starts, then `ok` (score, metric,
+direction, wall time) or `failed` (the error and its traceback). In a multirun a failed job returns None,
+which Hydra's sweepers record as a failure (Optuna marks the trial FAIL) before going on to the next job;
+a single run still stops with `textclf: error: ...` and exit status 2. After a multirun the report of the
+sweep folder is printed and written (textclf.report).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("textclf")
+STATUS_FILE = "status.json"
+
+
+def direction_of(metric: str | None) -> str | None:
+    """maximize / minimize for a metric name (None when unknown)."""
+    from .metrics import METRICS
+
+    if metric not in METRICS:
+        return None
+    return "maximize" if METRICS[metric] else "minimize"
+
+
+def sweeper_direction(monitor: str) -> str:
+    """The `textclf_direction` resolver: Optuna's direction for trainer.monitor (auto: macro_f1, maximize).
+    Regression's auto monitor is rmse, which is minimised: set trainer.monitor=rmse or hydra.sweeper.direction."""
+    return direction_of("macro_f1" if monitor == "auto" else monitor) or "maximize"
+
+
+def write_status(run_dir: Path, status: dict) -> None:
+    from .io import write_json
+
+    write_json(Path(run_dir) / STATUS_FILE, {k: _finite_or_none(v) for k, v in status.items()})
+
+
+def read_status(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
+    """Run `textclf train` as one job of a run or a multirun; record the outcome in status.json.
+
+    Returns the job's CV score (trainer.monitor's mean over the folds), or None for a failed job (or a
+    non-finite score) in a multirun, so a sweeper never optimises a failure.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .errors import TextclfError, own_errors
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
+    base = {"job": int(hc.job.num) if multirun else None, "overrides": list(hc.overrides.task)}
+    limit_threads(hc)
+    started = time.time()
+    write_status(run_dir, {"status": "running", **base, "started": _iso(started), "pid": os.getpid()})
+    failure = None
+    try:
+        with own_errors():
+            score = fn(cfg)
+    except KeyboardInterrupt:
+        write_status(run_dir, {"status": "interrupted", **base, "started": _iso(started), "finished": _iso(),
+                               "wall_s": time.time() - started, "error": "interrupted (Ctrl-C)"})
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of one job is recorded; a sweep goes on
+        own = isinstance(e, TextclfError)
+        failure = {"status": "failed", **base, "metric": _configured_monitor(cfg), "started": _iso(started),
+                   "finished": _iso(), "wall_s": time.time() - started, "error": error_message(e),
+                   "error_type": type(e).__name__,
+                   "traceback": None if own else "".join(traceback.format_exception(e))}
+        write_status(run_dir, failure)
+        if not multirun:
+            if own:
+                log_to_files(f"error: {e}")
+                print(f"textclf: error: {e}", file=sys.stderr)
+                sys.exit(2)
+            raise
+        log_to_files(f"job failed: {failure['error']}" + (f"\n{failure['traceback']}" if failure["traceback"] else ""))
+    if failure is not None:  # outside the except block: the traceback's frames (a model, its tensors) are gone
+        from .engine.kfold import free_memory
+
+        free_memory()
+        print(f"textclf: job {base['job']} failed: {failure['error'].splitlines()[0]}\n  recorded in "
+              f"{run_dir / STATUS_FILE}; the sweep goes on", file=sys.stderr)
+        return None
+
+    metrics = _read_json(run_dir / "metrics.json") or {}
+    monitor = metrics.get("monitor") or _configured_monitor(cfg)
+    direction = direction_of(monitor)
+    value = float(score) if score is not None else math.nan
+    status = {"status": "ok", **base, "score": value, "metric": monitor, "direction": direction,
+              "std": (metrics.get("std") or {}).get(monitor), "oof": (metrics.get("oof") or {}).get(monitor),
+              "started": _iso(started), "finished": _iso(), "wall_s": time.time() - started}
+    wanted = hc.sweeper.get("direction") if multirun else None
+    if isinstance(wanted, str) and direction and wanted != direction:
+        status["warning"] = (f"hydra.sweeper.direction={wanted} but {monitor} is better when "
+                             f"{'higher' if direction == 'maximize' else 'lower'}: set "
+                             f"hydra.sweeper.direction={direction}")
+        log.warning(status["warning"])
+    write_status(run_dir, status)
+    if not math.isfinite(value):
+        log.warning("the score %s is %s: recorded, but returned to the sweeper as no score", monitor, value)
+        return None if multirun else value
+    return value
+
+
+def error_message(e: BaseException) -> str:
+    from .errors import TextclfError
+
+    if isinstance(e, TextclfError):
+        return str(e)
+    text = f"{type(e).__name__}: {e}".strip()
+    if "out of memory" in text.lower() or isinstance(e, MemoryError):
+        text += ("\n(out of memory: lower trainer.batch_size or model.max_length, raise trainer.grad_accum_steps, "
+                 "or run fewer parallel jobs)")
+    return text
+
+
+def log_to_files(message: str) -> None:
+    """Record a message in the run's log file only; the console gets its own line on stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def limit_threads(hc) -> None:
+    """Parallel local jobs (hydra/launcher=joblib) share the CPU: give each job its share of the cores."""
+    launcher = hc.launcher
+    if "joblib" not in str(launcher.get("_target_", "")) or os.environ.get("OMP_NUM_THREADS"):
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = int(launcher.get("n_jobs") or 1)
+    n_jobs = cores if n_jobs < 0 else n_jobs
+    if n_jobs > 1:
+        import torch
+
+        torch.set_num_threads(max(1, cores // n_jobs))
+
+
+def conditional_params(cfg: DictConfig, trial) -> None:
+    """Optuna `custom_search_space`: parameters that exist only for some choices of a group.
+
+    adversarial.epsilon is searched only in trials with adversarial=fgm (or pgd), ema.decay only with
+    ema=default; other trials get no such override (it would not compose)."""
+    if _chosen(cfg, trial, "adversarial") in ("fgm", "pgd"):
+        trial.suggest_float("adversarial.epsilon", 0.1, 2.0, log=True)
+    if _chosen(cfg, trial, "ema") == "default":
+        trial.suggest_categorical("ema.decay", [0.99, 0.995, 0.999])
+
+
+def _chosen(cfg: DictConfig, trial, group: str) -> str | None:
+    if group in trial.params:
+        return str(trial.params[group])
+    if group in trial.user_attrs:  # fixed on the command line
+        return str(trial.user_attrs[group])
+    try:
+        return str(cfg.hydra.runtime.choices.get(group))
+    except Exception:  # noqa: BLE001 - no hydra node: nothing chosen
+        return None
+
+
+class SweepReport(Callback):
+    """Hydra callback (hydra.callbacks in train.yaml): after a multirun, print and write its report."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        from .report import collect, print_report, write_report
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        jobs = collect(sweep_dir)
+        if not jobs:
+            return
+        write_report(sweep_dir, jobs)
+        print_report(sweep_dir, jobs)
+        if not any(j.status == "ok" for j in jobs):
+            print(f"textclf: error: every job of the sweep failed (status.json in each job folder of {sweep_dir})",
+                  file=sys.stderr)
+            raise SystemExit(1)
+
+
+def _configured_monitor(cfg: DictConfig) -> str | None:
+    try:
+        monitor = str(cfg.trainer.monitor)
+    except Exception:  # noqa: BLE001
+        return None
+    return None if monitor == "auto" else monitor
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _finite_or_none(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _iso(t: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if t is None else t, tz=timezone.utc).astimezone().isoformat(
+        timespec="seconds")
