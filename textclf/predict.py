@@ -33,6 +33,9 @@ def load_run(run_dir: Path, folds=None) -> tuple[DictConfig, dict, list[Path]]:
         missing.append("fold_<k>/model.safetensors" + (f" for folds {list(folds)}" if folds is not None else ""))
     if missing:
         raise TextclfError(f"run_dir {str(run_dir)!r} is not a finished textclf run: missing {', '.join(missing)}")
+    from .manifest import verify
+
+    verify(run_dir, weights)
     cfg = OmegaConf.load(run_dir / "config.yaml")
     labels = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
     return cfg, labels, weights

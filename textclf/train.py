@@ -245,7 +245,6 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     report = per_class_report(labels, y_all[scored], oof[scored])
     if report is not None:
         summary["oof_report"] = report
-    write_json(run_dir / "metrics.json", summary)
     source = ["train"] * len(y) + ["valid"] * (len(y_all) - len(y))
     row_in_file = list(range(len(y))) + list(range(len(y_all) - len(y)))
     write_csv(run_dir / "oof.csv", labels.table(oof[scored], y_true=y_all[scored],
@@ -253,6 +252,11 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
                                                        "row": np.asarray(row_in_file)[scored]}))
     if test_out is not None:
         write_csv(run_dir / "test_predictions.csv", labels.table(test_out))
+    # metrics.json, then run.json last: a folder with run.json is a finished run (predict checks it)
+    write_json(run_dir / "metrics.json", summary)
+    from .manifest import write_manifest
+
+    write_manifest(run_dir)
     mean, std = summary["mean"], summary["std"]
     log.info("done: %s = %.4f ± %.4f over %d fold(s); run folder %s", monitor, mean[monitor], std[monitor],
              len(fold_results), run_dir)
@@ -264,7 +268,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
 RESUME_FREE_KEYS = {"resume", "trainer.checkpoint_every_steps", "trainer.log_every_steps", "trainer.num_workers"}
 #: what a run writes; a run folder reused with other settings loses these (folds.csv stays only if the split
 #: settings are unchanged)
-RUN_OUTPUTS = ("metrics.json", "oof.csv", "test_predictions.csv")
+RUN_OUTPUTS = ("run.json", "metrics.json", "oof.csv", "test_predictions.csv")
 
 
 def prepare_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> bool:

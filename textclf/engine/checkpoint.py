@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import signal
 from pathlib import Path
@@ -65,7 +66,7 @@ class FoldCheckpoint:
         try:
             weights = load_file(str(self.folder / f"{name}.safetensors"))
             state = torch.load(self.folder / f"{name}.pt", map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError) as e:
+        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
             raise TextclfError(f"cannot resume from {self.folder}: checkpoint {name} is unreadable ({e}); "
                                f"delete that folder to restart this fold from scratch") from None
         return weights, state
