@@ -80,6 +80,15 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
     if kind is None:
         raise TextclfError(f"{role} {path!r}: unknown file type {p.suffix!r}; use one of {', '.join(sorted(READERS))}")
     dtype = {c: str for c in text_cols if c}
+    if p.stat().st_size == 0:
+        raise TextclfError(f"{role} {path!r} is empty (0 bytes)")
+    compressed = bool(p.suffixes) and p.suffixes[-1].lower() in COMPRESSED
+    if kind != "parquet" and not compressed:
+        head = p.open("rb").read(8192)
+        if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):  # NUL bytes: not text (UTF-16 aside)
+            raise TextclfError(f"{role} {path!r} looks like a binary file (it contains NUL bytes), not {kind} text")
+    if kind in ("csv", "tsv") and encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"  # a byte-order mark (Excel's UTF-8 export) would otherwise glue onto the first header
     try:
         if kind in ("csv", "tsv"):
             frame = pd.read_csv(p, sep="," if kind == "csv" else "\t", encoding=encoding,
@@ -96,8 +105,29 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
     except Exception as e:  # pandas/pyarrow parse errors: name the file, keep the reason
         raise TextclfError(f"{role} {path!r} could not be read as {kind}: {str(e).strip().splitlines()[0]}") from None
     if len(frame) == 0:
-        raise TextclfError(f"{role} {path!r} has no rows")
+        raise TextclfError(f"{role} {path!r} has no rows (only a header)" if len(frame.columns)
+                           else f"{role} {path!r} has no rows")
+    if kind in ("csv", "tsv"):
+        _check_header(p, kind, role, path, encoding, encoding_errors, compressed)
     return frame
+
+
+def _check_header(p: Path, kind: str, role: str, path: str, encoding: str, errors: str, compressed: bool) -> None:
+    """Duplicated column names (pandas would silently rename the second 'label' to 'label.1')."""
+    import csv
+
+    if compressed:
+        return
+    with p.open(encoding=encoding, errors="replace", newline="") as f:
+        header = next(csv.reader(f, delimiter="," if kind == "csv" else "\t"), [])
+    seen: dict[str, int] = {}
+    dupes = []
+    for i, name in enumerate(header):
+        if name in seen:
+            dupes.append(f"{name!r} (columns {seen[name] + 1} and {i + 1})")
+        seen.setdefault(name, i)
+    if dupes:
+        raise TextclfError(f"{role} {path!r} has duplicated column names: {', '.join(dupes)}; rename them")
 
 
 @dataclass
@@ -115,7 +145,9 @@ class Split:
 
 
 def _check_texts(frame, col: str, where: str) -> list:
-    values = frame[col].tolist()
+    # numbers in a text column (JSON, Parquet) are text too; missing cells are reported below
+    values = [str(_plain(v)) if isinstance(v, (int, float, np.number)) and not _is_missing(v)
+              and not isinstance(v, bool) else v for v in frame[col].tolist()]
     bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
     if bad:
         rows = ", ".join(str(i + 1) for i in bad[:10]) + (" …" if len(bad) > 10 else "")
@@ -124,7 +156,8 @@ def _check_texts(frame, col: str, where: str) -> list:
     replaced = sum("\ufffd" in v for v in values)
     if replaced:
         log.warning("%s: %d text(s) in column %r contain the replacement character U+FFFD (bytes that were not "
-                    "valid text, replaced when the file was decoded or before)", where, replaced, col)
+                    "valid text, replaced when the file was decoded or before); if the file is not UTF-8, set "
+                    "data.encoding (e.g. latin-1 or cp1252)", where, replaced, col)
     return values
 
 
@@ -146,7 +179,13 @@ def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str |
         wanted.extend((keys["label_col"], c) for c in label_cols)
     missing = [f"{key}={col!r}" for key, col in wanted if col not in frame.columns]
     if missing:
-        raise TextclfError(f"{where}: no column {', '.join(missing)}; its columns are: {', '.join(cols)}")
+        hint = ""
+        if len(cols) == 1:
+            sep = next((c for c in (";", "\t", "|", ",") if c in cols[0]), None)
+            if sep is not None:
+                hint = (f" (one column only: the file seems to be separated by {sep!r}, not by what its extension "
+                        f"says; save it as {'.tsv' if sep == chr(9) else 'comma-separated .csv'})")
+        raise TextclfError(f"{where}: no column {', '.join(missing)}; its columns are: {', '.join(cols)}{hint}")
     texts = _check_texts(frame, text_col, where)
     pairs = _check_texts(frame, pair_col, where) if pair_col else None
     labels = None
@@ -161,7 +200,26 @@ def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str |
                                    f"at data row(s) {rows}")
             columns.append([_plain(v) for v in values])
         labels = columns[0] if len(columns) == 1 else [list(row) for row in zip(*columns)]
+        report_conflicts(texts, pairs, labels, where)
     return Split(name, path, texts, pairs, labels)
+
+
+def conflicting_duplicates(texts: list, pairs: list | None, labels: list) -> list[list[int]]:
+    """Groups of 0-based rows with the same text (and pair) but different labels."""
+    groups: dict = {}
+    for i, key in enumerate(zip(texts, pairs) if pairs is not None else texts):
+        groups.setdefault(key.strip() if isinstance(key, str) else key, []).append(i)
+    hashable = [tuple(v) if isinstance(v, list) else v for v in labels]
+    return [rows for rows in groups.values() if len(rows) > 1 and len({hashable[r] for r in rows}) > 1]
+
+
+def report_conflicts(texts: list, pairs: list | None, labels: list, where: str) -> None:
+    conflicts = conflicting_duplicates(texts, pairs, labels)
+    if conflicts:
+        shown = "; ".join("rows " + ", ".join(str(r + 1) for r in rows[:4]) +
+                          f" ({', '.join(repr(labels[r]) for r in rows[:4])})" for rows in conflicts[:5])
+        log.warning("%s: %d text(s) appear more than once with different labels: %s%s", where, len(conflicts),
+                    shown, " …" if len(conflicts) > 5 else "")
 
 
 def _as_list(value) -> list[str]:

@@ -68,6 +68,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
     labels.threshold = float(cfg.threshold)
     y = labels.encode(train_split.labels, where)
     y_valid = labels.encode(valid_split.labels, f"data.valid_file {cfg.data.valid_file!r}") if valid_split else None
+    # a labelled test file: its labels must be known classes; the ensemble is scored on it at the end
+    y_test = (labels.encode(test_split.labels, f"data.test_file {cfg.data.test_file!r}")
+              if test_split and test_split.labels is not None else None)
     from hydra.utils import get_class, instantiate
 
     from .losses import default_loss_for
@@ -252,6 +255,10 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
                                                        "row": np.asarray(row_in_file)[scored]}))
     if test_out is not None:
         write_csv(run_dir / "test_predictions.csv", labels.table(test_out))
+    if test_out is not None and y_test is not None:
+        summary["test"] = compute_metrics(labels, y_test, test_out)
+        log.info("test (%d rows, folds averaged): %s", len(y_test),
+                 "  ".join(f"{k}={v:.4f}" for k, v in summary["test"].items()))
     # metrics.json, then run.json last: a folder with run.json is a finished run (predict checks it)
     write_json(run_dir / "metrics.json", summary)
     from .manifest import write_manifest

@@ -1,0 +1,200 @@
+"""The hostile-input corpus: files a user really hands to `textclf train`, and what the user sees.
+
+REFUSED cases must end with a non-zero exit and one message naming what is wrong (no traceback), before any
+model loads (model.name_or_path points nowhere: a message about the model would mean the data check came too
+late), and leave no run folder that looks finished (no run.json). ACCEPTED cases are awkward but valid
+files: they train on the tiny model (warnings where something deserves a look).
+
+One line per case: name -> (make the files, extra overrides, patterns the console output must contain).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+import pytest
+from conftest import describe, make_frame, run_textclf, tiny_overrides, write_frame
+
+pytestmark = pytest.mark.slow
+
+NO_MODEL = "/nonexistent/textclf-hostile-model"
+BASE = ["train", "data=csv", "data.train_file=train.csv", f"model.name_or_path={NO_MODEL}", "trainer.device=cpu",
+        "hydra.run.dir=run"]
+
+
+def table(d, name="train.csv", edit=None, n=30):
+    frame = make_frame(n, seed=7).astype(object)
+    if edit:
+        frame = edit(frame)
+    write_frame(frame, d / name)
+
+
+def cell(row, col, value):
+    def edit(frame):
+        frame.loc[row, col] = value
+        return frame
+    return edit
+
+
+def write(name, data: bytes | str):
+    def setup(d):
+        path = d / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return setup
+
+
+GOOD_ROWS = "goal match team,sport\nstock bank price,business\nvote party,politics\n" * 3
+
+REFUSED = {
+    # user sees: data.train_file 'train.csv' is empty (0 bytes)
+    "empty_file": (write("train.csv", b""), [], ["train.csv", r"empty \(0 bytes\)"]),
+    # user sees: ... has no rows (only a header)
+    "header_only": (write("train.csv", "text,label\n"), [], ["train.csv", "no rows", "only a header"]),
+    # user sees: no column data.text_col='body'; its columns are: text, label
+    "missing_text_column": (table, ["data.text_col=body"], ["body", r"columns are: text, label"]),
+    # user sees: no column data.label_col='stars'; its columns are: text, label
+    "missing_label_column": (table, ["data.label_col=stars"], ["stars", r"columns are: text, label"]),
+    # user sees: column 'label' has 1 missing label(s), at data row(s) 5
+    "nan_label": (lambda d: table(d, edit=cell(4, "label", float("nan"))), [], ["'label'", r"row\(s\) 5\b"]),
+    # user sees: column 'text' has 1 empty or missing text cell(s), at data row(s) 3
+    "nan_text": (lambda d: table(d, edit=cell(2, "text", float("nan"))), [], ["'text'", r"row\(s\) 3\b"]),
+    # user sees: the label column has only one class ('sport'); a classifier needs at least two
+    "single_class_file": (lambda d: table(d, edit=lambda f: f.assign(label="sport")), [],
+                          ["only one class", "sport"]),
+    # user sees: data.valid_file 'valid.csv': unknown label 'cooking' at row 3 ...
+    "unknown_label_in_valid": (lambda d: (table(d), table(d, "valid.csv", cell(2, "label", "cooking"))),
+                               ["data.valid_file=valid.csv"], ["valid.csv", "cooking", r"row 3\b"]),
+    # user sees: data.test_file 'test.csv': unknown label 'cooking' at row 2 ...
+    "unknown_label_in_test": (lambda d: (table(d), table(d, "test.csv", cell(1, "label", "cooking"))),
+                              ["data.test_file=test.csv"], ["test.csv", "cooking", r"row 2\b"]),
+    # user sees: data.train_file 'train.csv' looks like a binary file (it contains NUL bytes), not csv text
+    "binary_garbage": (write("train.csv", bytes(range(256)) * 40), [], ["train.csv", "binary file"]),
+    # user sees: ... is not valid utf-8 (byte 24): set data.encoding (e.g. cp1252) or data.encoding_errors=replace
+    "latin1_file_strict": (write("train.csv", ("text,label\ncafé crème goal,sport\n" + GOOD_ROWS).encode("latin-1")),
+                           ["data.encoding_errors=strict"], ["train.csv", "not valid utf-8", "data.encoding"]),
+    # user sees: no column ...; its columns are: text;label (one column only: the file seems to be separated by ';' ...)
+    "semicolon_delimited_csv": (write("train.csv", "text;label\n" + GOOD_ROWS.replace(",", ";")), [],
+                                ["separated by ';'"]),
+    # user sees: ... has duplicated column names: 'label' (columns 2 and 3); rename them
+    "duplicated_column_names": (write("train.csv", "text,label,label\n" + GOOD_ROWS.replace("\n", ",x\n")), [],
+                                ["duplicated column names", "'label'"]),
+    # user sees: class(es) 'weather' (1 rows) have fewer rows than kfold.n_splits=3; lower n_splits or add rows
+    "label_with_one_row_kfold": (lambda d: table(d, edit=cell(0, "label", "weather")),
+                                 ["kfold=stratified", "kfold.n_splits=3"], ["weather", "n_splits"]),
+    # user sees: class(es) 'weather' (1) have fewer than 2 rows, too few to hold any out for validation
+    "label_with_one_row_holdout": (lambda d: table(d, edit=cell(0, "label", "weather")), [],
+                                   ["weather", "fewer than 2 rows"]),
+    # user sees: data.train_file 'nothere.csv' does not exist (looked at /...)
+    "missing_file": (None, ["data.train_file=nothere.csv"], ["nothere.csv", "does not exist"]),
+    # user sees: data.train_file 'train.csv' is a folder, not a file
+    "folder_not_file": (lambda d: (d / "train.csv").mkdir(), [], ["is a folder"]),
+    # user sees: unknown file type '.xlsx'; use one of .csv, .json, .jsonl, .parquet, .tsv, .txt
+    "excel_file": (write("train.xlsx", b"PK\x03\x04 not really"), ["data.train_file=train.xlsx"],
+                   ["unknown file type", ".xlsx"]),
+    # user sees: could not be read as jsonl: ...
+    "malformed_jsonl": (write("train.jsonl", '{"text": "goal", "label": "sport"}\n{"text": "oops", \n'),
+                        ["data.train_file=train.jsonl"], ["train.jsonl", "could not be read as jsonl"]),
+    # user sees: could not be read as parquet: ...
+    "corrupt_parquet": (write("train.parquet", b"PAR1 this is not parquet"), ["data.train_file=train.parquet"],
+                        ["train.parquet", "could not be read as parquet"]),
+    # user sees: could not be read as csv: ... (not a gzipped file)
+    "fake_gzip": (write("train.csv.gz", "text,label\n" + GOOD_ROWS), ["data.train_file=train.csv.gz"],
+                  ["train.csv.gz", "could not be read"]),
+    # user sees: could not be read as csv: Error tokenizing data. C error: Expected 2 fields in line 3, saw 3
+    "ragged_row": (write("train.csv", "text,label\ngoal,sport\nstock,business,extra\n" + GOOD_ROWS), [],
+                   ["train.csv", "Expected 2 fields"]),
+    # user sees: ... regression targets must be finite numbers ... row ...
+    "infinite_regression_target": (write("train.csv", "text,label\n" + "".join(
+        f"text number {i},{'inf' if i == 3 else i / 10}\n" for i in range(12))), ["task=regression"],
+        ["train.csv", r"row"]),
+    # user sees: task=binary but data.train_file 'train.csv' has 3 classes: ['business', 'politics', 'sport']
+    "binary_task_three_classes": (table, ["task=binary"], ["task=binary", "3 classes"]),
+    # user sees: the label column holds non-integer numbers (e.g. 0.5); use task=regression ...
+    "fractional_labels_as_classes": (write("train.csv", "text,label\n" + "".join(
+        f"text {i},{0.5 if i % 2 else 1.5}\n" for i in range(12))), ["task=multiclass"], ["non-integer"]),
+    # user sees: no column data.text_pair_col='hypothesis'; its columns are: text, label
+    "missing_pair_column": (table, ["data.text_pair_col=hypothesis"], ["hypothesis"]),
+    # user sees: multilabel: column 'label' has 1 missing label(s), at data row(s) 2
+    "multilabel_empty_label_list": (write("train.jsonl", "\n".join(json.dumps(
+        {"text": f"text {i}", "label": [] if i == 1 else ["a", "b"][: 1 + i % 2]}) for i in range(12)) + "\n"),
+        ["data.train_file=train.jsonl"], [r"row\(s\) 2\b"]),
+}
+
+# awkward but valid: they must train (tiny model), with a warning where one is due
+ACCEPTED = {
+    # a 1 MB cell, commas/quotes/newlines inside quoted text, CRLF line ends, a UTF-8 byte-order mark, and a
+    # text repeated with two labels (warned about, with its rows)
+    "long_cells_quotes_crlf_bom_conflicts": (
+        lambda d: (d / "train.csv").write_bytes(b"\xef\xbb\xbf" + make_frame(60, seed=3).assign(
+            text=lambda f: f.text.where(f.index != 0, "goal " * 200_000)).assign(
+            text=lambda f: f.text.where(f.index != 1, 'a "quoted", comma\nand a new line'))
+            .pipe(lambda f: pd.concat([f, pd.DataFrame([{"text": "vote party", "label": "sport"},
+                                                        {"text": "vote party", "label": "politics"}])]))
+            .to_csv(index=False, lineterminator="\r\n").encode("utf-8")),
+        [], ["appear more than once with different labels"]),
+    # numbers in the text column of a JSON file are text
+    "numbers_as_text": (lambda d: write_frame(make_frame(60, seed=4).assign(
+        text=lambda f: f.text.where(f.index % 10 != 0, 12345)), d / "train.jsonl"),
+        ["data.train_file=train.jsonl"], []),
+    # a Latin-1 file read as UTF-8 with replacement (the default): a warning says how to fix it
+    "latin1_file_default": (lambda d: (d / "train.csv").write_bytes(
+        ("text,label\n" + "".join(f"café {r.text},{r.label}\n" for r in make_frame(60, seed=5).itertuples()))
+        .encode("latin-1")), [], ["U\\+FFFD", "data.encoding"]),
+}
+
+
+def _run(name, root, tiny_bert):
+    refused = name in REFUSED
+    setup, extra, _ = REFUSED[name] if refused else ACCEPTED[name]
+    cwd = root / name
+    cwd.mkdir()
+    if setup:
+        setup(cwd)
+    if refused:
+        args = [*BASE, *extra]
+    else:
+        args = ["train", "data=csv", "data.train_file=train.csv", *extra,
+                *tiny_overrides(tiny_bert, cwd / "run")]
+    return run_textclf(args, cwd, timeout=300), cwd
+
+
+@pytest.fixture(scope="module")
+def results(tiny_bert, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    names = list(REFUSED) + list(ACCEPTED)
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+        futures = {n: pool.submit(_run, n, root, tiny_bert) for n in names}
+        return {n: f.result() for n, f in futures.items()}
+
+
+def test_the_corpus_is_large_enough():
+    assert len(REFUSED) + len(ACCEPTED) >= 25
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_hostile_input_is_refused_with_one_clear_message(results, case):
+    (rc, out, err), cwd = results[case]
+    console = out + err
+    shown = f"exit {rc}\n{console[-2500:]}"
+    assert rc != 0, shown
+    assert "Traceback" not in console, shown
+    for pattern in REFUSED[case][2]:
+        assert re.search(pattern, console), f"{pattern!r} not in the message:\n{shown}"
+    assert console.count("textclf: error") == 1, shown
+    assert NO_MODEL not in console, f"the data check came after the model load:\n{shown}"
+    assert not (cwd / "run" / "run.json").exists(), "a refused run left a folder that looks finished"
+
+
+@pytest.mark.parametrize("case", list(ACCEPTED))
+def test_awkward_but_valid_input_trains(results, case):
+    (rc, out, err), cwd = results[case]
+    console = out + err + ((cwd / "run" / "train.log").read_text() if (cwd / "run" / "train.log").exists() else "")
+    assert rc == 0, describe((rc, out, err))
+    assert (cwd / "run" / "run.json").exists()
+    for pattern in ACCEPTED[case][2]:
+        assert re.search(pattern, console), f"{pattern!r} not in the output:\n{console[-2500:]}"
