@@ -14,6 +14,7 @@ commands:
   train     train a classifier (k-fold or holdout) and write a run folder
   predict   ensemble a run's folds over a new table: run_dir=... input=... output=...
   info      parameters and forward FLOPs of the composed model (same overrides as train)
+  validate  check the data and config as train would, without loading a model (same overrides as train)
   report    rank every run of a sweep (or run) folder: overrides, CV mean ± std, folds, time, status
   ensemble  blend runs trained on the same folds by their out-of-fold and test probabilities
 
@@ -25,6 +26,8 @@ examples:
   textclf train -m hparams_search=optuna hydra.sweeper.n_trials=20   # Optuna search
   textclf report multirun/2026-11-21/12-00-00       # the sweep's jobs, best first
   textclf ensemble outputs/a outputs/b --output blend
+  textclf train resume=outputs/2026-11-21/12-00-00  # continue an interrupted run
+  textclf validate data=csv data.train_file=my.csv  # the data checks alone
   textclf train --cfg job                           # print the composed config
   textclf train --help                              # every config group and option
   textclf predict run_dir=outputs/2026-11-21/12-00-00 input=new.csv output=preds.csv
@@ -86,6 +89,13 @@ def info_app(cfg: DictConfig) -> None:
     _run(info, cfg)
 
 
+@hydra.main(config_path=CONF, config_name="train", version_base="1.3")
+def validate_app(cfg: DictConfig) -> None:
+    from .check import validate_run_inputs
+
+    _run(validate_run_inputs, cfg)
+
+
 def report_command(argv: list[str]) -> int:
     from .report import main as report_main
 
@@ -98,10 +108,22 @@ def ensemble_command(argv: list[str]) -> int:
     return ensemble_main(argv)
 
 
-COMMANDS = {"train": train_app, "predict": predict_app, "info": info_app}
+COMMANDS = {"train": train_app, "predict": predict_app, "info": info_app, "validate": validate_app}
 PLAIN_COMMANDS = {"report": report_command, "ensemble": ensemble_command}
 PLUGINS = {"optuna": ("hydra_plugins.hydra_optuna_sweeper", "the Optuna sweeper"),
            "joblib": ("hydra_plugins.hydra_joblib_launcher", "the joblib launcher")}
+
+
+def _resume_folder(args: list[str]) -> list[str]:
+    """`resume=<run folder>` is short for `resume=true hydra.run.dir=<run folder>`."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key == "resume" and value.lower() not in ("true", "false", ""):
+            out += ["resume=true", f"hydra.run.dir={value}"]
+        else:
+            out.append(arg)
+    return out
 
 
 def _missing_plugin(args: list[str]) -> str | None:
@@ -142,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             a.startswith("hparams_search=") and not a.endswith("=null") for a in args):
         print("textclf: note: hparams_search only acts in a multirun: textclf train -m hparams_search=...",
               file=sys.stderr)
+    if command == "train":
+        args = _resume_folder(args)
     # @hydra.main reads sys.argv: drop the subcommand so Hydra sees only its own arguments
-    extra = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job.name=info"] \
-        if command == "info" else []  # info writes nothing
+    extra = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", f"hydra.job.name={command}"] \
+        if command in ("info", "validate") else []  # they write nothing
     sys.argv = [f"textclf-{command}", *args[1:], *extra]
     COMMANDS[command]()
     return 0

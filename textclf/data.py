@@ -87,6 +87,7 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
         head = p.open("rb").read(8192)
         if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):  # NUL bytes: not text (UTF-16 aside)
             raise TextclfError(f"{role} {path!r} looks like a binary file (it contains NUL bytes), not {kind} text")
+    named = encoding  # as the user gave it, for messages
     if kind in ("csv", "tsv") and encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         encoding = "utf-8-sig"  # a byte-order mark (Excel's UTF-8 export) would otherwise glue onto the first header
     try:
@@ -100,7 +101,7 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
         else:
             frame = pd.read_parquet(p)
     except UnicodeDecodeError as e:
-        raise TextclfError(f"{role} {path!r} is not valid {encoding} (byte {e.start}): set data.encoding "
+        raise TextclfError(f"{role} {path!r} is not valid {named} (byte {e.start}): set data.encoding "
                            f"(e.g. cp1252) or data.encoding_errors=replace") from None
     except Exception as e:  # pandas/pyarrow parse errors: name the file, keep the reason
         raise TextclfError(f"{role} {path!r} could not be read as {kind}: {str(e).strip().splitlines()[0]}") from None

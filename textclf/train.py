@@ -307,7 +307,7 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> bool:
             shutil.rmtree(path)
     for name in RUN_OUTPUTS:
         (run_dir / name).unlink(missing_ok=True)
-    if any(k.startswith(("kfold.", "data.")) or k == "trainer.seed" for k in changed):
+    if any(k.startswith(("kfold.", "data.")) and k != "kfold.folds" or k == "trainer.seed" for k in changed):
         (run_dir / "folds.csv").unlink(missing_ok=True)
     return False
 

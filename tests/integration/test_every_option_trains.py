@@ -16,7 +16,9 @@ from textclf.train import train
 pytestmark = pytest.mark.slow
 
 CONF = resources.files("textclf.conf")
-SKIP_GROUPS = {"data", "model"}  # data/model options are covered by the CLI tests
+# data/model options are covered by the CLI tests; hparams_search and launcher act only in a multirun
+# (tests/sweeps)
+SKIP_GROUPS = {"data", "model", "hparams_search", "launcher"}
 TRAINED = [(g.name, f.name[:-5]) for g in sorted(CONF.iterdir(), key=lambda p: p.name)
            if g.is_dir() and not g.name.startswith("__") and g.name not in SKIP_GROUPS
            for f in sorted(g.iterdir(), key=lambda p: p.name) if f.name.endswith(".yaml")]
@@ -72,12 +74,16 @@ def test_every_group_is_exercised():
 @pytest.mark.parametrize("group, option, task", CASES, ids=[f"{g}={o}-{t}" for g, o, t in CASES])
 def test_option_trains_on_the_tiny_model(group, option, task, tiny_bert4, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    task_frame(task).to_csv(tmp_path / "train.csv", index=False)
+    frame = task_frame(task)
     overrides = ["data=csv", "data.train_file=train.csv", f"model.name_or_path={tiny_bert4}", "model.max_length=16",
                  "trainer.epochs=1", "trainer.batch_size=16", "trainer.eval_batch_size=32", "trainer.device=cpu",
                  f"{group}={option}"]
-    if group == "kfold" and option == "stratified":
+    if group == "kfold" and option != "none":
         overrides.append("kfold.n_splits=2")
+    if group == "kfold" and "group" in option:  # rows of one author stay in one fold
+        frame["author"] = [f"a{i // 2}" for i in range(len(frame))]
+        overrides.append("data.group_col=author")
+    frame.to_csv(tmp_path / "train.csv", index=False)
     with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     score = train(cfg, run_dir=tmp_path / "run")

@@ -96,3 +96,25 @@ def test_resume_true_with_other_settings_is_refused(tiny_bert, data_dir, tmp_pat
 def test_resume_true_without_a_run_is_a_clear_error(tiny_bert, data_dir, tmp_path):
     rc, out, err = run([*train_args(tiny_bert, data_dir, tmp_path / "empty"), "resume=true"], data_dir)
     assert rc == 2 and "no run to resume" in err, err
+
+
+def test_resume_with_the_run_folder_continues_it(tiny_bert, data_dir, tmp_path, reference):
+    run_dir = tmp_path / "run"
+    args = train_args(tiny_bert, data_dir, run_dir)
+    assert run(args, data_dir, kill_at="epoch:1:1")[0] == -signal.SIGKILL
+    # `resume=<folder>` stands for resume=true hydra.run.dir=<folder>; the folder's own overrides are repeated
+    short = [a for a in args if not a.startswith("hydra.run.dir=")] + [f"resume={run_dir}"]
+    rc, out, err = run(short, data_dir)
+    assert rc == 0, describe((rc, out, err))
+    assert outputs(run_dir)["metrics"] == reference["metrics"]
+
+
+def test_validate_checks_without_a_model(tiny_bert, data_dir, tmp_path):
+    rc, out, err = run(["validate", "data=csv", "data.train_file=train.csv", "data.test_file=test.csv",
+                        "model.name_or_path=/nonexistent/model"], data_dir)
+    assert rc == 0, describe((rc, out, err))
+    assert "90 rows" in out and "classes         3" in out and "ok:" in out
+    assert not (data_dir / "outputs").exists(), "validate writes nothing"
+    write_frame(make_frame(10, seed=2).assign(label="sport"), tmp_path / "one.csv")
+    rc, out, err = run(["validate", "data=csv", f"data.train_file={tmp_path / 'one.csv'}"], data_dir)
+    assert rc == 2 and "only one class" in err and "Traceback" not in err

@@ -70,3 +70,15 @@ def test_a_group_fixed_on_the_command_line_counts_as_chosen():
     trial = trial_with({"adversarial": "none"})
     conditional_params(cfg, trial)
     assert "ema.decay" in trial.params
+
+
+def test_a_missing_sweeper_plugin_is_named_with_its_install_command(monkeypatch, capsys):
+    import importlib.util
+
+    from textclf.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "hydra_plugins.hydra_optuna_sweeper" else real(name, *a))
+    assert main(["train", "-m", "hparams_search=optuna"]) == 2
+    assert "pip install 'textclf[sweep]'" in capsys.readouterr().err
