@@ -354,9 +354,13 @@ def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, tru
             raise TextclfError(f"model.window_stride={stride} must be between 1 and the window's {budget} text "
                                f"tokens (max_length {max_length} minus special tokens)")
         step = int(stride) if stride is not None else max(1, budget // 2)
-    want_types = "token_type_ids" in tokenizer.model_input_names
+    # segment ids: kept for text pairs where the model takes them, and wherever the tokenizer gives a text
+    # non-zero ones (XLNet marks its <cls> with segment 2, though transformers 5 leaves token_type_ids out of
+    # its model_input_names); all-zero ids are dropped, and with them the memory
+    takes_types = "token_type_ids" in tokenizer.model_input_names
+    want_types = True
     ids, type_ids, lengths, docs = [], [], [], []
-    any_types = pairs is not None
+    any_types = pairs is not None and takes_types
     for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", disable=len(texts) <= chunk,
                       leave=False):
         a = texts[start:start + chunk]

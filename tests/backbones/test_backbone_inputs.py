@@ -16,12 +16,7 @@ TEXTS = ["goal", "the market price of stock is big today", "vote for the party",
          "team score goal match " * 6]
 CHINESE = ["进球", "今天市场的股票价格大", "我们投票", "球队比赛比分冠军" * 4]
 
-XFAIL_TYPES = pytest.mark.xfail(
-    reason="waiting on data.py token types: XLNet's tokenizer gives <cls> segment 2, but in transformers 5 "
-           "its model_input_names has no token_type_ids, so tokenize() keeps none", strict=False)
-
-
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=XFAIL_TYPES) if a == "xlnet" else a for a in ARCHS])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_textclf_batches_match_the_tokenizers_own_encoding(arch, tiny_backbones):
     from transformers import AutoModel
 

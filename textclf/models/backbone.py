@@ -121,6 +121,11 @@ def _sentencepiece_error(name_or_path: str, err: Exception | None) -> TextclfErr
                         f"{'is' if len(missing) == 1 else 'are'} not installed: pip install sentencepiece protobuf")
 
 
+#: files a tokenizer is saved as (fast, WordPiece, BPE, SentencePiece)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "spm.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+
 def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_code: bool = False):
     _quiet_transformers()
     from transformers import AutoTokenizer
@@ -128,6 +133,12 @@ def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_
     spm_error = _sentencepiece_error(name_or_path, None)
     if spm_error is not None:
         raise spm_error
+    folder = Path(name_or_path)
+    if folder.is_dir() and not any((folder / f).exists() for f in TOKENIZER_FILES):
+        # transformers 5 would build a tokenizer with no vocabulary at all from such a folder, silently
+        raise TextclfError(f"could not load the tokenizer from the folder {name_or_path!r}: it has none of the "
+                           f"tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer there too "
+                           f"(tokenizer.save_pretrained(folder))")
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, ImportError) as e:
