@@ -137,3 +137,22 @@ def test_a_text_that_fits_one_window_predicts_the_same_with_or_without_windows(t
     assert not np.allclose(windowed[[1, 4]], plain[[1, 4]], atol=1e-4)  # the long ones see their whole text
     maxed = _predict(model, tiny_tokenizer, windowed_enc, "max")
     np.testing.assert_allclose(maxed[fits], plain[fits], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["xlnet", "roberta", "deberta", "electra", "bert_chinese"])
+def test_windows_keep_each_backbones_special_tokens(arch, tiny_backbones):
+    from textclf.models.backbone import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_backbones(arch)))
+    t = special_template(tok)
+    long_text = "goal match team score " * 20 if arch != "bert_chinese" else "进球比赛" * 30
+    enc = tokenize(tok, [long_text, "goal"], None, 24, truncation="window")
+    assert enc.doc.tolist().count(0) > 2 and enc.doc[-1] == 1
+    for i in range(len(enc)):
+        ids = enc.ids[enc.offsets[i]:enc.offsets[i + 1]].tolist()
+        assert len(ids) <= 24 and ids[:len(t.prefix)] == t.prefix and ids[len(ids) - len(t.suffix):] == t.suffix
+    if arch == "xlnet":  # summary token last, in segment 2, as XLNet's tokenizer itself does it
+        assert tok.convert_ids_to_tokens(t.suffix) == ["<sep>", "<cls>"]
+        assert enc.type_ids[enc.offsets[1] - 1] == 2
+    plain = tokenize(tok, ["goal"], None, 24)
+    assert plain.ids.tolist() == enc.ids[enc.offsets[-2]:].tolist()
