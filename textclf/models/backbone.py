@@ -158,6 +158,10 @@ def load_backbone_config(name_or_path: str, *, hidden_dropout=None, attention_dr
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise _hub_error(name_or_path, e, "model config") from None
+    if getattr(config, "model_type", "") == "xlnet":
+        # XLNet would return its memory of every layer with each forward (mem_len 512, use_mems_eval): a
+        # classifier never reads it, so it would only hold memory
+        config.use_mems_eval = config.use_mems_train = False
     for value, names in ((hidden_dropout, ("hidden_dropout_prob", "dropout", "hidden_dropout")),
                          (attention_dropout, ("attention_probs_dropout_prob", "attention_dropout"))):
         if value is not None:
