@@ -218,7 +218,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
         # the fold's outputs, then result.json last: a fold with result.json is complete, and a resume skips it
         save_arrays(fold_dir / "outputs.npz", oof_rows=rows, oof=fold_oof,
                     **({"test": fold_test} if fold_test is not None else {}))
-        write_json(fold_dir / "result.json", plain_floats(out))
+        write_json(fold_dir / "result.json", out)  # write_json turns numpy scalars into numbers
         checkpoint.clear()
         fault_point(f"fold:{fold.index}")
         log.info("fold %d: best epoch %d, %s=%.4f", fold.index, result.best_epoch, monitor,
@@ -342,10 +342,6 @@ def save_arrays(path: Path, **arrays) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-
-
-def plain_floats(d: dict) -> dict:
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
 # ----------------------------------------------------------------------------- helpers
