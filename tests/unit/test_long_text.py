@@ -1,6 +1,8 @@
 """Long texts: head / tail / head_tail truncation and sliding windows, tokenized once, aggregated per text."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,31 @@ def test_windows_keep_each_backbones_special_tokens(arch, tiny_backbones):
         assert enc.type_ids[enc.offsets[1] - 1] == 2
     plain = tokenize(tok, ["goal"], None, 24)
     assert plain.ids.tolist() == enc.ids[enc.offsets[-2]:].tolist()
+
+
+@pytest.mark.slow
+def test_training_with_windows_gives_one_oof_row_per_text(tiny_bert, tmp_path, monkeypatch, caplog):
+    import json
+
+    import pandas as pd
+    from conftest import make_frame, write_frame
+    from hydra import compose, initialize_config_module
+
+    from textclf.train import train
+
+    monkeypatch.chdir(tmp_path)
+    frame = make_frame(40, seed=3)
+    frame.loc[::4, "text"] = frame.loc[::4, "text"] + " " + letters(40)  # every 4th text needs several windows
+    write_frame(frame, tmp_path / "train.csv")
+    with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "data=csv", "data.train_file=train.csv", f"model.name_or_path={tiny_bert}", "model.max_length=16",
+            "model.truncation=window", "model.window_stride=7", "model.window_aggregate=max", "kfold=stratified",
+            "kfold.n_splits=2", "trainer.epochs=1", "trainer.batch_size=8", "trainer.device=cpu"])
+    with caplog.at_level("INFO", logger="textclf.train"):
+        train(cfg, run_dir=tmp_path / "run")
+    assert re.search(r"tokenized 40 texts once into (\d+) windows", caplog.text)
+    assert int(re.search(r"into (\d+) windows", caplog.text).group(1)) > 40  # the long texts were split
+    oof = pd.read_csv(tmp_path / "run" / "oof.csv")
+    assert oof["row"].tolist() == list(range(len(frame)))  # one prediction per text, in input order
+    assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["folds"]) == 2
