@@ -85,6 +85,19 @@ class _Attack(Hook):
                 grads = [g if t is None else g - t for g, t in zip(grads, prev)]
         return usable([p for _, p in pairs], grads)
 
+    def _perturbed_backward(self, trainer, batch, perturb) -> None:
+        """The frame of a one-shot attack (FGM, AWP): `perturb(params, grads, norms, originals)` moves the usable
+        attacked parameters in place (under no_grad), the loss there is backwarded so its gradients add to the
+        plain ones, and the exact weights are restored."""
+        params, grads, norms = self._directions()
+        if params:
+            originals = copy_of(params)
+            with torch.no_grad():
+                perturb(params, grads, norms, originals)
+            trainer.backward(trainer.compute_loss(batch))
+            restore(params, originals)
+        self._remember(trainer)
+
     def _remember(self, trainer) -> None:
         """Keep the gradients so far when more micro-batches of this accumulation group follow."""
         self._seen += 1
@@ -150,15 +163,11 @@ class FGM(_Attack):
         self.epsilon = float(epsilon)
 
     def after_backward(self, trainer, batch) -> None:
-        params, grads, norms = self._directions()
-        if params:
-            originals = copy_of(params)
-            with torch.no_grad():
-                for p, g, n in zip(params, grads, norms):  # usually one parameter: in place, no temporary
-                    p.add_(g, alpha=self.epsilon / n)
-            trainer.backward(trainer.compute_loss(batch))
-            restore(params, originals)
-        self._remember(trainer)
+        self._perturbed_backward(trainer, batch, self._perturb)
+
+    def _perturb(self, params, grads, norms, originals) -> None:
+        for p, g, n in zip(params, grads, norms):  # usually one parameter: in place, no temporary
+            p.add_(g, alpha=self.epsilon / n)
 
 
 class PGD(_Attack):
@@ -222,22 +231,17 @@ class AWP(_Attack):
     def after_backward(self, trainer, batch) -> None:
         if getattr(trainer, "epoch", 0) < self.start_epoch:
             return
-        params, grads, norms = self._directions()
-        if params:
-            originals = copy_of(params)
-            with torch.no_grad():
-                w_norms = torch.stack([n.float() for n in torch._foreach_norm(originals)]).tolist()
-                step = torch._foreach_mul(grads, [self.lr * (w + 1e-6) / (n + 1e-6) for n, w in zip(norms, w_norms)])
-                bound = torch._foreach_abs(originals)
-                torch._foreach_mul_(bound, self.epsilon)
-                torch._foreach_minimum_(step, bound)
-                torch._foreach_neg_(bound)
-                torch._foreach_maximum_(step, bound)
-                torch._foreach_add_(params, step)
-                del step, bound
-            trainer.backward(trainer.compute_loss(batch))
-            restore(params, originals)
-        self._remember(trainer)
+        self._perturbed_backward(trainer, batch, self._perturb)
+
+    def _perturb(self, params, grads, norms, originals) -> None:
+        w_norms = torch.stack([n.float() for n in torch._foreach_norm(originals)]).tolist()
+        step = torch._foreach_mul(grads, [self.lr * (w + 1e-6) / (n + 1e-6) for n, w in zip(norms, w_norms)])
+        bound = torch._foreach_abs(originals)
+        torch._foreach_mul_(bound, self.epsilon)
+        torch._foreach_minimum_(step, bound)
+        torch._foreach_neg_(bound)
+        torch._foreach_maximum_(step, bound)
+        torch._foreach_add_(params, step)
 
 
 def _positive(name: str, value) -> None:
