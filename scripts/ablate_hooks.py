@@ -8,6 +8,7 @@ Run:
     python scripts/ablate_hooks.py                          # 2000 tweets (1600 train / 400 valid), 1 epoch
     python scripts/ablate_hooks.py --rows 10000 --epochs 2
     python scripts/ablate_hooks.py --only plain,fgm
+    python scripts/ablate_hooks.py --rows 4000 --epochs 2 --train-seeds 42,1,2   # mean ± std over 3 seeds
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import default_backbone, hydra_value, prepare_split, textclf_prefix  # noqa: E402
 
@@ -27,7 +30,7 @@ CONFIGS = {
     "plain": [],
     "fgm": ["adversarial=fgm"],
     "pgd": ["adversarial=pgd"],
-    "awp": ["adversarial=awp", "adversarial.start_epoch=0"],  # from the first epoch: the budget is one epoch
+    "awp": ["adversarial=awp", "adversarial.start_epoch=0"],  # from the first epoch: the budgets are short
     "ema": ["ema=default"],
     "rdrop": ["rdrop=default"],
     "all": ["adversarial=fgm", "ema=default", "rdrop=default"],
@@ -45,7 +48,10 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--seed", type=int, default=42, help="seed of the sample and split (and of training, by default)")
+    ap.add_argument("--train-seeds", default="",
+                    help="comma-separated training seeds, e.g. 1,2,3: every configuration runs once per seed on the "
+                         "same split, and the table shows mean ± std (default: --seed only)")
     ap.add_argument("--workdir", type=Path, default=Path("bench_out/ablation"))
     ap.add_argument("--only", default="", help="comma-separated subset of: " + ",".join(CONFIGS))
     ap.add_argument("--extra", default="", help="more overrides for every run, e.g. 'trainer.precision=bf16'")
@@ -61,26 +67,51 @@ def main() -> int:
               "data.text_col": "text", "data.label_col": "label", "kfold": "none", "trainer.epochs": args.epochs,
               "trainer.batch_size": args.batch_size, "optimizer.lr": args.lr, "model.max_length": args.max_length,
               "model.name_or_path": default_backbone(), "trainer.seed": args.seed}
+    seeds = [int(x) for x in args.train_seeds.split(",") if x.strip()] if args.train_seeds else [args.seed]
+    runs: dict[str, dict[int, dict]] = {name: {} for name in names}
+    for seed in seeds:  # seed-major: a partial run still has every configuration for the first seeds
+        for name in names:
+            run_dir = (args.workdir / name / f"seed-{seed}").resolve()
+            overrides = {**common, "trainer.seed": seed}
+            cmd = (textclf_prefix() + ["train", "data=csv"] + [f"{k}={hydra_value(v)}" for k, v in overrides.items()]
+                   + CONFIGS[name] + shlex.split(args.extra) + [f"hydra.run.dir={run_dir}"])
+            print(f"\n[{name} seed {seed}]", shlex.join(cmd), flush=True)
+            t0 = time.perf_counter()
+            # a folder that already holds this finished run (same settings) is kept by textclf, not retrained
+            subprocess.run(cmd, check=True, env=dict(os.environ, TQDM_DISABLE="1"))
+            fold = json.loads((run_dir / "metrics.json").read_text())["folds"][0]
+            runs[name][seed] = {"macro_f1": fold["macro_f1"], "accuracy": fold["accuracy"],
+                                "wall_s": time.perf_counter() - t0}
+            print(f"[{name} seed {seed}] macro_f1={fold['macro_f1']:.4f} accuracy={fold['accuracy']:.4f} "
+                  f"wall={runs[name][seed]['wall_s']:.0f}s", flush=True)
+
     results = {}
     for name in names:
-        run_dir = (args.workdir / name).resolve()
-        cmd = (textclf_prefix() + ["train", "data=csv"] + [f"{k}={hydra_value(v)}" for k, v in common.items()]
-               + CONFIGS[name] + shlex.split(args.extra) + [f"hydra.run.dir={run_dir}"])
-        print(f"\n[{name}]", shlex.join(cmd), flush=True)
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, env=dict(os.environ, TQDM_DISABLE="1"))
-        fold = json.loads((run_dir / "metrics.json").read_text())["folds"][0]
-        results[name] = {"macro_f1": fold["macro_f1"], "accuracy": fold["accuracy"],
-                         "wall_s": time.perf_counter() - t0, "overrides": CONFIGS[name]}
-        print(f"[{name}] macro_f1={fold['macro_f1']:.4f} accuracy={fold['accuracy']:.4f} "
-              f"wall={results[name]['wall_s']:.0f}s", flush=True)
-    (args.workdir / "ablation.json").write_text(json.dumps(results, indent=2))
-    plain = results.get("plain", {}).get("macro_f1")
-    print(f"\n{'config':<7} {'macro-F1':>9} {'vs plain':>9} {'accuracy':>9} {'wall s':>7}  overrides")
+        f1 = np.array([runs[name][s]["macro_f1"] for s in seeds])
+        acc = np.array([runs[name][s]["accuracy"] for s in seeds])
+        results[name] = {"overrides": CONFIGS[name], "seeds": seeds, "per_seed": runs[name],
+                         "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
+                         "accuracy_mean": float(acc.mean()),
+                         "wall_s_mean": float(np.mean([runs[name][s]["wall_s"] for s in seeds]))}
+        if "plain" in runs:  # paired by seed: same split, same seed, only the hook differs
+            d = f1 - np.array([runs["plain"][s]["macro_f1"] for s in seeds])
+            results[name]["delta_vs_plain_mean"] = float(d.mean())
+            results[name]["delta_vs_plain_std"] = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    (args.workdir / "ablation.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
+                                                            "results": results}, indent=2))
+    print(f"\n{len(seeds)} training seed(s) {seeds} on one split; macro-F1 mean ± std over seeds; "
+          f"'vs plain' is the mean (± std) of the per-seed differences to plain")
+    print(f"{'config':<7} {'macro-F1':>16} {'vs plain':>18} {'accuracy':>9} {'wall s':>7}  per seed  overrides")
     for name, r in results.items():
-        delta = f"{100 * (r['macro_f1'] - plain):+.2f}pt" if plain is not None else ""
-        print(f"{name:<7} {r['macro_f1']:>9.4f} {delta:>9} {r['accuracy']:>9.4f} {r['wall_s']:>7.0f}  "
-              f"{' '.join(r['overrides']) or '-'}")
+        spread = f" ± {r['macro_f1_std']:.4f}" if len(seeds) > 1 else ""
+        delta = ""
+        if "delta_vs_plain_mean" in r:
+            delta = f"{100 * r['delta_vs_plain_mean']:+.2f}pt"
+            if len(seeds) > 1:
+                delta += f" ± {100 * r['delta_vs_plain_std']:.2f}"
+        per_seed = " ".join(f"{runs[name][s]['macro_f1']:.4f}" for s in seeds)
+        print(f"{name:<7} {r['macro_f1_mean']:.4f}{spread:<9} {delta:>18} {r['accuracy_mean']:>9.4f} "
+              f"{r['wall_s_mean']:>7.0f}  {per_seed}  {' '.join(r['overrides']) or '-'}")
     return 0
 
 
