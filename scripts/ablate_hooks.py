@@ -2,7 +2,9 @@
 
 Every run is `textclf train` on the same seeded sample and split, with the same budget (epochs, batch size,
 learning rate, max_length, seed); only the hook groups differ. It prints macro-F1 and accuracy on the
-validation split and the wall time of each run, and writes <workdir>/ablation.json.
+validation split and the training throughput of each run (samples/s, from its metrics.json), and writes
+<workdir>/ablation.json. A run folder that already holds a finished run with the same settings is kept (textclf
+resumes it as done), so rerunning with more seeds trains only the new ones.
 
 Run:
     python scripts/ablate_hooks.py                          # 2000 tweets (1600 train / 400 valid), 1 epoch
@@ -81,7 +83,8 @@ def main() -> int:
             subprocess.run(cmd, check=True, env=dict(os.environ, TQDM_DISABLE="1"))
             fold = json.loads((run_dir / "metrics.json").read_text())["folds"][0]
             runs[name][seed] = {"macro_f1": fold["macro_f1"], "accuracy": fold["accuracy"],
-                                "wall_s": time.perf_counter() - t0}
+                                "train_samples_per_s": fold.get("train_samples_per_s", float("nan")),
+                                "wall_s": time.perf_counter() - t0}  # a few seconds for a kept run
             print(f"[{name} seed {seed}] macro_f1={fold['macro_f1']:.4f} accuracy={fold['accuracy']:.4f} "
                   f"wall={runs[name][seed]['wall_s']:.0f}s", flush=True)
 
@@ -92,7 +95,8 @@ def main() -> int:
         results[name] = {"overrides": CONFIGS[name], "seeds": seeds, "per_seed": runs[name],
                          "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
                          "accuracy_mean": float(acc.mean()),
-                         "wall_s_mean": float(np.mean([runs[name][s]["wall_s"] for s in seeds]))}
+                         "train_samples_per_s_mean": float(np.mean([runs[name][s]["train_samples_per_s"]
+                                                                    for s in seeds]))}
         if "plain" in runs:  # paired by seed: same split, same seed, only the hook differs
             d = f1 - np.array([runs["plain"][s]["macro_f1"] for s in seeds])
             results[name]["delta_vs_plain_mean"] = float(d.mean())
@@ -101,7 +105,7 @@ def main() -> int:
                                                             "results": results}, indent=2))
     print(f"\n{len(seeds)} training seed(s) {seeds} on one split; macro-F1 mean ± std over seeds; "
           f"'vs plain' is the mean (± std) of the per-seed differences to plain")
-    print(f"{'config':<7} {'macro-F1':>16} {'vs plain':>18} {'accuracy':>9} {'wall s':>7}  per seed  overrides")
+    print(f"{'config':<7} {'macro-F1':>16} {'vs plain':>18} {'accuracy':>9} {'train/s':>7}  per seed  overrides")
     for name, r in results.items():
         spread = f" ± {r['macro_f1_std']:.4f}" if len(seeds) > 1 else ""
         delta = ""
@@ -111,7 +115,7 @@ def main() -> int:
                 delta += f" ± {100 * r['delta_vs_plain_std']:.2f}"
         per_seed = " ".join(f"{runs[name][s]['macro_f1']:.4f}" for s in seeds)
         print(f"{name:<7} {r['macro_f1_mean']:.4f}{spread:<9} {delta:>18} {r['accuracy_mean']:>9.4f} "
-              f"{r['wall_s_mean']:>7.0f}  {per_seed}  {' '.join(r['overrides']) or '-'}")
+              f"{r['train_samples_per_s_mean']:>7.1f}  {per_seed}  {' '.join(r['overrides']) or '-'}")
     return 0
 
 
