@@ -440,3 +440,40 @@ def test_every_hook_option_is_tested():
 def test_every_hook_option_builds_its_hook(group, option, cls):
     (hook,) = build_hooks(compose_with(group, option)[group])
     assert type(hook) is cls
+
+
+# ----------------------------------------------------------------------------- fp16 loss scaling
+@pytest.mark.parametrize("kind", ["none", "fgm", "pgd", "awp"])
+def test_fp16_overflow_step_is_skipped_with_every_attack(kind):
+    """The gradient scaler's path (fp16 on CUDA), run on the CPU with a CPU scaler: a loss scale so large that the
+    fp16 backward overflows skips the optimizer step (weights and EMA shadow unchanged, scale backed off), the
+    attacks do not perturb along non-finite gradients, and the next step at a sane scale trains."""
+    model = tiny_model()
+    attack = {"none": [], "fgm": [FGM()], "pgd": [PGD(steps=2)], "awp": [AWP(start_epoch=0)]}[kind]
+    ema = EMA(decay=0.5)
+    trainer = make_trainer(model, attack + [ema], precision="fp16")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)  # what a CUDA fp16 run builds, on the CPU
+    for h in trainer.hooks:
+        h.on_fit_start(trainer)
+    before = weights_of(model)
+
+    batch = make_batch(1)
+    trainer.backward(trainer.compute_loss(batch))
+    assert not all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    for h in trainer.hooks:
+        h.after_backward(trainer, batch)
+    assert_same_weights(model, before)  # no attack moved along inf/nan and forgot to restore
+    trainer.optimizer_step()
+    assert_same_weights(model, before)  # the overflow step was skipped
+    assert trainer.scaler.get_scale() == 2.0 ** 99 and trainer.skipped_step
+    assert trainer.scheduler.last_epoch == 0  # the learning-rate schedule did not advance past a skipped step
+    assert all(torch.equal(ema.shadow_state()[n], before[n]) for n in ema.shadow_state())
+
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    trainer.backward(trainer.compute_loss(batch))
+    for h in trainer.hooks:
+        h.after_backward(trainer, batch)
+    trainer.optimizer_step()
+    assert not trainer.skipped_step and trainer.scheduler.last_epoch == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(dict(model.named_parameters())[EMB], before[EMB])

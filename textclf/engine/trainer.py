@@ -85,6 +85,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
         self.global_step = 0
         self.epoch = 0
+        self.skipped_step = False
         self.group_size = self.accum  # batches in the current accumulation group
         self.objective = objective if objective is not None else StandardObjective()  # how a batch becomes a loss
         self.checkpoint = None
@@ -100,10 +101,14 @@ class Trainer:
         if self.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        # an fp16 overflow step is skipped by the scaler, which then lowers its scale: the schedule waits for it
+        self.skipped_step = scale is not None and self.scaler.get_scale() < scale
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        if not self.skipped_step:
+            self.scheduler.step()
         self.global_step += 1
         for h in self.hooks:
             h.after_step(self)
