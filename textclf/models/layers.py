@@ -49,17 +49,23 @@ def find_layers(backbone: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
     return embeddings, layers
 
 
+def _layers_for(backbone: nn.Module, key: str, n: int) -> tuple[nn.Module, list[nn.Module]]:
+    """find_layers(backbone), once `model.<key>=n` is checked against the backbone's depth."""
+    if n < 0:
+        raise TextclfError(f"model.{key} must be 0 or more, got {n}")
+    emb, stack = find_layers(backbone)
+    if n > len(stack):
+        raise TextclfError(f"model.{key}={n} but model type {model_type(backbone)!r} has only "
+                           f"{len(stack)} layers; use model.{key}={len(stack)} or less")
+    return emb, stack
+
+
 def freeze(backbone: nn.Module, embeddings: bool = False, layers: int = 0) -> None:
     """requires_grad=False on the embeddings and/or the lowest `layers` layers."""
     layers = int(layers)
     if not embeddings and layers == 0:
         return
-    if layers < 0:
-        raise TextclfError(f"model.freeze_layers must be 0 or more, got {layers}")
-    emb, stack = find_layers(backbone)
-    if layers > len(stack):
-        raise TextclfError(f"model.freeze_layers={layers} but model type {model_type(backbone)!r} has only "
-                           f"{len(stack)} layers; use model.freeze_layers={len(stack)} or less")
+    emb, stack = _layers_for(backbone, "freeze_layers", layers)
     modules = ([emb] if embeddings else []) + stack[:layers]
     for module in modules:
         for p in module.parameters():
@@ -71,12 +77,7 @@ def reinit_top_layers(backbone: nn.Module, n: int) -> None:
     n = int(n)
     if n == 0:
         return
-    if n < 0:
-        raise TextclfError(f"model.reinit_layers must be 0 or more, got {n}")
-    _, stack = find_layers(backbone)
-    if n > len(stack):
-        raise TextclfError(f"model.reinit_layers={n} but model type {model_type(backbone)!r} has only "
-                           f"{len(stack)} layers; use model.reinit_layers={len(stack)} or less")
+    _, stack = _layers_for(backbone, "reinit_layers", n)
     init_fn = getattr(backbone, "_init_weights", None)
     for layer in stack[-n:]:
         # transformers 5 marks every loaded tensor `_is_hf_initialized`, and its init functions skip such
