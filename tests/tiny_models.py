@@ -55,6 +55,17 @@ def _load_tokenizer(folder: Path, expected_size: int):
     return tokenizer
 
 
+def _save_and_check(model, folder: Path, size: int, *, pad_id: int, tokens: list[str], text: str = SAMPLE,
+                    side: str = "right"):
+    """Save the model beside its tokenizer files, load the tokenizer the way users do and check its padding and
+    what it makes of `text`."""
+    model.save_pretrained(str(folder))
+    tokenizer = _load_tokenizer(folder, size)
+    assert tokenizer.pad_token_id == pad_id and tokenizer.padding_side == side
+    assert _tokens(tokenizer, text) == tokens
+    return tokenizer
+
+
 def _train_sentencepiece(prefix: Path, texts: list[str], vocab_size: int, **special) -> int:
     """A unigram SentencePiece model at <prefix>.model (the .vocab listing is removed); its size."""
     import sentencepiece as spm
@@ -83,11 +94,7 @@ def build_tiny_roberta(folder: Path) -> Path:
     # RoBERTa positions start after padding_idx: 128 usable positions need 130 embeddings
     config = RobertaConfig(vocab_size=size, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
                            **(TINY | {"max_position_embeddings": TINY["max_position_embeddings"] + 2}))
-    RobertaModel(config).save_pretrained(str(folder))
-
-    tokenizer = _load_tokenizer(folder, size)
-    assert tokenizer.pad_token_id == 1 and tokenizer.padding_side == "right"
-    assert _tokens(tokenizer, SAMPLE) == ["<s>", "goal", "Ġmatch", "Ġelection", "</s>"]
+    _save_and_check(RobertaModel(config), folder, size, pad_id=1, tokens=["<s>", "goal", "Ġmatch", "Ġelection", "</s>"])
     return folder
 
 
@@ -104,11 +111,8 @@ def build_tiny_deberta(folder: Path) -> Path:
     config = DebertaV2Config(vocab_size=size, pad_token_id=0, relative_attention=True, position_buckets=32,
                              max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True,
                              pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0, **TINY)
-    DebertaV2Model(config).save_pretrained(str(folder))
-
-    tokenizer = _load_tokenizer(folder, size)
-    assert tokenizer.pad_token_id == 0 and tokenizer.padding_side == "right"
-    assert _tokens(tokenizer, SAMPLE) == ["[CLS]", "▁goal", "▁match", "▁election", "[SEP]"]
+    _save_and_check(DebertaV2Model(config), folder, size, pad_id=0,
+                    tokens=["[CLS]", "▁goal", "▁match", "▁election", "[SEP]"])
     return folder
 
 
@@ -125,11 +129,8 @@ def build_tiny_electra(folder: Path) -> Path:
     wordpiece.save_model(str(folder))  # vocab.txt
     size = wordpiece.get_vocab_size()
     torch_seed(0)
-    ElectraModel(ElectraConfig(vocab_size=size, embedding_size=16, **TINY)).save_pretrained(str(folder))
-
-    tokenizer = _load_tokenizer(folder, size)
-    assert tokenizer.pad_token_id == 0 and tokenizer.padding_side == "right"
-    assert _tokens(tokenizer, "Goal MATCH election") == ["[CLS]", "goal", "match", "election", "[SEP]"]
+    _save_and_check(ElectraModel(ElectraConfig(vocab_size=size, embedding_size=16, **TINY)), folder, size, pad_id=0,
+                    text="Goal MATCH election", tokens=["[CLS]", "goal", "match", "election", "[SEP]"])
     return folder
 
 
