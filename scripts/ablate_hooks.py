@@ -68,7 +68,7 @@ def main() -> int:
     common = {"data.train_file": train_path.resolve(), "data.valid_file": valid_path.resolve(),
               "data.text_col": "text", "data.label_col": "label", "kfold": "none", "trainer.epochs": args.epochs,
               "trainer.batch_size": args.batch_size, "optimizer.lr": args.lr, "model.max_length": args.max_length,
-              "model.name_or_path": default_backbone(), "trainer.seed": args.seed}
+              "model.name_or_path": default_backbone()}
     seeds = [int(x) for x in args.train_seeds.split(",") if x.strip()] if args.train_seeds else [args.seed]
     runs: dict[str, dict[int, dict]] = {name: {} for name in names}
     for seed in seeds:  # seed-major: a partial run still has every configuration for the first seeds

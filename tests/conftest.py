@@ -206,11 +206,11 @@ def tiny_backbones(tmp_path_factory):
 
 
 def assert_refused_clearly(rc: int, out: str, err: str, patterns, *, no_model: str,
-                           own_error: bool | None = True) -> str:
+                           own_error: bool | None = True) -> None:
     """A refused run as the user sees it: a non-zero exit, no traceback, every regex of `patterns` in the output,
     and the check made before any model loads (the path `no_model` never shows). own_error=True: textclf's own
     `textclf: error` line is printed exactly once, on stderr; None: only when there is one (Hydra may refuse
-    first). Returns the shown output for further messages."""
+    first)."""
     import re
 
     console = out + err
@@ -223,4 +223,3 @@ def assert_refused_clearly(rc: int, out: str, err: str, patterns, *, no_model: s
         assert console.count("textclf: error") == 1, shown
         assert "textclf: error" in err, shown
     assert no_model not in console, f"the data check came after the model load:\n{shown}"
-    return shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from textclf.data import Collator
@@ -14,7 +15,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_compile_does_not_recompile_per_width(tiny_bert, tmp_path):
-    torch = pytest.importorskip("torch")
     from torch._dynamo.utils import counters
 
     from conftest import make_frame, write_frame
@@ -47,9 +47,8 @@ def test_compile_does_not_recompile_per_width(tiny_bert, tmp_path):
     # the compiled model was compiled in place: its saved weights keep their names and load for predict (eager);
     # predict's probabilities on the validation rows equal the compiled model's out-of-fold ones
     oof = pd.read_csv(tmp_path / "run" / "oof.csv")
-    valid = pd.read_csv(table).iloc[oof["row"]] if "row" in oof else None
-    assert valid is not None, f"oof.csv columns: {list(oof.columns)}"
-    valid.to_csv(tmp_path / "valid.csv", index=False)
+    assert "row" in oof, f"oof.csv columns: {list(oof.columns)}"
+    pd.read_csv(table).iloc[oof["row"]].to_csv(tmp_path / "valid.csv", index=False)
     with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
         pcfg = compose(config_name="predict", overrides=[f"run_dir={tmp_path / 'run'}", f"input={tmp_path / 'valid.csv'}",
                                                          f"output={tmp_path / 'preds.csv'}", "device=cpu"])
