@@ -23,7 +23,7 @@ from pathlib import Path
 from conftest import FILLER, SPECIAL_TOKENS, TINY, TOPICS, build_tiny_bert, make_frame, torch_seed
 
 ARCHS = ("bert", "roberta", "deberta", "electra", "xlnet", "bert_chinese")
-#: the textclf preset (textclf/conf/model/<preset>.yaml) each tiny architecture stands in for
+#: the textclf preset (conf/model/<preset>.yaml) each tiny architecture stands in for
 PRESETS = {arch: arch for arch in ARCHS}
 #: architectures whose AutoModel has a pooler (pooling=pooler works)
 HAS_POOLER = {"bert", "roberta", "bert_chinese"}
