@@ -15,7 +15,7 @@ from .data import AGGREGATES, TRUNCATIONS
 from .errors import TextclfError
 
 TOP_KEYS = {"data", "model", "pooling", "head", "loss", "optimizer", "scheduler", "kfold", "task", "trainer",
-            "threshold", "tune_threshold", "adversarial", "ema", "rdrop", "resume"}
+            "threshold", "tune_threshold", "adversarial", "ema", "rdrop", "resume", "logger", "plots"}
 DATA_KEYS = {"train_file", "valid_file", "test_file", "text_col", "text_pair_col", "label_col", "label_sep",
              "encoding", "encoding_errors", "group_col"}
 MODEL_KEYS = {"name_or_path", "max_length", "truncation", "trust_remote_code", "gradient_checkpointing",
@@ -23,7 +23,8 @@ MODEL_KEYS = {"name_or_path", "max_length", "truncation", "trust_remote_code", "
               "head_fraction", "window_stride", "max_windows", "window_aggregate"}
 TRAINER_KEYS = {"epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "max_grad_norm", "device",
                 "precision", "seed", "deterministic", "monitor", "early_stopping_patience", "length_window",
-                "num_workers", "log_every_steps", "compile", "checkpoint_every_steps"}
+                "num_workers", "log_every_steps", "compile", "checkpoint_every_steps", "eval_every_steps",
+                "limit_train_batches", "limit_eval_batches"}
 #: arguments of each group's _target_ that textclf passes at build time, not from YAML
 RUNTIME_ARGS = {
     "pooling": {"hidden_size", "summary_last", "num_hidden_layers"},
