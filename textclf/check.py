@@ -1,41 +1,160 @@
-"""`textclf validate`: the checks `textclf train` makes on its config and data, on their own, with no model.
+"""The checks a run makes before any weights load, in one place: `textclf train` runs them first, and
+`textclf validate` runs exactly them and prints what they found.
 
-Same overrides as `textclf train`. Exits 2 with one message naming the file, column and rows at fault, or
-prints what it found: rows per file, the task, the classes and their counts, text lengths, and warnings
-(duplicated texts with conflicting labels, undecodable bytes).
+Exits 2 with one message naming the key, file, column or rows at fault; otherwise validate prints rows per
+file, the task, the classes and their counts, text lengths, and warnings (texts repeated with conflicting
+labels).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .data import LabelSpace, Split, conflicting_duplicates, load_splits
+from .errors import TextclfError
 
 log = logging.getLogger(__name__)
 
 
-def validate_run_inputs(cfg: DictConfig) -> dict:
+@dataclass
+class Checked:
+    """What the checks established, for the run to build on."""
+
+    cfg: DictConfig  # loss=auto made concrete for the task
+    splits: dict[str, Split]
+    labels: LabelSpace
+    y: np.ndarray  # encoded labels of the training file
+    y_valid: np.ndarray | None
+    y_test: np.ndarray | None  # a labelled test file's labels (scored at the end), else None
+    monitor: str
+    device: object  # torch.device
+    name_or_path: str
+    tokenizer: object
+    backbone_config: object
+    folds: list  # the folds of a fresh split (a run folder with folds.csv reuses that instead)
+    folds_frame: object
+
+
+def preflight(cfg: DictConfig) -> Checked:
+    """Every check before weights load: the config, the data files and labels, the loss and monitor against
+    the task, precision against the device, the folds against the classes, the backbone's files and limits."""
     from hydra.utils import instantiate
 
     from .config import validate
-    from .data import LabelSpace, conflicting_duplicates, load_splits
+    from .engine.kfold import make_folds
 
     validate(cfg)
     splits = load_splits(cfg.data)
-    train = splits["train"]
-    label_cols = cfg.data.label_col
-    names = [label_cols] if isinstance(label_cols, str) else [str(c) for c in label_cols]
-    labels = LabelSpace.fit(train.labels, cfg.task, where=f"data.train_file {cfg.data.train_file!r}",
-                            sep=str(cfg.data.label_sep), target_names=names)
-    y = labels.encode(train.labels, f"data.train_file {cfg.data.train_file!r}")
+    labels, y, y_valid, y_test = encode_labels(cfg, splits)
+    cfg, monitor = check_objective(cfg, labels)
+    device = check_device(cfg.trainer)
     valid = splits.get("valid")
-    if valid is not None:
-        labels.encode(valid.labels, f"data.valid_file {cfg.data.valid_file!r}")
-    splitter = instantiate(cfg.kfold)
-    if valid is None and labels.task in ("binary", "multiclass") and hasattr(splitter, "check"):
-        splitter.check(y, labels.names)
-    report = {"task": labels.task, "classes": labels.names, "files": {}}
-    for name, split in splits.items():
+    folds, folds_frame = make_folds(instantiate(cfg.kfold), labels, y, len(valid) if valid else 0, data_cfg=cfg.data)
+    name_or_path, tokenizer, backbone_config = check_backbone(cfg.model)
+    return Checked(cfg, splits, labels, y, y_valid, y_test, monitor, device, name_or_path, tokenizer,
+                   backbone_config, folds, folds_frame)
+
+
+def encode_labels(cfg: DictConfig, splits: dict[str, Split]):
+    """The label space of the training file; every labelled file's labels encoded in it."""
+    data = cfg.data
+    names = [data.label_col] if isinstance(data.label_col, str) else [str(c) for c in data.label_col]
+    where = f"data.train_file {data.train_file!r}"
+    labels = LabelSpace.fit(splits["train"].labels, cfg.task, where=where, sep=str(data.label_sep),
+                            target_names=names)
+    labels.threshold = float(cfg.threshold)
+    y = labels.encode(splits["train"].labels, where)
+    valid, test = splits.get("valid"), splits.get("test")
+    y_valid = labels.encode(valid.labels, f"data.valid_file {data.valid_file!r}") if valid else None
+    y_test = (labels.encode(test.labels, f"data.test_file {data.test_file!r}")
+              if test is not None and test.labels is not None else None)
+    return labels, y, y_valid, y_test
+
+
+def check_objective(cfg: DictConfig, labels: LabelSpace) -> tuple[DictConfig, str]:
+    """loss=auto made concrete; the loss and trainer.monitor must fit the task. Returns (cfg, monitor)."""
+    from hydra.utils import get_class
+
+    from .losses import default_loss_for
+    from .metrics import default_monitor, metrics_for_task
+
+    if cfg.loss._target_ == "textclf.losses.auto":
+        cfg = resolved_copy(cfg, loss=default_loss_for(labels.task))
+    monitor = default_monitor(labels.task) if cfg.trainer.monitor == "auto" else str(cfg.trainer.monitor)
+    if monitor not in metrics_for_task(labels.task):
+        raise TextclfError(f"trainer.monitor={monitor} is not computed for task {labels.task!r}; "
+                           f"choose one of {', '.join(metrics_for_task(labels.task))}")
+    loss_cls = get_class(cfg.loss._target_)
+    if labels.task not in getattr(loss_cls, "tasks", (labels.task,)):
+        raise TextclfError(f"loss={option_named('loss', cfg.loss._target_)} does not fit task {labels.task!r} "
+                           f"(it fits: {', '.join(loss_cls.tasks)})")
+    labels.single_logit = labels.task == "binary" and getattr(loss_cls, "single_logit_binary", False)
+    return cfg, monitor
+
+
+def option_named(group: str, target: str) -> str:
+    """The option of a config group (what the user types) whose YAML builds `target`; else the class name."""
+    from importlib.resources import files
+
+    for path in sorted(files("textclf.conf").joinpath(group).iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".yaml") and f"_target_: {target}\n" in path.read_text(encoding="utf-8"):
+            return path.name[: -len(".yaml")]
+    return target.rsplit(".", 1)[-1]
+
+
+def check_device(tcfg):
+    from .engine.trainer import resolve_device
+
+    device = resolve_device(str(tcfg.device))
+    if tcfg.precision == "fp16" and device.type != "cuda":
+        raise TextclfError("trainer.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    return device
+
+
+def check_backbone(mcfg):
+    """The backbone's tokenizer and config (no weights), and max_length against its positions."""
+    from .models.backbone import load_backbone_config, load_tokenizer, resolve_name_or_path
+
+    name_or_path = resolve_name_or_path(mcfg.name_or_path)
+    tokenizer = load_tokenizer(name_or_path, truncation=mcfg.truncation, trust_remote_code=mcfg.trust_remote_code)
+    backbone_config = load_backbone_config(name_or_path, hidden_dropout=mcfg.hidden_dropout,
+                                           attention_dropout=mcfg.attention_dropout,
+                                           trust_remote_code=mcfg.trust_remote_code)
+    check_max_length(int(mcfg.max_length), backbone_config, name_or_path)
+    return name_or_path, tokenizer, backbone_config
+
+
+def check_max_length(max_length: int, backbone_config, name_or_path: str) -> None:
+    """A longer max_length than the backbone has positions would fail deep inside the embeddings."""
+    positions = getattr(backbone_config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return  # relative-position models (XLNet, ...) have no fixed limit
+    # RoBERTa-style models offset positions by padding_idx + 1
+    limit = positions - (backbone_config.pad_token_id + 1
+                         if getattr(backbone_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
+                         and backbone_config.pad_token_id is not None else 0)
+    if max_length > limit:
+        raise TextclfError(f"model.max_length={max_length} is longer than {name_or_path!r} supports "
+                           f"({limit} positions); use model.max_length={limit} or less")
+
+
+def resolved_copy(cfg: DictConfig, **groups) -> DictConfig:
+    """A copy of cfg with whole groups replaced (e.g. loss=auto made concrete for the task)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.update({k: OmegaConf.to_container(v) if isinstance(v, DictConfig) else v for k, v in groups.items()})
+    return OmegaConf.create(data)
+
+
+# ----------------------------------------------------------------------------- textclf validate
+def validate_run_inputs(cfg: DictConfig) -> dict:
+    checked = preflight(cfg)
+    labels = checked.labels
+    report = {"task": labels.task, "classes": labels.names, "files": {}, "monitor": checked.monitor,
+              "loss": option_named("loss", checked.cfg.loss._target_), "folds": len(checked.folds)}
+    for name, split in checked.splits.items():
         lengths = np.array([len(t) for t in split.texts])
         report["files"][name] = {"path": split.source, "rows": len(split),
                                  "chars_median": float(np.median(lengths)), "chars_max": int(lengths.max())}
@@ -43,16 +162,17 @@ def validate_run_inputs(cfg: DictConfig) -> dict:
             report["files"][name]["conflicting_duplicates"] = len(
                 conflicting_duplicates(split.texts, split.pairs, split.labels))
     if labels.task in ("binary", "multiclass"):
-        counts = np.bincount(y, minlength=len(labels.classes))
+        counts = np.bincount(checked.y, minlength=len(labels.classes))
         report["class_counts"] = {n: int(c) for n, c in zip(labels.names, counts)}
     elif labels.task == "multilabel":
-        report["class_counts"] = {n: int(c) for n, c in zip(labels.names, np.asarray(y).sum(axis=0))}
+        report["class_counts"] = {n: int(c) for n, c in zip(labels.names, np.asarray(checked.y).sum(axis=0))}
     _print(report)
     return report
 
 
 def _print(report: dict) -> None:
-    lines = [f"task            {report['task']}"]
+    lines = [f"task            {report['task']} (loss {report['loss']}, monitor {report['monitor']}, "
+             f"{report['folds']} fold(s) to train)"]
     for name, f in report["files"].items():
         extra = (f", {f['conflicting_duplicates']} text(s) repeated with different labels"
                  if f.get("conflicting_duplicates") else "")

@@ -50,6 +50,13 @@ def save_weights(path, state_dict) -> None:
         save_file(tensors, str(tmp))
 
 
+def load_weights(path) -> dict:
+    """Weights from a safetensors file (never a pickle)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 def _json_default(obj):
     import numpy as np
 

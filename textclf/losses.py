@@ -30,6 +30,25 @@ def default_loss_for(task: str):
     return OmegaConf.create(files("textclf.conf").joinpath("loss", f"{DEFAULT_LOSS[task]}.yaml").read_text())
 
 
+def build_loss(loss_cfg, labels, y_train):
+    """Instantiate the loss; `class_weights: balanced` becomes n / (K * count_k) on this fold's rows."""
+    import numpy as np
+    from hydra.utils import instantiate
+
+    weights = loss_cfg.get("class_weights")
+    if weights is None:
+        return instantiate(loss_cfg)
+    k = len(labels.classes)
+    if weights == "balanced":
+        counts = y_train.sum(axis=0) if labels.task == "multilabel" else np.bincount(y_train, minlength=k)
+        weights = (len(y_train) / (k * np.maximum(counts, 1))).tolist()
+    weights = [float(w) for w in weights]
+    if len(weights) != k:
+        raise TextclfError(f"loss.class_weights has {len(weights)} values but there are {k} classes "
+                           f"({', '.join(labels.names[:20])})")
+    return instantiate(loss_cfg, class_weights=weights)
+
+
 def _weights(values, what: str = "class_weights") -> torch.Tensor | None:
     """A per-class list from the config (list or ListConfig) as a float tensor; None stays None."""
     if values is None:

@@ -1,15 +1,25 @@
-"""`textclf train`: check everything, tokenize once, fit each fold, write the run folder.
+"""`textclf train`: the run recipe. It reads top to bottom as its stages:
+
+  1. setup     every check (textclf.check.preflight), the run folder (resume or start over), the folds,
+               one tokenization for the whole run, the loggers
+  2. folds     per fold: build (model, loaders, optimizer, hooks), fit (the Trainer loop), keep its
+               out-of-fold outputs; a fold finished by an earlier run into the same folder is kept
+  3. assemble  out-of-fold outputs and metrics, tuned thresholds, test predictions (the folds ensembled)
+  4. write     oof.csv, test_predictions.csv, plots, metrics.json, then run.json last
 
 Run folder (Hydra's output directory):
   config.yaml            the resolved config
   train.log              the log
   labels.json            task and class names, in logit order
   backbone/              backbone config + tokenizer files (predict rebuilds the model offline)
-  fold_<k>/model.safetensors, fold_<k>/history.csv
+  fold_<k>/              model.safetensors (best weights), result.json + outputs.npz (the fold's outputs);
+                         history.csv and steps.csv with logger=csv; checkpoint/ while the fold is in flight
   folds.csv              which fold validates each training row
   oof.csv                out-of-fold predictions: probabilities per class and the predicted label
-  metrics.json           every fold's metrics, mean and std across folds
+  metrics.json           every fold's metrics, mean and std across folds, out-of-fold metrics
   test_predictions.csv   when data.test_file is given: probabilities averaged over folds
+  *.png                  plots (plots=true)
+  run.json               written last: the run is finished
 """
 from __future__ import annotations
 
@@ -17,19 +27,320 @@ import copy
 import logging
 import os
 import random
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .config import validate
-from .data import Collator, EpochBatches, LabelSpace, load_splits, sorted_batches, tokenize_with
-from .engine.checkpoint import FoldCheckpoint, fault_point
-from .errors import TextclfError
-from .io import atomic_path, save_weights, write_csv, write_json, write_text
+from .check import Checked, preflight
+from .data import Collator, EpochBatches, Encoded, LabelSpace, sorted_batches, tokenize_with
+from .engine.callbacks import Callback, Callbacks, RunContext, is_main
+from .engine.checkpoint import FoldCheckpoint, fault_point, finished_fold, prepare_run_dir, save_fold_outputs
+from .engine.kfold import Fold, FoldOutputs, FoldResult, free_memory, make_folds
+from .io import save_weights, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
+    """Train every fold; return the monitored metric's mean across folds (what a sweep optimises)."""
+    return TrainRun(cfg, Path(run_dir) if run_dir is not None else output_dir()).run()
+
+
+@dataclass
+class RunData:
+    """The run's tokenized inputs: training and validation rows together (validation-file rows last)."""
+
+    encoded: Encoded
+    y: np.ndarray
+    n_train_file: int  # rows from data.train_file; the rest came from data.valid_file
+    test: Encoded | None
+
+
+class TrainRun:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.main = is_main()  # the one decision of who writes files and logs to loggers
+        self.callbacks: Callback = Callbacks()
+
+    def run(self) -> float:
+        status = "failed"
+        try:
+            self.setup()
+            outputs = FoldOutputs(len(self.data.y), len(self.labels.classes))
+            for fold in self.folds:
+                outputs.add(self.train_fold(fold))
+                free_memory()
+            summary, oof = self.assemble(outputs)
+            self.write(summary, oof, outputs)
+            status = "ok"
+            return float(summary["score"])
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self.callbacks.close(status)
+
+    # ------------------------------------------------------------------------- 1. setup
+    def setup(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        checked = preflight(self.cfg)  # every check textclf validate makes, before anything heavy loads
+        cfg = self.cfg = checked.cfg
+        self.checked, self.labels, self.monitor, self.device = checked, checked.labels, checked.monitor, checked.device
+        # an earlier run in this folder with the same settings is continued; other settings start over
+        self.resuming = prepare_run_dir(self.run_dir, cfg, bool(cfg.get("resume", False)))
+        self.folds, folds_frame = checked.folds, checked.folds_frame
+        if (self.run_dir / "folds.csv").exists():  # a rerun validates on identical splits
+            from hydra.utils import instantiate
+
+            valid = checked.splits.get("valid")
+            self.folds, folds_frame = make_folds(instantiate(cfg.kfold), self.labels, checked.y,
+                                                 len(valid) if valid else 0, data_cfg=cfg.data, run_dir=self.run_dir)
+        log.info("task %s, %d %s: %s", self.labels.task, len(self.labels.classes),
+                 "targets" if self.labels.task == "regression" else "classes", ", ".join(self.labels.names[:20]))
+        seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
+        if self.main:
+            save_run_files(self.run_dir, cfg, self.labels, checked.tokenizer, checked.backbone_config)
+            write_csv(self.run_dir / "folds.csv", folds_frame)
+        self.data = tokenize_run(checked)
+        self.callbacks = build_callbacks(cfg) if self.main else Callbacks()
+        self.callbacks.on_run_start(RunContext(self.run_dir, OmegaConf.to_container(cfg, resolve=True),
+                                               self.labels.task, self.monitor, len(self.folds),
+                                               [str(n) for n in self.labels.names], sweep_info()))
+
+    # ------------------------------------------------------------------------- 2. one fold
+    def train_fold(self, fold: Fold) -> FoldResult:
+        fold_dir = self.run_dir / f"fold_{fold.index}"
+        kept = finished_fold(fold_dir, fold.index) if self.resuming else None
+        if kept is not None:
+            log.info("fold %d: finished before, kept", fold.index)
+            self.callbacks.on_fold_end(fold.index, kept.result)
+            return kept
+        log.info("fold %d: %d training rows, %d validation rows", fold.index, len(fold.train_rows),
+                 len(fold.valid_rows))
+        import torch
+
+        torch.manual_seed(int(self.cfg.trainer.seed) + fold.index)
+        checkpoint = FoldCheckpoint(fold_dir / "checkpoint", int(self.cfg.trainer.checkpoint_every_steps or 0),
+                                    tag=str(fold.index))
+        if not self.resuming:
+            checkpoint.clear()
+        trainer, train_loader, valid_loader, eval_loss_fn = self.build_fold(fold)
+        labels, y = self.labels, self.data.y
+        aggregate = str(self.cfg.model.window_aggregate)
+        fit = trainer.fit(train_loader, valid_loader,
+                          lambda rows, logits: score_logits(labels, y[rows], logits, eval_loss_fn),
+                          on_improve=(lambda state: save_weights(fold_dir / "model.safetensors", state))
+                          if self.main else None,
+                          reduce=lambda rows, logits: self.data.encoded.aggregate(rows, logits, aggregate),
+                          checkpoint=checkpoint if self.main else None)
+        rows, logits = fit.best_valid_logits
+        best = {k: v for k, v in fit.best_metrics.items() if k not in ("epoch", "step")}
+        result = FoldResult(fold.index, {"fold": fold.index, "best_epoch": fit.best_epoch,
+                                         "best_step": fit.best_metrics["step"], **best,
+                                         "train_samples_per_s": fit.train_samples_per_s,
+                                         "eval_samples_per_s": fit.eval_samples_per_s},
+                            rows, labels.outputs(logits), fold_curves(fit, self.monitor))
+        if self.main:
+            save_fold_outputs(fold_dir, result)
+            checkpoint.clear()
+        fault_point(f"fold:{fold.index}")
+        log.info("fold %d: best at step %d (epoch %d), %s=%.4f", fold.index, result.result["best_step"],
+                 fit.best_epoch, self.monitor, best[self.monitor])
+        self.callbacks.on_fold_end(fold.index, result.result)
+        return result
+
+    def build_fold(self, fold: Fold):
+        """A fresh model, loaders, optimizer, schedule, loss and hooks for one fold, joined in a Trainer."""
+        import torch
+        from hydra.utils import instantiate
+
+        from .engine.hooks import build_hooks
+        from .engine.trainer import Trainer
+        from .losses import build_loss
+        from .models import build_classifier
+
+        cfg, tcfg, data, device = self.cfg, self.cfg.trainer, self.data, self.device
+        seed = int(tcfg.seed)
+        model = build_classifier(cfg.model, cfg.pooling, cfg.head, self.labels.num_outputs,
+                                 name_or_path=self.checked.name_or_path, backbone_config=self.checked.backbone_config)
+        collate = Collator.for_tokenizer(self.checked.tokenizer, data.encoded, data.y)
+        # loaders draw their worker seeds from their own generator: each new iterator would otherwise take a number
+        # from the global RNG (the dropout masks' source), and a resumed epoch, which makes its iterator after
+        # restoring that RNG, would drift from the uninterrupted run
+        loader = partial(torch.utils.data.DataLoader, range(len(data.encoded)), collate_fn=collate,
+                         num_workers=int(tcfg.num_workers), pin_memory=device.type == "cuda",
+                         generator=torch.Generator().manual_seed(seed))
+        lengths = data.encoded.lengths
+        train_batches = EpochBatches(data.encoded.seq_rows(fold.train_rows), lengths, int(tcfg.batch_size),
+                                     int(tcfg.length_window), seed=seed + 1000 * fold.index)
+        valid_batches = sorted_batches(data.encoded.seq_rows(fold.valid_rows), lengths, int(tcfg.eval_batch_size))
+        valid_batches = valid_batches[:limit_batches(tcfg.limit_eval_batches, len(valid_batches))]
+        n_train = limit_batches(tcfg.limit_train_batches, len(train_batches))
+        steps_per_epoch = -(-n_train // int(tcfg.grad_accum_steps))
+        model.to(device)  # before the optimizer, so its state lives on the same device
+        if tcfg.compile:
+            model.compile(dynamic=True)  # in place: state_dict keys stay the same for saving and predict
+        optimizer = instantiate(cfg.optimizer)(model)
+        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps_per_epoch * int(tcfg.epochs))
+        loss_fn = build_loss(cfg.loss, self.labels, data.y[fold.train_rows])
+        eval_loss_fn = copy.deepcopy(loss_fn)  # scores logits on the CPU; the training copy stays on the device
+        hooks = build_hooks(cfg.get("adversarial"), cfg.get("ema"))  # fresh per fold; `none` ({}) builds nothing
+        objective = (instantiate(cfg.rdrop, task=self.labels.task, single_logit=self.labels.single_logit)
+                     if cfg.get("rdrop") else None)
+        trainer = Trainer(model, loss_fn.to(device), optimizer, scheduler, device=device, epochs=int(tcfg.epochs),
+                          grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
+                          precision=str(tcfg.precision), monitor=self.monitor,
+                          early_stopping_patience=tcfg.early_stopping_patience, hooks=hooks, objective=objective,
+                          log_every_steps=int(tcfg.log_every_steps), eval_every_steps=tcfg.eval_every_steps,
+                          limit_train_batches=n_train, callbacks=self.callbacks, fold=fold.index,
+                          desc=f"fold {fold.index}")
+        return (trainer, loader(batch_sampler=train_batches), loader(batch_sampler=valid_batches), eval_loss_fn)
+
+    # ------------------------------------------------------------------------- 3. assemble
+    def assemble(self, outputs: FoldOutputs) -> tuple[dict, np.ndarray]:
+        """Metrics of the folds and of the out-of-fold outputs; multilabel thresholds tuned on the latter."""
+        from .metrics import compute_metrics, per_class_report, summarize
+        from .tasks import tune_thresholds
+
+        labels, y = self.labels, self.data.y
+        scored, oof = outputs.oof()
+        results = [f.result for f in outputs.folds]
+        summary = {"task": labels.task, "monitor": self.monitor, "folds": results}
+        summary["mean"], summary["std"] = summarize(results)
+        summary["score"] = summary["mean"][self.monitor]
+        summary["oof"] = compute_metrics(labels, y[scored], oof)
+        if labels.task == "multilabel" and self.cfg.tune_threshold:
+            labels.threshold = tune_thresholds(y[scored], oof)
+            summary["oof_tuned_threshold"] = {"threshold": labels.threshold,
+                                              **compute_metrics(labels, y[scored], oof)}
+            log.info("tuned per-class thresholds on out-of-fold predictions: %s", labels.threshold)
+        report = per_class_report(labels, y[scored], oof)
+        if report is not None:
+            summary["oof_report"] = report
+        self.scored = scored
+        return summary, oof
+
+    def test_outputs(self) -> np.ndarray:
+        """The test file's outputs: the run's folds ensembled, exactly as `textclf predict` does it."""
+        from .models import build_classifier
+        from .predict import ensemble_folds
+
+        cfg, checked = self.cfg, self.checked
+        weights = [self.run_dir / f"fold_{f.index}" / "model.safetensors" for f in self.folds]
+        return ensemble_folds(
+            weights, lambda: build_classifier(cfg.model, cfg.pooling, cfg.head, self.labels.num_outputs,
+                                              name_or_path=checked.name_or_path, pretrained=False,
+                                              backbone_config=checked.backbone_config),
+            self.data.test, Collator.for_tokenizer(checked.tokenizer, self.data.test), self.labels,
+            batch_size=int(cfg.trainer.eval_batch_size), device=self.device, precision=str(cfg.trainer.precision),
+            aggregate=str(cfg.model.window_aggregate))
+
+    # ------------------------------------------------------------------------- 4. write
+    def write(self, summary: dict, oof: np.ndarray, outputs: FoldOutputs) -> None:
+        """oof.csv, test predictions, plots, metrics.json, then run.json last: a folder with run.json is a
+        finished run (predict checks it)."""
+        from .manifest import write_manifest
+        from .metrics import compute_metrics
+
+        labels, y, scored, run_dir = self.labels, self.data.y, self.scored, self.run_dir
+        test = self.test_outputs() if self.data.test is not None else None
+        if test is not None and self.checked.y_test is not None:
+            summary["test"] = compute_metrics(labels, self.checked.y_test, test)
+            log.info("test (%d rows, folds averaged): %s", len(test),
+                     "  ".join(f"{k}={v:.4f}" for k, v in summary["test"].items()))
+        mean, std = summary["mean"], summary["std"]
+        log.info("done: %s = %.4f ± %.4f over %d fold(s); run folder %s", self.monitor, mean[self.monitor],
+                 std[self.monitor], len(summary["folds"]), run_dir)
+        if not self.main:
+            return
+        n_file = self.data.n_train_file
+        source = np.array(["train"] * n_file + ["valid"] * (len(y) - n_file))
+        row_in_file = np.concatenate([np.arange(n_file), np.arange(len(y) - n_file)])
+        if labels.task == "multilabel" and self.cfg.tune_threshold:
+            write_json(run_dir / "labels.json", labels.to_dict())
+        write_csv(run_dir / "oof.csv", labels.table(oof, y_true=y[scored],
+                                                    extra={"source": source[scored], "row": row_in_file[scored]}))
+        if test is not None:
+            write_csv(run_dir / "test_predictions.csv", labels.table(test))
+        plots = write_plots(run_dir, labels, y[scored], oof, outputs, self.monitor) if self.cfg.plots else []
+        write_json(run_dir / "metrics.json", summary)
+        artifacts = [run_dir / n for n in ("metrics.json", "config.yaml", "oof.csv")] + plots
+        self.callbacks.on_run_end({**summary, "artifacts": [str(p) for p in artifacts if p.exists()]})
+        write_manifest(run_dir)
+
+
+# ----------------------------------------------------------------------------- the pieces the stages use
+def tokenize_run(checked: Checked) -> RunData:
+    """One tokenization for the whole run (not per epoch or fold): training + validation rows, and the test file."""
+    mcfg, tokenizer, splits = checked.cfg.model, checked.tokenizer, checked.splits
+    train_split, valid_split, test_split = splits["train"], splits.get("valid"), splits.get("test")
+    texts = train_split.texts + (valid_split.texts if valid_split else [])
+    pairs = (train_split.pairs + (valid_split.pairs if valid_split else [])) if train_split.pairs else None
+    encoded = tokenize_with(tokenizer, texts, pairs, mcfg, desc="tokenize")
+    y = np.concatenate([checked.y, checked.y_valid]) if valid_split else checked.y
+    lengths = encoded.lengths
+    if encoded.doc is not None:
+        log.info("tokenized %d texts once into %d windows of up to %d tokens (%.2f per text, at most %d); "
+                 "window logits are %s-aggregated per text", encoded.n_docs, len(encoded), int(mcfg.max_length),
+                 len(encoded) / max(encoded.n_docs, 1), int(np.bincount(encoded.doc).max()), mcfg.window_aggregate)
+    else:
+        log.info("tokenized %d texts once: mean %.1f tokens, %.1f%% cut to max_length=%d (truncation=%s)",
+                 len(encoded), lengths.mean(), 100.0 * (lengths >= int(mcfg.max_length)).mean(),
+                 int(mcfg.max_length), mcfg.truncation)
+    test = (tokenize_with(tokenizer, test_split.texts, test_split.pairs, mcfg, desc="tokenize test")
+            if test_split else None)
+    return RunData(encoded, y, len(checked.y), test)
+
+
+def limit_batches(limit, n: int) -> int:
+    """trainer.limit_*_batches: null (all n), a fraction of n (at least 1), or a number of batches."""
+    if limit is None:
+        return n
+    if isinstance(limit, float) and limit <= 1.0:
+        return max(1, int(n * limit)) if n else 0
+    return min(n, int(limit))
+
+
+def fold_curves(fit, monitor: str) -> dict:
+    """A fold's learning curves: training loss per step row, the monitored metric per evaluation."""
+    return {"step": np.array([r["step"] for r in fit.steps], dtype=np.int64),
+            "loss": np.array([r["loss"] for r in fit.steps], dtype=np.float64),
+            "eval_step": np.array([r["step"] for r in fit.history], dtype=np.int64),
+            "eval_value": np.array([r[monitor] for r in fit.history], dtype=np.float64)}
+
+
+def write_plots(run_dir: Path, labels: LabelSpace, y_true, oof, outputs: FoldOutputs, monitor: str) -> list[Path]:
+    from .plots import write_run_plots
+
+    return write_run_plots(run_dir, labels, y_true, oof, {f.index: f.curves for f in outputs.folds}, monitor)
+
+
+def build_callbacks(cfg: DictConfig) -> Callbacks:
+    """Every logger of the composed `logger` group (logger=[csv,tensorboard,mlflow]), in that order."""
+    from hydra.utils import instantiate
+
+    from .errors import own_errors
+
+    nodes = cfg.get("logger") or {}
+    with own_errors():
+        return Callbacks(instantiate(node) for node in nodes.values() if node and node.get("_target_"))
+
+
+def sweep_info() -> dict | None:
+    """In a Hydra multirun: the sweep folder, this job's number and overrides (loggers group jobs by it)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return {"dir": str(hc.sweep.dir), "job": int(hc.job.num), "overrides": list(hc.overrides.task)}
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -50,301 +361,6 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
-    """Train every fold; return the monitored metric's mean across folds (what a sweep optimises)."""
-    run_dir = Path(run_dir) if run_dir is not None else output_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    validate(cfg)
-    tcfg = cfg.trainer
-
-    # 1. data, checked before anything heavy loads
-    splits = load_splits(cfg.data)
-    train_split, valid_split, test_split = splits["train"], splits.get("valid"), splits.get("test")
-    label_cols = cfg.data.label_col
-    target_names = [label_cols] if isinstance(label_cols, str) else [str(c) for c in label_cols]
-    where = f"data.train_file {cfg.data.train_file!r}"
-    labels = LabelSpace.fit(train_split.labels, cfg.task, where=where, sep=str(cfg.data.label_sep),
-                            target_names=target_names)
-    labels.threshold = float(cfg.threshold)
-    y = labels.encode(train_split.labels, where)
-    y_valid = labels.encode(valid_split.labels, f"data.valid_file {cfg.data.valid_file!r}") if valid_split else None
-    # a labelled test file: its labels must be known classes; the ensemble is scored on it at the end
-    y_test = (labels.encode(test_split.labels, f"data.test_file {cfg.data.test_file!r}")
-              if test_split and test_split.labels is not None else None)
-    from hydra.utils import get_class, instantiate
-
-    from .losses import default_loss_for
-    from .metrics import default_monitor, metrics_for_task
-
-    if cfg.loss._target_ == "textclf.losses.auto":
-        cfg = resolved_copy(cfg, loss=default_loss_for(labels.task))
-    monitor = default_monitor(labels.task) if tcfg.monitor == "auto" else str(tcfg.monitor)
-    if monitor not in metrics_for_task(labels.task):
-        raise TextclfError(f"trainer.monitor={monitor} is not computed for task {labels.task!r}; "
-                           f"choose one of {', '.join(metrics_for_task(labels.task))}")
-    loss_cls = get_class(cfg.loss._target_)
-    if labels.task not in getattr(loss_cls, "tasks", (labels.task,)):
-        raise TextclfError(f"loss={cfg.loss._target_.rsplit('.', 1)[-1]} does not fit task {labels.task!r} "
-                           f"(it fits: {', '.join(loss_cls.tasks)})")
-    labels.single_logit = labels.task == "binary" and getattr(loss_cls, "single_logit_binary", False)
-    from .engine.kfold import make_folds
-
-    # an earlier run in this folder with the same settings is continued; other settings start over
-    resuming = prepare_run_dir(run_dir, cfg, bool(cfg.get("resume", False)))
-    splitter = instantiate(cfg.kfold)
-    # reuses run_dir/folds.csv when it exists, so a rerun validates on identical splits
-    folds, folds_frame = make_folds(splitter, labels, y, len(valid_split) if valid_split else 0, data_cfg=cfg.data,
-                                    run_dir=run_dir)
-    log.info("task %s, %d %s: %s", labels.task, len(labels.classes),
-             "targets" if labels.task == "regression" else "classes", ", ".join(labels.names[:20]))
-
-    # 2. backbone files and one tokenization for the whole run
-    import torch
-
-    from .engine.hooks import build_hooks
-    from .engine.kfold import run_folds
-    from .engine.trainer import Trainer, predict_logits, resolve_device
-    from .models import build_classifier
-    from .models.backbone import load_backbone_config, load_tokenizer, resolve_name_or_path
-
-    seed_everything(int(tcfg.seed), bool(tcfg.deterministic))
-    device = resolve_device(str(tcfg.device))
-    if tcfg.precision == "fp16" and device.type != "cuda":
-        raise TextclfError("trainer.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    name_or_path = resolve_name_or_path(cfg.model.name_or_path)
-    mcfg = cfg.model
-    aggregate = str(mcfg.get("window_aggregate", "mean"))
-    tokenizer = load_tokenizer(name_or_path, truncation=mcfg.truncation, trust_remote_code=mcfg.trust_remote_code)
-    backbone_config = load_backbone_config(name_or_path, hidden_dropout=mcfg.hidden_dropout,
-                                           attention_dropout=mcfg.attention_dropout,
-                                           trust_remote_code=mcfg.trust_remote_code)
-    check_max_length(int(mcfg.max_length), backbone_config, name_or_path)
-    save_run_files(run_dir, cfg, labels, tokenizer, backbone_config)
-
-    texts = train_split.texts + (valid_split.texts if valid_split else [])
-    pairs = (train_split.pairs + (valid_split.pairs if valid_split else [])) if train_split.pairs else None
-    encoded = tokenize_with(tokenizer, texts, pairs, mcfg, desc="tokenize")
-    y_all = np.concatenate([y, y_valid]) if valid_split else y
-    lengths = encoded.lengths
-    if encoded.doc is not None:
-        log.info("tokenized %d texts once into %d windows of up to %d tokens (%.2f per text, at most %d); "
-                 "window logits are %s-aggregated per text", encoded.n_docs, len(encoded), int(mcfg.max_length),
-                 len(encoded) / max(encoded.n_docs, 1), int(np.bincount(encoded.doc).max()), aggregate)
-    else:
-        log.info("tokenized %d texts once: mean %.1f tokens, %.1f%% cut to max_length=%d (truncation=%s)",
-                 len(encoded), lengths.mean(), 100.0 * (lengths >= int(mcfg.max_length)).mean(),
-                 int(mcfg.max_length), mcfg.truncation)
-    test_encoded = (tokenize_with(tokenizer, test_split.texts, test_split.pairs, mcfg, desc="tokenize test")
-                    if test_split else None)
-    collate = Collator.for_tokenizer(tokenizer, encoded, y_all)
-    # loaders draw their worker seeds from their own generator: each new iterator would otherwise take a number
-    # from the global RNG (the dropout masks' source), and a resumed epoch, which makes its iterator after
-    # restoring that RNG, would drift from the uninterrupted run
-    loader = partial(torch.utils.data.DataLoader, num_workers=int(tcfg.num_workers),
-                     pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(int(tcfg.seed)))
-    write_csv(run_dir / "folds.csv", folds_frame)
-
-    n_cols = len(labels.classes)
-    # summed over the folds that validate a row (once per kfold.repeats); averaged after the folds
-    oof_sum = np.zeros((len(y_all), n_cols), dtype=np.float64)
-    oof_count = np.zeros(len(y_all), dtype=np.int64)
-    test_out = np.zeros((len(test_split), n_cols), dtype=np.float64) if test_split else None
-
-    def fit_fold(fold) -> dict:
-        import torch
-
-        torch.manual_seed(int(tcfg.seed) + fold.index)
-        fold_dir = run_dir / f"fold_{fold.index}"
-        if resuming and (fold_dir / "result.json").exists():
-            return finished_fold(fold_dir, fold.index, oof_sum, oof_count, test_out, len(folds))
-        checkpoint = FoldCheckpoint(fold_dir / "checkpoint", int(tcfg.get("checkpoint_every_steps", 0) or 0),
-                                    tag=str(fold.index))
-        if not resuming:
-            checkpoint.clear()
-        model = build_classifier(mcfg, cfg.pooling, cfg.head, labels.num_outputs, name_or_path=name_or_path,
-                                 backbone_config=backbone_config)
-        train_batches = EpochBatches(encoded.seq_rows(fold.train_rows), lengths, int(tcfg.batch_size), int(tcfg.length_window),
-                                     seed=int(tcfg.seed) + 1000 * fold.index)
-        train_loader = loader(range(len(encoded)), batch_sampler=train_batches, collate_fn=collate)
-        valid_loader = loader(range(len(encoded)), collate_fn=collate,
-                              batch_sampler=sorted_batches(encoded.seq_rows(fold.valid_rows), lengths,
-                                                                   int(tcfg.eval_batch_size)))
-        steps_per_epoch = -(-len(train_batches) // int(tcfg.grad_accum_steps))
-        model.to(device)  # before the optimizer, so its state lives on the same device
-        if tcfg.get("compile", False):
-            model.compile(dynamic=True)  # in place: state_dict keys stay the same for saving and predict
-        optimizer = instantiate(cfg.optimizer)(model)
-        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps_per_epoch * int(tcfg.epochs))
-        loss_fn = build_loss(cfg.loss, labels, y_all[fold.train_rows])
-        eval_loss_fn = copy.deepcopy(loss_fn)  # scores logits on the CPU; the training copy stays on the device
-        loss_fn.to(device)
-        hooks = build_hooks(cfg.get("adversarial"), cfg.get("ema"))  # fresh per fold; `none` ({}) builds nothing
-        objective = (instantiate(cfg.rdrop, task=labels.task, single_logit=labels.single_logit)
-                     if cfg.get("rdrop") else None)
-        trainer = Trainer(model, loss_fn, optimizer, scheduler, device=device, epochs=int(tcfg.epochs),
-                          grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
-                          precision=str(tcfg.precision), monitor=monitor,
-                          early_stopping_patience=tcfg.early_stopping_patience, hooks=hooks, objective=objective,
-                          log_every_steps=int(tcfg.log_every_steps), desc=f"fold {fold.index}")
-
-        def score(rows, logits):
-            return score_logits(labels, y_all[rows], logits, eval_loss_fn)
-
-        result = trainer.fit(train_loader, valid_loader, score,
-                             on_improve=lambda state: save_weights(fold_dir / "model.safetensors", state),
-                             reduce=lambda rows, logits: encoded.aggregate(rows, logits, aggregate),
-                             checkpoint=checkpoint)
-        rows, logits = result.best_valid_logits
-        fold_oof = labels.outputs(logits)
-        oof_sum[rows] += fold_oof
-        oof_count[rows] += 1
-        write_csv(fold_dir / "history.csv", _frame(result.history))
-        fold_test = None
-        if test_encoded is not None:
-            model.load_state_dict(load_weights(fold_dir / "model.safetensors"))
-            test_collate = Collator.for_tokenizer(tokenizer, test_encoded)
-            test_loader = loader(range(len(test_encoded)), collate_fn=test_collate,
-                                 batch_sampler=sorted_batches(np.arange(len(test_encoded)), test_encoded.lengths,
-                                                              int(tcfg.eval_batch_size)))
-            t_rows, t_logits = test_encoded.aggregate(
-                *predict_logits(model, test_loader, device, str(tcfg.precision), desc="test"), aggregate)
-            fold_test = np.zeros_like(test_out)
-            fold_test[t_rows] = labels.outputs(t_logits)
-            test_out[:] += fold_test / len(folds)
-        del model, optimizer, trainer
-        out = {"fold": fold.index, "best_epoch": result.best_epoch, **result.best_metrics,
-               "train_samples_per_s": result.train_samples_per_s, "eval_samples_per_s": result.eval_samples_per_s}
-        out.pop("epoch", None)
-        # the fold's outputs, then result.json last: a fold with result.json is complete, and a resume skips it
-        save_arrays(fold_dir / "outputs.npz", oof_rows=rows, oof=fold_oof,
-                    **({"test": fold_test} if fold_test is not None else {}))
-        write_json(fold_dir / "result.json", out)  # write_json turns numpy scalars into numbers
-        checkpoint.clear()
-        fault_point(f"fold:{fold.index}")
-        log.info("fold %d: best epoch %d, %s=%.4f", fold.index, result.best_epoch, monitor,
-                 result.best_metrics[monitor])
-        return out
-
-    # 3. the folds
-    fold_results = run_folds(folds, fit_fold)
-    oof = np.full((len(y_all), n_cols), np.nan, dtype=np.float64)
-    oof[oof_count > 0] = oof_sum[oof_count > 0] / oof_count[oof_count > 0, None]
-
-    # 4. out-of-fold predictions, metrics, test predictions
-    from .metrics import compute_metrics, per_class_report, summarize
-    from .tasks import tune_thresholds
-
-    scored = ~np.isnan(oof[:, 0])
-    oof_metrics = compute_metrics(labels, y_all[scored], oof[scored])
-    summary = {"task": labels.task, "monitor": monitor, "folds": fold_results}
-    summary["mean"], summary["std"] = summarize(fold_results)
-    summary["oof"] = oof_metrics
-    if labels.task == "multilabel" and cfg.tune_threshold:
-        labels.threshold = tune_thresholds(y_all[scored], oof[scored])
-        summary["oof_tuned_threshold"] = {"threshold": labels.threshold,
-                                          **compute_metrics(labels, y_all[scored], oof[scored])}
-        write_json(run_dir / "labels.json", labels.to_dict())
-        log.info("tuned per-class thresholds on out-of-fold predictions: %s", labels.threshold)
-    report = per_class_report(labels, y_all[scored], oof[scored])
-    if report is not None:
-        summary["oof_report"] = report
-    source = ["train"] * len(y) + ["valid"] * (len(y_all) - len(y))
-    row_in_file = list(range(len(y))) + list(range(len(y_all) - len(y)))
-    write_csv(run_dir / "oof.csv", labels.table(oof[scored], y_true=y_all[scored],
-                                                extra={"source": np.asarray(source)[scored],
-                                                       "row": np.asarray(row_in_file)[scored]}))
-    if test_out is not None:
-        write_csv(run_dir / "test_predictions.csv", labels.table(test_out))
-    if test_out is not None and y_test is not None:
-        summary["test"] = compute_metrics(labels, y_test, test_out)
-        log.info("test (%d rows, folds averaged): %s", len(y_test),
-                 "  ".join(f"{k}={v:.4f}" for k, v in summary["test"].items()))
-    # metrics.json, then run.json last: a folder with run.json is a finished run (predict checks it)
-    write_json(run_dir / "metrics.json", summary)
-    from .manifest import write_manifest
-
-    write_manifest(run_dir)
-    mean, std = summary["mean"], summary["std"]
-    log.info("done: %s = %.4f ± %.4f over %d fold(s); run folder %s", monitor, mean[monitor], std[monitor],
-             len(fold_results), run_dir)
-    return float(mean[monitor])
-
-
-# ----------------------------------------------------------------------------- resuming
-#: settings that may change between an interrupted run and its resumption without changing its results
-RESUME_FREE_KEYS = {"resume", "trainer.checkpoint_every_steps", "trainer.log_every_steps", "trainer.num_workers"}
-#: what a run writes; a run folder reused with other settings loses these (folds.csv stays only if the split
-#: settings are unchanged)
-RUN_OUTPUTS = ("run.json", "metrics.json", "oof.csv", "test_predictions.csv")
-
-
-def prepare_run_dir(run_dir: Path, cfg: DictConfig, resume: bool) -> bool:
-    """True when run_dir holds an earlier run with the same settings: it continues (finished folds are kept,
-    the fold in flight goes on from its last checkpoint). Other settings: resume=true is an error, otherwise
-    the folder's earlier outputs are removed and the run starts over."""
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
-        if resume:
-            raise TextclfError(f"resume=true but {run_dir} holds no run to resume (no config.yaml); point "
-                               f"hydra.run.dir (or resume=<folder>) at the folder of the interrupted run")
-        return False
-    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-    new = OmegaConf.to_container(cfg, resolve=True)
-    changed = [k for k in config_differences(old, new) if k not in RESUME_FREE_KEYS]
-    if not changed:
-        done = sorted(p.parent.name for p in run_dir.glob("fold_*/result.json"))
-        log.info("resuming the run in %s (finished folds: %s)", run_dir, ", ".join(done) or "none")
-        return True
-    if resume:
-        raise TextclfError(f"cannot resume {run_dir}: it was started with other settings "
-                           f"({', '.join(changed[:8])}); resume with the same settings, or use another run folder")
-    log.warning("run folder %s holds an earlier run with other settings (%s): starting over", run_dir,
-                ", ".join(changed[:8]))
-    import shutil
-
-    for path in run_dir.glob("fold_*"):
-        if path.is_dir():
-            shutil.rmtree(path)
-    for name in RUN_OUTPUTS:
-        (run_dir / name).unlink(missing_ok=True)
-    if any(k.startswith(("kfold.", "data.")) and k != "kfold.folds" or k == "trainer.seed" for k in changed):
-        (run_dir / "folds.csv").unlink(missing_ok=True)
-    return False
-
-
-def config_differences(old, new, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain config trees."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new), key=str):
-            out.extend(config_differences(old.get(key, "<missing>"), new.get(key, "<missing>"), f"{prefix}{key}."))
-        return out
-    return [] if old == new else [prefix.rstrip(".")]
-
-
-def finished_fold(fold_dir: Path, index: int, oof_sum: np.ndarray, oof_count: np.ndarray,
-                  test_out: np.ndarray | None, n_folds: int) -> dict:
-    """A fold a resumed run had finished: its result and predictions, read back instead of trained again."""
-    import json
-
-    arrays = np.load(fold_dir / "outputs.npz", allow_pickle=False)
-    oof_sum[arrays["oof_rows"]] += arrays["oof"]
-    oof_count[arrays["oof_rows"]] += 1
-    if test_out is not None:
-        if "test" not in arrays:
-            raise TextclfError(f"cannot resume: {fold_dir} has no test predictions but data.test_file is set")
-        test_out += arrays["test"] / n_folds
-    log.info("fold %d: finished before, kept", index)
-    return json.loads((fold_dir / "result.json").read_text(encoding="utf-8"))
-
-
-def save_arrays(path: Path, **arrays) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-
-# ----------------------------------------------------------------------------- helpers
 def score_logits(labels: LabelSpace, y_true: np.ndarray, logits: np.ndarray, loss_fn=None) -> dict:
     """The task's metrics from raw logits, plus the loss (the training objective) when loss_fn is given."""
     from .metrics import compute_metrics
@@ -356,57 +372,6 @@ def score_logits(labels: LabelSpace, y_true: np.ndarray, logits: np.ndarray, los
         with torch.no_grad():
             out["loss"] = float(loss_fn(torch.from_numpy(logits).float(), torch.from_numpy(y_true)))
     return out
-
-
-def build_loss(loss_cfg, labels: LabelSpace, y_train: np.ndarray):
-    """Instantiate the loss; `class_weights: balanced` becomes n / (K * count_k) on this fold's rows."""
-    from hydra.utils import instantiate
-
-    weights = loss_cfg.get("class_weights")
-    if weights is None:
-        return instantiate(loss_cfg)
-    k = len(labels.classes)
-    if weights == "balanced":
-        counts = y_train.sum(axis=0) if labels.task == "multilabel" else np.bincount(y_train, minlength=k)
-        weights = (len(y_train) / (k * np.maximum(counts, 1))).tolist()
-    weights = [float(w) for w in weights]
-    if len(weights) != k:
-        raise TextclfError(f"loss.class_weights has {len(weights)} values but there are {k} classes "
-                           f"({', '.join(labels.names[:20])})")
-    return instantiate(loss_cfg, class_weights=weights)
-
-
-def resolved_copy(cfg: DictConfig, **groups) -> DictConfig:
-    """A copy of cfg with whole groups replaced (e.g. loss=auto made concrete for the task)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.update({k: OmegaConf.to_container(v) if isinstance(v, DictConfig) else v for k, v in groups.items()})
-    return OmegaConf.create(data)
-
-
-def check_max_length(max_length: int, backbone_config, name_or_path: str) -> None:
-    """A longer max_length than the backbone has positions would fail deep inside the embeddings."""
-    positions = getattr(backbone_config, "max_position_embeddings", None)
-    if not isinstance(positions, int) or positions <= 0:
-        return  # relative-position models (XLNet, ...) have no fixed limit
-    # RoBERTa-style models offset positions by padding_idx + 1
-    limit = positions - (backbone_config.pad_token_id + 1
-                         if getattr(backbone_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
-                         and backbone_config.pad_token_id is not None else 0)
-    if max_length > limit:
-        raise TextclfError(f"model.max_length={max_length} is longer than {name_or_path!r} supports "
-                           f"({limit} positions); use model.max_length={limit} or less")
-
-
-def load_weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def _frame(rows: list[dict]):
-    import pandas as pd
-
-    return pd.DataFrame(rows)
 
 
 def save_run_files(run_dir: Path, cfg: DictConfig, labels: LabelSpace, tokenizer, backbone_config) -> None:

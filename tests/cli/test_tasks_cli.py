@@ -61,7 +61,7 @@ def test_a_loss_that_does_not_fit_the_task_fails_before_the_model_loads(cli, tmp
     rc, out, err = cli("train", "data=csv", "data.train_file=t.csv", "loss=mse", "model.name_or_path=/nonexistent/m",
                        f"hydra.run.dir={tmp_path / 'run'}")
     assert rc != 0 and "Traceback" not in out + err
-    assert "loss=MSELoss does not fit task 'multiclass'" in err
+    assert "loss=mse does not fit task 'multiclass'" in err
 
 
 def test_info_prints_parameters_and_flops(cli, tmp_path, tiny_bert):

@@ -107,12 +107,67 @@ def test_resume_with_the_run_folder_continues_it(tiny_bert, data_dir, tmp_path, 
     assert outputs(run_dir)["metrics"] == reference["metrics"]
 
 
-def test_validate_checks_without_a_model(tiny_bert, data_dir, tmp_path):
+def test_validate_checks_without_loading_weights(tiny_bert, data_dir, tmp_path):
     rc, out, err = run(["validate", "data=csv", "data.train_file=train.csv", "data.test_file=test.csv",
-                        "model.name_or_path=/nonexistent/model"], data_dir)
+                        f"model.name_or_path={tiny_bert}"], data_dir)
     assert rc == 0, describe((rc, out, err))
     assert "90 rows" in out and "classes         3" in out and "ok:" in out
     assert not (data_dir / "outputs").exists(), "validate writes nothing"
+    # the backbone's files are checked too (its tokenizer and config, as train checks them), not its weights
+    rc, out, err = run(["validate", "data=csv", "data.train_file=train.csv", "model.name_or_path=/nonexistent/model"],
+                       data_dir)
+    assert rc == 2 and "/nonexistent/model" in err and "Traceback" not in err, describe((rc, out, err))
     write_frame(make_frame(10, seed=2).assign(label="sport"), tmp_path / "one.csv")
     rc, out, err = run(["validate", "data=csv", f"data.train_file={tmp_path / 'one.csv'}"], data_dir)
     assert rc == 2 and "only one class" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- step-level evaluation
+# 6 optimizer steps an epoch (see above): evaluations at steps 3 and 9 (mid-epoch) and 6, 12 (epoch ends)
+EVAL_ARGS = ["trainer.eval_every_steps=3", "trainer.log_every_steps=2", "trainer.early_stopping_patience=3"]
+
+
+def logged(run_dir) -> dict:
+    """Each fold's history.csv and steps.csv, without the timings."""
+    out = {}
+    for fold in sorted(run_dir.glob("fold_*")):
+        for name in ("history.csv", "steps.csv"):
+            frame = pd.read_csv(fold / name)
+            out[f"{fold.name}/{name}"] = frame.drop(columns=["samples_per_s"], errors="ignore")
+    return out
+
+
+@pytest.fixture(scope="module")
+def step_eval_reference(tiny_bert, data_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("resume_steps_ref") / "run"
+    result = run([*train_args(tiny_bert, data_dir, run_dir), *EVAL_ARGS], data_dir)
+    assert result[0] == 0, describe(result)
+    return outputs(run_dir), logged(run_dir)
+
+
+def test_step_level_evaluation_runs_every_n_steps(step_eval_reference):
+    (metrics, logs) = step_eval_reference
+    history = logs["fold_0/history.csv"]
+    assert history["step"].tolist() == [3, 6, 9, 12]
+    assert history["epoch"].tolist() == [0.5, 1, 1.5, 2]
+    assert logs["fold_0/steps.csv"]["step"].tolist() == [2, 4, 6, 8, 10, 12]
+    best = metrics["metrics"]["folds"][0]
+    assert best["best_step"] in (3, 6, 9, 12)
+    assert best["macro_f1"] == history["macro_f1"].max()  # the best evaluation, mid-epoch ones included
+
+
+@pytest.mark.parametrize("kill_at", ["step:0:5", "step:0:10", "epoch:1:1"])
+def test_killed_run_with_step_evaluation_resumes_exactly(tiny_bert, data_dir, tmp_path, step_eval_reference,
+                                                         kill_at):
+    run_dir = tmp_path / "run"
+    args = [*train_args(tiny_bert, data_dir, run_dir), *EVAL_ARGS]
+    assert run(args, data_dir, kill_at=kill_at)[0] == -signal.SIGKILL
+    resumed = run(args, data_dir)
+    assert resumed[0] == 0, describe(resumed)
+    got, got_logs = outputs(run_dir), logged(run_dir)
+    want, want_logs = step_eval_reference
+    assert got["metrics"] == want["metrics"]
+    pd.testing.assert_frame_equal(got["oof"], want["oof"], check_exact=True)
+    assert got_logs.keys() == want_logs.keys()
+    for name in want_logs:  # the loggers' files equal the uninterrupted run's: no row twice, none missing
+        pd.testing.assert_frame_equal(got_logs[name], want_logs[name], check_exact=True)

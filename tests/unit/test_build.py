@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from textclf.errors import TextclfError
 from textclf.tasks import LabelSpace
-from textclf.train import build_loss
+from textclf.losses import build_loss
 
 
 def test_balanced_class_weights_come_from_the_training_fold_counts():

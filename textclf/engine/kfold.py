@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,9 +33,11 @@ class Holdout:
     multi_hot = False
     n_splits = repeats = 1
 
-    def __init__(self, holdout: float = 0.2, seed: int = 42):
+    def __init__(self, holdout: float = 0.2, seed: int = 42, folds: list[int] | None = None):
         if not 0.0 < float(holdout) < 1.0:
             raise TextclfError(f"kfold.holdout must be between 0 and 1 (exclusive), got {holdout}")
+        if folds is not None and list(folds) != [0]:
+            raise TextclfError(f"kfold.folds={list(folds)}: kfold=none has one fold, 0; use kfold.folds=[0] or null")
         self.holdout, self.seed = float(holdout), int(seed)
 
     def fold_indices(self) -> list[int]:
@@ -364,12 +366,33 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_folds(folds: list[Fold], fit_fold: Callable[[Fold], dict]) -> list[dict]:
-    """Call fit_fold for each fold, freeing memory in between; returns the per-fold results."""
-    results = []
-    for fold in folds:
-        log.info("fold %d: %d training rows, %d validation rows", fold.index, len(fold.train_rows),
-                 len(fold.valid_rows))
-        results.append(fit_fold(fold))
-        free_memory()
-    return results
+@dataclass
+class FoldResult:
+    """What one trained fold leaves besides its weights: its best metrics, out-of-fold outputs and curves."""
+
+    index: int
+    result: dict  # fold, best_epoch, best_step, the best evaluation's metrics, speeds (result.json)
+    oof_rows: np.ndarray
+    oof: np.ndarray  # outputs (probabilities; regression: values) of oof_rows
+    #: step, loss (per step row); eval_step, eval_value (the monitored metric per evaluation)
+    curves: dict = field(default_factory=dict)
+
+
+class FoldOutputs:
+    """Out-of-fold outputs summed over the folds as they finish, averaged at the end: a row validated by
+    several folds (kfold.repeats) gets their mean."""
+
+    def __init__(self, n_rows: int, n_cols: int):
+        self.oof_sum = np.zeros((n_rows, n_cols), dtype=np.float64)
+        self.oof_count = np.zeros(n_rows, dtype=np.int64)
+        self.folds: list[FoldResult] = []
+
+    def add(self, fold: FoldResult) -> None:
+        self.oof_sum[fold.oof_rows] += fold.oof
+        self.oof_count[fold.oof_rows] += 1
+        self.folds.append(fold)
+
+    def oof(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scored, outputs): which rows some fold validated, and their mean outputs."""
+        scored = self.oof_count > 0
+        return scored, self.oof_sum[scored] / self.oof_count[scored, None]

@@ -1,4 +1,8 @@
-"""Fit one model on one split: the loop, evaluation each epoch, the best epoch kept."""
+"""Fit one model on one split: the loop, evaluation (each epoch's end and every N steps), the best kept.
+
+The loop emits the fold's events (textclf.engine.callbacks): fold start, a step row every `log_every_steps`
+optimizer steps, each evaluation, each new best, each checkpoint.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import TextclfError
 from ..metrics import better
+from .callbacks import Callback, Callbacks
 from .checkpoint import fault_point, rng_state, set_rng_state
 from .hooks import Hook
 from .objective import StandardObjective, model_inputs
@@ -62,12 +67,60 @@ def predict_logits(model, loader, device: torch.device, precision: str = "fp32",
     return torch.cat(rows).numpy(), torch.cat(outs).numpy()
 
 
+class LossMeter:
+    """The training loss, summed on the device and read back only at step rows and evaluations (a GPU would
+    otherwise wait at every step). Keeps the epoch's mean and the mean since the last step row."""
+
+    def __init__(self, device: torch.device):
+        self.pending = torch.zeros((), dtype=torch.float32, device=device)
+        self.pending_batches = 0
+        self.epoch_sum = self.epoch_batches = self.row_sum = self.row_batches = 0
+        self.row_samples = 0
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        self.pending += loss.detach().float()
+        self.pending_batches += 1
+        self.row_samples += samples
+
+    def flush(self) -> float:
+        """Move the pending sum to the host; returns its mean (checked for non-finite values by the caller)."""
+        if not self.pending_batches:
+            return 0.0
+        chunk, k = self.pending.item(), self.pending_batches
+        self.epoch_sum, self.epoch_batches = self.epoch_sum + chunk, self.epoch_batches + k
+        self.row_sum, self.row_batches = self.row_sum + chunk, self.row_batches + k
+        self.pending.zero_()
+        self.pending_batches = 0
+        return chunk / k
+
+    def epoch_mean(self) -> float:
+        return self.epoch_sum / max(self.epoch_batches, 1)
+
+    def take_row(self) -> tuple[float, int]:
+        """(mean loss, samples) since the last step row, and start the next row."""
+        out = (self.row_sum / max(self.row_batches, 1), self.row_samples)
+        self.row_sum = self.row_batches = self.row_samples = 0
+        return out
+
+    def start_epoch(self) -> None:
+        self.epoch_sum = self.epoch_batches = 0
+
+    def state_dict(self) -> dict:
+        self.flush()
+        return {k: getattr(self, k) for k in ("epoch_sum", "epoch_batches", "row_sum", "row_batches", "row_samples")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
 @dataclass
 class FitResult:
     best_epoch: int
     best_metrics: dict
-    best_valid_logits: np.ndarray  # aligned with the valid rows as given to fit()
-    history: list[dict] = field(default_factory=list)
+    best_valid_logits: tuple  # (rows, logits) of the best evaluation, rows ascending
+    history: list[dict] = field(default_factory=list)  # every evaluation row
+    steps: list[dict] = field(default_factory=list)  # every step row
     train_samples_per_s: float = 0.0
     eval_samples_per_s: float = 0.0
 
@@ -76,19 +129,26 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer, scheduler, *,
                  device: torch.device, epochs: int, grad_accum_steps: int = 1, max_grad_norm: float | None = 1.0,
                  precision: str = "fp32", monitor: str = "macro_f1", early_stopping_patience: int | None = None,
-                 hooks: Sequence[Hook] = (), objective=None, log_every_steps: int = 50, desc: str = "train"):
+                 hooks: Sequence[Hook] = (), objective=None, log_every_steps: int = 10,
+                 eval_every_steps: int | None = None, limit_train_batches: int | None = None,
+                 callbacks: Callback | None = None, fold: int = 0, desc: str = "train"):
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.device, self.epochs, self.accum = device, epochs, max(1, grad_accum_steps)
         self.max_grad_norm, self.precision, self.monitor = max_grad_norm, precision, monitor
-        self.patience, self.hooks, self.log_every, self.desc = early_stopping_patience, list(hooks), log_every_steps, desc
+        self.patience, self.hooks, self.desc = early_stopping_patience, list(hooks), desc
+        self.log_every, self.eval_every, self.limit_train = int(log_every_steps or 0), eval_every_steps, limit_train_batches
+        self.callbacks, self.fold = callbacks if callbacks is not None else Callbacks(), fold
         # fp16 needs loss scaling on CUDA; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
-        self.global_step = 0
-        self.epoch = 0
+        self.global_step = self.epoch = 0
         self.skipped_step = False
         self.group_size = self.accum  # batches in the current accumulation group
         self.objective = objective if objective is not None else StandardObjective()  # how a batch becomes a loss
         self.checkpoint = None
+        self.meter = LossMeter(device)
+        self.grad_norm: torch.Tensor | None = None
+        self.progress = self._fresh_progress()
+        self.best_logits = None  # (rows, logits) of the best evaluation's validation predictions
 
     # -- the pieces hooks reuse
     def compute_loss(self, batch: dict) -> torch.Tensor:
@@ -100,7 +160,7 @@ class Trainer:
     def optimizer_step(self) -> None:
         if self.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -121,77 +181,42 @@ class Trainer:
         reduce(rows, logits) -> (rows, logits) turns the loader's sequences into input rows (sliding windows);
         checkpoint (a FoldCheckpoint) saves the fold's state every N steps and each epoch, and a fit that finds
         one continues from it exactly."""
-        self.checkpoint = checkpoint
-        self.progress = {"best": None, "best_epoch": -1, "history": [], "stale": 0, "train_time": 0.0,
-                         "train_samples": 0, "eval_time": 0.0, "eval_samples": 0}
-        self.best_logits = None  # (rows, logits) of the best epoch's validation predictions
-        start_epoch, start_batch, acc = 0, 0, None
-        self.model.to(self.device)
-        self.optimizer.zero_grad(set_to_none=True)
-        for h in self.hooks:
-            h.on_fit_start(self)
-        saved = checkpoint.load() if checkpoint is not None else None
-        if saved is not None:
-            start_epoch, start_batch, acc = self._restore(*saved)
-            log.info("%s: resuming at epoch %d, batch %d (optimizer step %d)", self.desc, start_epoch + 1,
-                     start_batch, self.global_step)
+        self.valid_loader, self.score_fn, self.on_improve, self.reduce = valid_loader, score_fn, on_improve, reduce
+        start_epoch, start_batch = self._start(checkpoint)
+        n_batches = self.batches_per_epoch(train_loader)
         p = self.progress
         for epoch in range(start_epoch, self.epochs):
             self.epoch = epoch
             if hasattr(train_loader.batch_sampler, "set_epoch"):
                 train_loader.batch_sampler.set_epoch(epoch)
-            t0 = time.perf_counter()
-            first = epoch == start_epoch
-            train_loss, seen = self._train_epoch(train_loader, epoch, start_batch if first else 0,
-                                                 acc if first else None)
-            p["train_time"] += time.perf_counter() - t0
-            p["train_samples"] += seen
-
-            for h in self.hooks:
-                h.before_evaluate(self)
-            t0 = time.perf_counter()
-            rows, logits = predict_logits(self.model, valid_loader, self.device, self.precision,
-                                          desc=f"{self.desc} eval")
-            p["eval_time"] += time.perf_counter() - t0
-            p["eval_samples"] += len(rows)
-            if reduce is not None:
-                rows, logits = reduce(rows, logits)
-            metrics = {"epoch": epoch + 1, "train_loss": train_loss, **score_fn(rows, logits)}
-            p["history"].append(metrics)
-            log.info("%s epoch %d/%d: %s", self.desc, epoch + 1, self.epochs,
-                     "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
-            best = p["best"]
-            if better(self.monitor, metrics[self.monitor], None if best is None else best[self.monitor]):
-                p["best"], p["best_epoch"], p["stale"] = metrics, epoch + 1, 0
-                order = np.argsort(rows, kind="stable")
-                self.best_logits = (rows[order], logits[order])
-                if on_improve is not None:
-                    on_improve(self.model.state_dict())
-            else:
-                p["stale"] += 1
-            for h in self.hooks:
-                h.after_evaluate(self)
-            if self.patience and p["stale"] >= self.patience:
-                log.info("%s: early stop after epoch %d (%s did not improve for %d epochs)",
-                         self.desc, epoch + 1, self.monitor, p["stale"])
+            t0, eval_time = time.perf_counter(), p["eval_time"]
+            stop = self._train_epoch(train_loader, epoch, start_batch if epoch == start_epoch else 0, n_batches)
+            stop = stop or self._evaluate(epoch + 1)
+            p["train_time"] += time.perf_counter() - t0 - (p["eval_time"] - eval_time)
+            if stop:
+                log.info("%s: early stop at step %d (%s did not improve for %d evaluations)",
+                         self.desc, self.global_step, self.monitor, p["stale"])
                 break
             if checkpoint is not None and epoch + 1 < self.epochs:
-                checkpoint.save(self.model, self._snapshot(epoch + 1, 0, None))
+                self._save_checkpoint(epoch + 1, 0)
                 fault_point(f"epoch:{checkpoint.tag}:{epoch + 1}")
-        return FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"],
+        return FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"], p["steps"],
                          p["train_samples"] / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
 
-    def _train_epoch(self, loader, epoch: int, start: int = 0, acc: dict | None = None) -> tuple[float, int]:
-        """One epoch from batch `start` on (a resumed fold), with the loss accumulators it had there."""
+    def batches_per_epoch(self, loader) -> int:
+        return len(loader) if self.limit_train is None else min(len(loader), int(self.limit_train))
+
+    def _train_epoch(self, loader, epoch: int, start: int = 0, n_batches: int | None = None) -> bool:
+        """One epoch from batch `start` on (a resumed fold). True when early stopping ends the fit."""
+        n_batches = self.batches_per_epoch(loader) if n_batches is None else n_batches
         self.model.train()
-        n_batches = len(loader)
-        acc = acc or {"total": 0.0, "count": 0, "pending": 0.0, "seen": 0}
-        total, count, seen = acc["total"], acc["count"], acc["seen"]
-        pending = torch.tensor(acc["pending"], dtype=torch.float32, device=self.device)
-        bar = tqdm(loader, desc=f"{self.desc} epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
-                   dynamic_ncols=True, mininterval=BAR_INTERVAL)
+        if start == 0:
+            self.meter.start_epoch()
+        self._row_t0 = time.perf_counter()
+        bar = tqdm(total=n_batches, initial=start, desc=f"{self.desc} epoch {epoch + 1}/{self.epochs}", unit="batch",
+                   leave=False, dynamic_ncols=True, mininterval=BAR_INTERVAL)
         # a resumed epoch skips the batches it had done: the epoch's batch order is the same as before
-        for i, batch in enumerate(itertools.islice(bar, start, None), start=start):
+        for i, batch in enumerate(itertools.islice(loader, start, n_batches), start=start):
             batch = to_device(batch, self.device)
             # the last accumulation group of an epoch may be short: average over the batches it has
             self.group_size = min(self.accum, n_batches - (i // self.accum) * self.accum)
@@ -199,45 +224,131 @@ class Trainer:
             self.backward(loss)
             for h in self.hooks:
                 h.after_backward(self, batch)
-            stepped = (i + 1) % self.accum == 0 or i + 1 == n_batches
-            if stepped:
+            self.meter.add(loss, batch["input_ids"].size(0))
+            self.progress["train_samples"] += batch["input_ids"].size(0)
+            bar.update()
+            if (i + 1) % self.accum == 0 or i + 1 == n_batches:
                 self.optimizer_step()
-            pending += loss.detach()
-            seen += batch["input_ids"].size(0)
-            # read the loss back only now and then: a GPU would otherwise wait at every step
-            if (i + 1) % 10 == 0 or i + 1 == n_batches:
-                chunk = pending.item()
-                k = (i % 10) + 1
-                if not math.isfinite(chunk):
-                    raise TextclfError(f"{self.desc}: the training loss became {chunk} at epoch {epoch + 1}, "
-                                       f"in batches {i + 2 - k}..{i + 1} (optimizer step {self.global_step}); "
-                                       f"lower optimizer.lr or use precision=fp32")
-                total, count = total + chunk, count + k
-                pending.zero_()
-                bar.set_postfix(loss=f"{chunk / k:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-            if self.log_every and (i + 1) % self.log_every == 0:
-                log.debug("%s epoch %d step %d/%d loss %.4f", self.desc, epoch + 1, i + 1, n_batches,
-                          total / max(count, 1))
-            ckpt = self.checkpoint
-            if stepped and ckpt is not None:
-                if ckpt.due(self.global_step) and i + 1 < n_batches:
-                    state = {"total": total, "count": count, "pending": pending.item(), "seen": seen}
-                    ckpt.save(self.model, self._snapshot(epoch, i + 1, state))
-                fault_point(f"step:{ckpt.tag}:{self.global_step}")
-        return total / max(count, 1), seen
+                if self._after_step(epoch, i + 1, n_batches, bar):
+                    bar.close()
+                    return True
+        bar.close()
+        return False
+
+    def _after_step(self, epoch: int, done: int, n_batches: int, bar) -> bool:
+        """Step rows, step-level evaluation and checkpoints after an optimizer step; True to stop early."""
+        step, ckpt, mid_epoch = self.global_step, self.checkpoint, done < n_batches
+        row_due = bool(self.log_every) and step % self.log_every == 0
+        eval_due = bool(self.eval_every) and step % self.eval_every == 0 and mid_epoch
+        ckpt_due = ckpt is not None and ckpt.due(step) and mid_epoch
+        # the loss is read back (and checked) every 10 batches, and before anything that reports it
+        if row_due or eval_due or ckpt_due or not mid_epoch or done % 10 == 0:
+            self._check_loss(epoch, done, bar)
+        if row_due:
+            self._step_row(epoch)
+        stop = False
+        if eval_due:
+            stop = self._evaluate(round(epoch + done / n_batches, 4))
+            self.model.train()
+        if ckpt is not None and not stop:
+            if ckpt_due:
+                self._save_checkpoint(epoch, done)
+            fault_point(f"step:{ckpt.tag}:{step}")
+        return stop
+
+    def _check_loss(self, epoch: int, done: int, bar) -> None:
+        k = self.meter.pending_batches
+        mean = self.meter.flush()
+        if not math.isfinite(mean):
+            raise TextclfError(f"{self.desc}: the training loss became {mean} at epoch {epoch + 1}, in batches "
+                               f"{done + 1 - k}..{done} (optimizer step {self.global_step}); lower optimizer.lr or "
+                               f"use precision=fp32")
+        bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self._lr():.2e}")
+
+    def _step_row(self, epoch: int) -> None:
+        loss, samples = self.meter.take_row()
+        now = time.perf_counter()
+        row = {"step": self.global_step, "epoch": epoch + 1, "loss": loss, "lr": self._lr(),
+               "grad_norm": None if self.grad_norm is None else float(self.grad_norm),
+               "samples_per_s": samples / max(now - self._row_t0, 1e-9)}
+        self._row_t0 = now
+        self.progress["steps"].append(row)
+        self.callbacks.on_step(self.fold, row)
+
+    def _lr(self) -> float:
+        return max(g["lr"] for g in self.optimizer.param_groups)
+
+    def _evaluate(self, epoch: float) -> bool:
+        """Evaluate, keep a new best; True when early stopping ends the fit."""
+        p = self.progress
+        self.meter.flush()
+        for h in self.hooks:
+            h.before_evaluate(self)
+        t0 = time.perf_counter()
+        rows, logits = predict_logits(self.model, self.valid_loader, self.device, self.precision,
+                                      desc=f"{self.desc} eval")
+        p["eval_time"] += time.perf_counter() - t0
+        self._row_t0 += time.perf_counter() - t0  # a step row's samples/s counts training time only
+        p["eval_samples"] += len(rows)
+        if self.reduce is not None:
+            rows, logits = self.reduce(rows, logits)
+        row = {"step": self.global_step, "epoch": epoch, "train_loss": self.meter.epoch_mean(),
+               **self.score_fn(rows, logits)}
+        p["history"].append(row)
+        log.info("%s step %d (epoch %s/%d): %s", self.desc, self.global_step, epoch, self.epochs,
+                 "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k not in ("step", "epoch")))
+        self.callbacks.on_evaluate(self.fold, row)
+        best = p["best"]
+        if better(self.monitor, row[self.monitor], None if best is None else best[self.monitor]):
+            p["best"], p["best_epoch"], p["stale"] = row, math.ceil(epoch), 0
+            order = np.argsort(rows, kind="stable")
+            self.best_logits = (rows[order], logits[order])
+            if self.on_improve is not None:
+                self.on_improve(self.model.state_dict())
+            self.callbacks.on_best(self.fold, row)
+        else:
+            p["stale"] += 1
+        for h in self.hooks:
+            h.after_evaluate(self)
+        return bool(self.patience and p["stale"] >= self.patience)
 
     # -- checkpoints
-    def _snapshot(self, epoch: int, batch_index: int, acc: dict | None) -> dict:
+    @staticmethod
+    def _fresh_progress() -> dict:
+        return {"best": None, "best_epoch": -1, "history": [], "steps": [], "stale": 0, "train_time": 0.0,
+                "train_samples": 0, "eval_time": 0.0, "eval_samples": 0}
+
+    def _start(self, checkpoint) -> tuple[int, int]:
+        """Fresh state for a fit, or the state of the fold's last checkpoint; (epoch, batch) to start at."""
+        self.checkpoint, self.progress, self.best_logits = checkpoint, self._fresh_progress(), None
+        self.meter = LossMeter(self.device)
+        self.model.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        for h in self.hooks:
+            h.on_fit_start(self)
+        saved = checkpoint.load() if checkpoint is not None else None
+        position = (0, 0) if saved is None else self._restore(*saved)
+        if saved is not None:
+            log.info("%s: resuming at epoch %d, batch %d (optimizer step %d)", self.desc, position[0] + 1,
+                     position[1], self.global_step)
+        self.callbacks.on_fold_start(self.fold, self.global_step)
+        return position
+
+    def _save_checkpoint(self, epoch: int, batch_index: int) -> None:
+        self.checkpoint.save(self.model, self._snapshot(epoch, batch_index))
+        self.callbacks.on_checkpoint(self.fold, self.global_step)
+
+    def _snapshot(self, epoch: int, batch_index: int) -> dict:
         best_logits = self.best_logits
-        return {"epoch": epoch, "batch_index": batch_index, "global_step": self.global_step, "acc": acc,
-                "progress": self.progress,
+        return {"epoch": epoch, "batch_index": batch_index, "global_step": self.global_step,
+                "meter": self.meter.state_dict(), "progress": self.progress,
                 "best_rows": None if best_logits is None else best_logits[0],
                 "best_logits": None if best_logits is None else best_logits[1],
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "hooks": [h.state_dict() for h in self.hooks],
                 "rng": rng_state()}
 
-    def _restore(self, weights: dict, state: dict):
+    def _restore(self, weights: dict, state: dict) -> tuple[int, int]:
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -247,7 +358,8 @@ class Trainer:
             h.load_state_dict(hs)
         self.global_step = int(state["global_step"])
         self.progress = state["progress"]
+        self.meter.load_state_dict(state["meter"])
         if state["best_rows"] is not None:
             self.best_logits = (state["best_rows"].numpy(), state["best_logits"].numpy())
         set_rng_state(state["rng"])
-        return int(state["epoch"]), int(state["batch_index"]), state["acc"]
+        return int(state["epoch"]), int(state["batch_index"])
