@@ -4,12 +4,13 @@ A run folder is one with status.json, metrics.json or config.yaml (its fold_<k>/
 subfolders are not runs). Each row: the job's overrides (from .hydra/overrides.yaml), the monitored metric's
 mean ± std over the folds, every fold's score, the out-of-fold score, wall time and status (a failed job
 with its error's first line). Ranked by the metric's direction; printed and written as report.csv and
-report.md into the folder.
+report.md into the folder, with report.png: every ranked job's mean ± std (and fold scores), best first.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -20,6 +21,11 @@ from pathlib import Path
 RUN_MARKERS = ("status.json", "metrics.json", "config.yaml")
 SKIP_DIRS = {"backbone", ".hydra", "__pycache__"}
 ERROR_WIDTH = 100
+PLOT_JOBS = 40        # report.png: the best this many jobs
+PLOT_UNRANKED = 10    # report.png: failed / unscored jobs marked below them
+PLOT_LABEL = 56       # report.png: characters of a job's label
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -200,7 +206,123 @@ def write_report(root: Path, jobs: list[Job], by: str = "mean") -> tuple[Path, P
     csv_path, md_path = Path(root) / "report.csv", Path(root) / "report.md"
     write_csv(csv_path, table)
     write_text(md_path, markdown(root, jobs, by))
+    write_plot(Path(root) / "report.png", jobs, by)
     return csv_path, md_path
+
+
+def write_plot(path: Path, jobs: list[Job], by: str = "mean") -> Path | None:
+    """report.png; a picture never fails the report (a warning says why it is missing)."""
+    try:
+        fig = report_figure(jobs, by)
+        if fig is None:
+            Path(path).unlink(missing_ok=True)  # an earlier picture would show scores this report does not have
+            return None
+        from .plots import save_figure
+
+        return save_figure(fig, path)
+    except Exception as e:  # noqa: BLE001 - matplotlib missing or broken: report.csv and report.md still stand
+        log.warning("report.png not written: %s: %s", type(e).__name__, e)
+        return None
+
+
+def plot_labels(jobs: list[Job]) -> dict[int, str]:
+    """Each job's differing overrides with keys cut to their last part where that stays unambiguous
+    (optimizer.lr=3e-5 -> lr=3e-5), so the values still show in a short label."""
+    common = set(common_overrides(jobs))
+    keys = {o.split("=", 1)[0].lstrip("+~") for j in jobs for o in j.overrides if o not in common and "=" in o}
+    tails: dict[str, set[str]] = {}
+    for k in keys:
+        tails.setdefault(k.rsplit(".", 1)[-1], set()).add(k)
+
+    def cut(o: str) -> str:
+        key, eq, value = o.partition("=")
+        tail = key.lstrip("+~").rsplit(".", 1)[-1]
+        return f"{tail}={value}" if eq and len(tails.get(tail, ())) == 1 else o
+
+    return {id(j): " ".join(cut(o) for o in j.overrides if o not in common) or "-" for j in jobs}
+
+
+def report_figure(jobs: list[Job], by: str = "mean"):
+    """Each ranked job's mean ± std over folds (error bar), its fold scores (dots) and out-of-fold score
+    (diamond), best on top; failed or unscored jobs marked below. None when no job has a score."""
+    import numpy as np
+
+    from .plots import new_figure, short
+
+    ranked = [j for j in jobs if j.rank is not None]
+    if not ranked:
+        log.info("report.png not written: no job has a score")
+        return None
+    shown, unranked = ranked[:PLOT_JOBS], [j for j in jobs if j.rank is None]
+    marked = unranked[:PLOT_UNRANKED]
+    metric, direction = ranked[0].metric, ranked[0].direction
+    labels = plot_labels(jobs)
+    name = lambda j: short(f"#{j.num if j.num is not None else j.name} {labels[id(j)]}", PLOT_LABEL)  # noqa: E731
+    n = len(shown) + len(marked)
+    fig = new_figure(10.5, float(np.clip(0.34 * n + 2.0, 3.2, 17.0)))
+    ax = fig.subplots()
+    values = []
+    for j in shown:
+        values += [v for v in (j.mean, j.oof, *j.folds) if v is not None]
+        if j.mean is not None and j.std is not None and len(j.folds) >= 2:
+            values += [j.mean - j.std, j.mean + j.std]
+    lo, hi = min(values), max(values)
+    span = hi - lo if hi > lo else max(abs(hi) * 0.05, 0.01)
+    legend: set[str] = set()
+
+    def once(label: str) -> str | None:  # each kind of mark in the legend once
+        if label in legend:
+            return None
+        legend.add(label)
+        return label
+
+    for y, j in enumerate(shown):
+        colour = "tab:green" if j.rank == 1 else "tab:blue"
+        folds = [f for f in j.folds if f is not None]
+        if folds:
+            ax.plot(folds, [y] * len(folds), "o", color="grey", alpha=0.45, markersize=3.5, zorder=2,
+                    label=once("fold score"))
+        if j.mean is not None:
+            spread = (j.std or 0.0) if len(j.folds) >= 2 else 0.0  # as report.md: no std from one fold
+            ax.errorbar([j.mean], [y], xerr=[[spread], [spread]], fmt="o", color=colour, markersize=6,
+                        capsize=3, elinewidth=1.4, zorder=3, label=once("mean ± std over folds (best: green)"))
+        if j.oof is not None:
+            ax.plot([j.oof], [y], "D", markerfacecolor="none", markeredgecolor="black", markersize=5.5, zorder=4,
+                    label=once("out of fold"))
+        score = j.score(by)
+        text = _fmt(score) + ("" if by == "oof" or j.std is None or len(j.folds) < 2 else f" ± {_fmt(j.std)}")
+        ax.text(hi + 0.04 * span, y, text, va="center", ha="left", fontsize=8, color=colour)
+    for k, j in enumerate(marked):
+        y = len(shown) + k
+        why = j.status if j.status != "ok" else f"ok, {j.metric or 'no'} metric" if j.metric != metric else "no score"
+        if j.error:
+            first = j.error.strip().splitlines()[0]
+            why += ": " + (first if len(first) <= 70 else first[:69] + "…")
+        ax.text(lo - 0.08 * span, y, short(why, 90), va="center", ha="left", fontsize=8, color="tab:red")
+    if marked:
+        ax.axhline(len(shown) - 0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlim(lo - 0.1 * span, hi + 0.3 * span)
+    ax.set_ylim(n - 0.5, -0.6)
+    ax.set_yticks(range(n), [name(j) for j in shown + marked], fontsize=8.5)
+    for tick, j in zip(ax.get_yticklabels(), shown + marked):
+        if j.rank is None:
+            tick.set_color("tab:red")
+    better = "lower" if direction == "minimize" else "higher"
+    ax.set_xlabel(f"{metric} ({better} is better)", fontsize=9.5)
+    ax.tick_params(axis="x", labelsize=8.5)
+    ax.grid(alpha=0.3, axis="x")
+    fig.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    title = f"{len(ranked)} ranked job(s), best first by {'out-of-fold score' if by == 'oof' else 'mean over folds'}"
+    if len(ranked) > len(shown):
+        title += f" (top {len(shown)} shown)"
+    if unranked:
+        title += f"; {len(unranked)} failed or unscored" + (f" ({len(marked)} shown)" if len(marked) < len(unranked)
+                                                             else "")
+    common = common_overrides(jobs)
+    if common:
+        title += "\nevery job: " + short(" ".join(common), 110)
+    fig.suptitle(title, fontsize=10.5)
+    return fig
 
 
 def _display(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
@@ -266,7 +388,8 @@ def markdown(root: Path, jobs: list[Job], by: str = "mean") -> str:
 
 def print_report(root: Path, jobs: list[Job], by: str = "mean", file=None) -> None:
     print(text_table(root, jobs, by), end="", file=file or sys.stdout)
-    print(f"(written to {Path(root) / 'report.csv'} and report.md)", file=file or sys.stdout)
+    also = ", report.md and report.png" if (Path(root) / "report.png").exists() else " and report.md"
+    print(f"(written to {Path(root) / 'report.csv'}{also})", file=file or sys.stdout)
 
 
 def _fmt(v: float | None) -> str:
@@ -290,7 +413,7 @@ def main(argv: list[str]) -> int:
         prog="textclf report",
         description="Rank every run under a sweep (multirun/<date>/<time>) or run folder: overrides, CV mean ± std "
                     "of the monitored metric, per-fold scores, out-of-fold score, time and status, best first. "
-                    "Writes report.csv and report.md into the folder.")
+                    "Writes report.csv, report.md and report.png into the folder.")
     parser.add_argument("folder", help="a sweep folder (multirun/<date>/<time>) or a run folder")
     parser.add_argument("--by", choices=("mean", "oof"), default="mean",
                         help="rank by the mean over folds (default) or the out-of-fold score")

@@ -95,3 +95,44 @@ def test_a_job_whose_process_is_gone_reads_as_incomplete(tmp_path):
     (job / "status.json").write_text(json.dumps({"status": "running", "job": 0, "pid": 2 ** 22 + 12345}))
     (job_only,) = collect(tmp_path / "sweep")
     assert job_only.status == "incomplete" and job_only.overrides == ["pooling=cls"]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    import struct
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_report_draws_every_ranked_job_best_first_and_marks_the_failed_one(sweep, capsys):
+    from textclf.report import report_figure
+
+    assert report_main([str(sweep)]) == 0
+    assert "report.png" in capsys.readouterr().out
+    width, height = png_size(sweep / "report.png")
+    assert 300 <= width <= 4000 and 300 <= height <= 4000
+    assert not list(sweep.glob(".report.png.*"))  # written atomically
+    fig = report_figure(collect(sweep))
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert [t.split()[0] for t in ticks] == ["#2", "#0", "#3", "#1"]  # best first, the failed job last
+    assert ticks[0] == "#2 loss=focal pooling=mean" and "failed" in " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "macro_f1 (higher is better)" == fig.axes[0].get_xlabel()
+
+
+def test_report_png_follows_a_lower_is_better_metric_and_skips_a_sweep_without_scores(tmp_path):
+    from textclf.report import report_figure
+
+    sweep = tmp_path / "sweep"
+    write_job(sweep, 0, ["optimizer.lr=1e-4"], monitor="rmse", folds=[0.5, 0.52])
+    write_job(sweep, 1, ["optimizer.lr=5e-5"], monitor="rmse", folds=[0.3, 0.31])
+    assert report_main([str(sweep)]) == 0 and png_size(sweep / "report.png")
+    fig = report_figure(collect(sweep))
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["#1 lr=5e-5", "#0 lr=1e-4"]  # key cut
+    assert "lower is better" in fig.axes[0].get_xlabel()
+
+    failed = tmp_path / "failed"
+    write_job(failed, 0, ["loss=mse"], status="failed", error="boom")
+    assert report_main([str(failed)]) == 0
+    assert (failed / "report.csv").exists() and not (failed / "report.png").exists()
