@@ -139,6 +139,39 @@ def _missing_plugin(args: list[str]) -> str | None:
     return None
 
 
+def _config_problem(command: str, args: list[str]) -> str | None:
+    """Compose the config once, as Hydra is about to, and return textclf's message for what is wrong with the
+    command line or the config it composes (None: nothing, or nothing this check can judge, which Hydra then
+    reports itself). Hydra's flags that only print (--help, --info, ...) or change where the config comes from
+    skip it; --cfg checks only that the config composes."""
+    import contextlib
+    import io
+
+    from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            flags = get_args_parser().parse_args(args)
+    except SystemExit:  # --version, or a flag Hydra refuses: Hydra answers it
+        return None
+    if flags.run + flags.multirun + (flags.cfg is not None) + flags.shell_completion + (flags.info is not None) > 1:
+        return "one of -m/--multirun, --cfg, --info, --run and --shell-completion at a time"  # Hydra: a traceback
+    if (flags.help or flags.hydra_help or flags.info or flags.shell_completion or flags.experimental_rerun
+            or flags.config_path or flags.config_name):
+        return None
+    from .config import check_command_line  # late, as every import here: `textclf --help` needs none
+    from .errors import TextclfError
+
+    try:
+        check_command_line("predict" if command == "predict" else "train", flags.overrides, multirun=flags.multirun,
+                           config_dir=flags.config_dir, values=flags.cfg is None)
+    except TextclfError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - a fault of the check itself must never stop a valid command
+        return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -166,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     if command == "train":
         args = _resume_folder(args)
+    problem = _config_problem(command, args[1:])
+    if problem:
+        print(f"textclf: error: {problem}", file=sys.stderr)
+        return 2
     # @hydra.main reads sys.argv: drop the subcommand so Hydra sees only its own arguments
     extra = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", f"hydra.job.name={command}"] \
         if command in ("info", "validate") else []  # they write nothing

@@ -1,204 +1,802 @@
-"""validate(cfg): every problem in the composed config, reported at once, before anything heavy loads.
+"""The config schema, and the checks built on it: every problem reported at once, before anything heavy loads.
 
-Hydra already rejects an unknown option (`loss=nope`) or an unknown key on the command line
-(`trainer.epochz=1`). This catches the rest: keys added with `+`, typos inside YAML files, keys that the
-`_target_` of a group does not accept, and values out of range.
+The schema is one dataclass per node with fixed keys (the top level, `data`, `model`, `trainer`; the predict
+options): each field is a key, its annotation the type, its default the YAML's, and `key(...)` adds the allowed
+range or choices. The `_target_` groups (loss, optimizer, ...) and each named logger have keys that depend on the
+chosen option: those are checked against the signature of what the option builds, its annotations (or defaults)
+giving the types.
+
+- validate(cfg), validate_predict(cfg): check a composed config (train, check, info and predict call them).
+- check_command_line(...): compose the config as a command is about to, and turn Hydra's composition errors
+  (an unknown option, key or group; an override that does not parse) into the same kind of message, with the
+  nearest valid name, followed by what validate finds. The CLI calls it before handing over to Hydra.
+
+This module imports nothing heavy at the top: the CLI uses it on every start. The few choices that live
+elsewhere (truncations, metrics) and the `_target_` classes are imported when a config is checked.
 """
 from __future__ import annotations
 
+import codecs
+import dataclasses
+import difflib
+import importlib
 import inspect
-from typing import Any
+import math
+import re
+import types
+import typing
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from .data import AGGREGATES, TRUNCATIONS
 from .errors import TextclfError
 
-TOP_KEYS = {"data", "model", "pooling", "head", "loss", "optimizer", "scheduler", "kfold", "task", "trainer",
-            "threshold", "tune_threshold", "adversarial", "ema", "rdrop", "resume", "logger", "plots"}
-DATA_KEYS = {"train_file", "valid_file", "test_file", "text_col", "text_pair_col", "label_col", "label_sep",
-             "encoding", "encoding_errors", "group_col"}
-MODEL_KEYS = {"name_or_path", "max_length", "truncation", "trust_remote_code", "gradient_checkpointing",
-              "hidden_dropout", "attention_dropout", "freeze_embeddings", "freeze_layers", "reinit_layers",
-              "head_fraction", "window_stride", "max_windows", "window_aggregate"}
-TRAINER_KEYS = {"epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "max_grad_norm", "device",
-                "precision", "seed", "deterministic", "monitor", "early_stopping_patience", "length_window",
-                "num_workers", "log_every_steps", "compile", "checkpoint_every_steps", "eval_every_steps",
-                "limit_train_batches", "limit_eval_batches"}
-#: arguments of each group's _target_ that textclf passes at build time, not from YAML
-RUNTIME_ARGS = {
-    "pooling": {"hidden_size", "summary_last", "num_hidden_layers"},
-    "head": {"in_features", "num_labels"},
-    "loss": set(),
-    "optimizer": {"model"},
-    "scheduler": {"optimizer", "total_steps"},
-    "kfold": set(),
-    "adversarial": set(),
-    "ema": set(),
-    "rdrop": {"task", "single_logit"},
-}
-#: groups whose `none` option is an empty mapping that builds nothing
-OPTIONAL_GROUPS = {"adversarial", "ema", "rdrop"}
 TASKS = ("auto", "binary", "multiclass", "multilabel", "regression")
 PRECISIONS = ("fp32", "fp16", "bf16")
+#: keys of a `_target_` node that hydra.utils.instantiate reads itself
+INSTANTIATE_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+PREDICT_USAGE = "textclf predict run_dir=<run folder> input=<table> output=<csv>"
+
+Problem = tuple[str, str]  # (the key at fault, what is wrong with it)
 
 
+# ----------------------------------------------------------------------------- the words of the schema
+@dataclass(frozen=True)
+class Range:
+    """Numbers from low to high; an open end leaves the bound itself out."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, x) -> bool:
+        if math.isnan(x):
+            return False
+        if self.low is not None and (x < self.low or (self.open_low and x == self.low)):
+            return False
+        return self.high is None or (x < self.high or (not self.open_high and x == self.high))
+
+    def __str__(self) -> str:
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            if self.open_low and self.open_high:
+                return f"between {lo} and {hi}"
+            if not (self.open_low or self.open_high):
+                return f"from {lo} to {hi}"
+            return f"in {'(' if self.open_low else '['}{lo}, {hi}{')' if self.open_high else ']'}"
+        if lo is not None:
+            return f"{'>' if self.open_low else '>='} {lo}"
+        return f"{'<' if self.open_high else '<='} {hi}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of `values`, plus those of `ref` ("module.NAME"), read when a config is checked."""
+
+    values: tuple = ()
+    ref: str | None = None
+
+    def options(self) -> tuple:
+        if self.ref is None:
+            return self.values
+        module, name = self.ref.rsplit(".", 1)
+        return self.values + tuple(getattr(importlib.import_module(module), name))
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule that is neither a range nor a choice: `test(value)` says whether the value is good."""
+
+    test: Callable[[Any], bool]
+    expect: str  # what a good value looks like, for the message
+
+
+@dataclass(frozen=True)
+class Target:
+    """A group whose keys are the parameters of its option's `_target_`."""
+
+    runtime: tuple[str, ...] = ()  # parameters textclf passes when it builds the object: never from the config
+    optional: bool = False  # the `none` option is an empty mapping (or nothing) that builds nothing
+    named: bool = False  # a mapping of named nodes, each its own _target_ (logger.csv, logger.tensorboard)
+
+
+def key(default: Any = MISSING, *rules: Range | Choice | Check, hint: str = "", nonempty: str = "") -> Any:
+    """A schema field: `rules` narrow the annotated type; `hint` is added to its messages; `nonempty` is the
+    message for an empty value (None, "" or [])."""
+    return field(default=default, metadata={"rules": rules, "hint": hint, "nonempty": nonempty})
+
+
+def group(*runtime: str, optional: bool = False, named: bool = False) -> Any:
+    """A schema field for a `_target_` group; its keys come from the chosen option (see Target)."""
+    return field(default=MISSING, metadata={"target": Target(runtime, optional, named)})
+
+
+def node(schema: type, hint: str = "") -> Any:
+    """A schema field holding a nested node with fixed keys."""
+    return field(default_factory=schema, metadata={"hint": hint})
+
+
+def _is_device(value) -> bool:
+    return isinstance(value, str) and (value in ("auto", "cpu", "cuda")
+                                       or (value.startswith("cuda:") and value[5:].isdigit()))
+
+
+def _is_batch_limit(value) -> bool:
+    """null (all), a fraction in (0, 1], or a whole number of batches >= 1."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 1
+    return isinstance(value, float) and 0 < value <= 1
+
+
+def _is_codec(value) -> bool:
+    try:
+        codecs.lookup(value)
+        return True
+    except (LookupError, TypeError):
+        return False
+
+
+DEVICE = Check(_is_device, "auto, cpu, cuda or cuda:N")
+BATCH_LIMIT = Check(_is_batch_limit, "null, a fraction in (0, 1] or a number of batches >= 1")
+
+
+# ----------------------------------------------------------------------------- the schema
+@dataclass
+class DataConfig:
+    """data=demo | csv (conf/data/); the defaults are demo's."""
+
+    train_file: str = key("embedded:bbcnews", hint="e.g. data.train_file=train.csv",
+                          nonempty="required (e.g. data.train_file=train.csv)")
+    valid_file: Optional[str] = None
+    test_file: Optional[str] = None
+    text_col: str = key("text", nonempty="must name a column")
+    text_pair_col: Optional[str] = None
+    label_col: Union[str, list[str]] = key("label", nonempty="must name a column")  # a list: several targets
+    label_sep: str = key("|", nonempty="must be a non-empty separator (multilabel cells are split on it)")
+    group_col: Optional[str] = None
+    encoding: str = key("utf-8", Check(_is_codec, "a text encoding Python knows (utf-8, latin-1, cp1252...)"))
+    encoding_errors: str = key("replace", Choice(("strict", "replace")))
+
+
+@dataclass
+class ModelConfig:
+    """model=minilm | bert | ... (conf/model/); the defaults are minilm's."""
+
+    name_or_path: str = key("embedded:minilm", hint="a folder, a hub id, or embedded:minilm",
+                            nonempty="required (a folder, a hub id, or embedded:minilm)")
+    max_length: int = key(128, Range(8))
+    truncation: str = key("head", Choice(ref="textclf.data.TRUNCATIONS"))
+    head_fraction: float = key(0.25, Range(0, 1),
+                               hint="the share of the tokens kept from the start with truncation=head_tail")
+    window_stride: Optional[int] = key(None, Range(1))
+    max_windows: Optional[int] = key(None, Range(1))
+    window_aggregate: str = key("mean", Choice(ref="textclf.data.AGGREGATES"))
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    freeze_embeddings: bool = False
+    freeze_layers: int = key(0, Range(0))
+    reinit_layers: int = key(0, Range(0))
+    hidden_dropout: Optional[float] = key(None, Range(0, 1, open_high=True))
+    attention_dropout: Optional[float] = key(None, Range(0, 1, open_high=True))
+
+
+@dataclass
+class TrainerConfig:
+    """The `trainer` node of conf/train.yaml."""
+
+    epochs: int = key(2, Range(1))
+    batch_size: int = key(16, Range(1))
+    eval_batch_size: int = key(64, Range(1))
+    grad_accum_steps: int = key(1, Range(1))
+    max_grad_norm: Optional[float] = key(1.0, Range(0, open_low=True))
+    device: str = key("auto", DEVICE)
+    precision: str = key("fp32", Choice(PRECISIONS))
+    seed: int = key(42, Range(0))
+    deterministic: bool = False
+    monitor: str = key("auto", Choice(("auto",), ref="textclf.metrics.METRICS"))
+    early_stopping_patience: Optional[int] = key(None, Range(1))
+    length_window: int = key(50, Range(1))
+    num_workers: int = key(0, Range(0))
+    compile: bool = False
+    log_every_steps: int = key(10, Range(0))
+    eval_every_steps: Optional[int] = key(None, Range(1))
+    limit_train_batches: Optional[Union[int, float]] = key(None, BATCH_LIMIT)
+    limit_eval_batches: Optional[Union[int, float]] = key(None, BATCH_LIMIT)
+    checkpoint_every_steps: int = key(200, Range(0))
+
+
+@dataclass
+class TrainConfig:
+    """conf/train.yaml, composed (train, info and validate read it)."""
+
+    data: DataConfig = node(DataConfig, "no option selected: data=demo or data=csv")
+    model: ModelConfig = node(ModelConfig, "no option selected: model=minilm, model=bert, ...")
+    pooling: Any = group("hidden_size", "summary_last", "num_hidden_layers")
+    head: Any = group("in_features", "num_labels")
+    loss: Any = group()
+    optimizer: Any = group("model")
+    scheduler: Any = group("optimizer", "total_steps")
+    kfold: Any = group()
+    adversarial: Any = group(optional=True)
+    ema: Any = group(optional=True)
+    rdrop: Any = group("task", "single_logit", optional=True)
+    logger: Any = group(optional=True, named=True)
+    task: str = key("auto", Choice(TASKS))
+    threshold: float = key(0.5, Range(0, 1, open_low=True, open_high=True))
+    tune_threshold: bool = False
+    resume: bool = key(False, hint="resume=<run folder> also works on the command line")
+    plots: bool = True
+    trainer: TrainerConfig = node(TrainerConfig)
+
+
+@dataclass
+class PredictConfig:
+    """conf/predict.yaml."""
+
+    run_dir: str = key(MISSING, hint=PREDICT_USAGE, nonempty=f"required ({PREDICT_USAGE})")
+    input: str = key(MISSING, hint=PREDICT_USAGE, nonempty=f"required ({PREDICT_USAGE})")
+    output: str = key("predictions.csv", hint=PREDICT_USAGE, nonempty=f"required ({PREDICT_USAGE})")
+    text_col: Optional[str] = None  # null: the run's own column names
+    text_pair_col: Optional[str] = None
+    label_col: Optional[Union[str, list[str]]] = None
+    batch_size: int = key(64, Range(1))
+    device: str = key("auto", DEVICE)
+    precision: str = key("fp32", Choice(PRECISIONS))
+    folds: Optional[list[int]] = key(None, hint="fold numbers like [0,2]")
+
+
+SCHEMAS = {"train": (TrainConfig, "invalid configuration"), "predict": (PredictConfig, "invalid options")}
+
+
+# ----------------------------------------------------------------------------- validate a composed config
 def validate(cfg: DictConfig) -> None:
-    problems: list[str] = []
-    if OmegaConf.is_missing(cfg, "data") or "data" not in cfg:
-        raise TextclfError("invalid configuration:\n  - data: no data group selected")
-    for key in cfg.keys():
-        if key not in TOP_KEYS:
-            problems.append(f"{key}: unknown top-level key (known: {', '.join(sorted(TOP_KEYS))})")
-    _check_keys(cfg, "data", DATA_KEYS, problems)
-    _check_keys(cfg, "model", MODEL_KEYS, problems)
-    _check_keys(cfg, "trainer", TRAINER_KEYS, problems)
-    for group, runtime in RUNTIME_ARGS.items():
-        if group in OPTIONAL_GROUPS and (cfg.get(group) is None or len(cfg[group]) == 0):
-            continue
-        _check_target(cfg, group, runtime, problems)
-
-    data = cfg.get("data") or {}
-    if OmegaConf.is_missing(data, "train_file"):
-        problems.append("data.train_file: required (e.g. data.train_file=train.csv)")
-    for key in ("text_col", "label_col"):  # label_col may also be a list (several regression targets)
-        if not OmegaConf.is_missing(data, key) and not data.get(key):
-            problems.append(f"data.{key}: must name a column")
-    if data.get("encoding_errors", "replace") not in ("strict", "replace"):
-        problems.append(f"data.encoding_errors: must be strict or replace, got {data.get('encoding_errors')!r}")
-
-    model = cfg.get("model") or {}
-    if OmegaConf.is_missing(model, "name_or_path") or not model.get("name_or_path"):
-        problems.append("model.name_or_path: required (a folder, a hub id, or embedded:minilm)")
-    _int_at_least(model, "model.max_length", "max_length", 8, problems)
-    for key in ("freeze_layers", "reinit_layers"):
-        if key in model:
-            _int_at_least(model, f"model.{key}", key, 0, problems)
-    if not isinstance(model.get("freeze_embeddings", False), bool):
-        problems.append(f"model.freeze_embeddings: must be true or false, got {model.get('freeze_embeddings')!r}")
-    if model.get("truncation") not in TRUNCATIONS:
-        problems.append(f"model.truncation: must be one of {', '.join(TRUNCATIONS)}, got {model.get('truncation')!r}")
-    hf = model.get("head_fraction", 0.25)
-    if isinstance(hf, bool) or not isinstance(hf, (int, float)) or not 0 <= hf <= 1:
-        problems.append(f"model.head_fraction: must be a number from 0 to 1 (the share of the tokens kept from "
-                        f"the start with truncation=head_tail), got {hf!r}")
-    for key in ("window_stride", "max_windows"):
-        value = model.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            problems.append(f"model.{key}: must be null or an integer >= 1, got {value!r}")
-    if model.get("window_aggregate", "mean") not in AGGREGATES:
-        problems.append(f"model.window_aggregate: must be one of {', '.join(AGGREGATES)}, "
-                        f"got {model.get('window_aggregate')!r}")
-
-    if cfg.get("task") not in TASKS:
-        problems.append(f"task: must be one of {', '.join(TASKS)}, got {cfg.get('task')!r}")
-
-    t = cfg.get("trainer") or {}
-    for key, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("grad_accum_steps", 1),
-                     ("seed", 0), ("length_window", 1), ("num_workers", 0), ("log_every_steps", 0)):
-        _int_at_least(t, f"trainer.{key}", key, low, problems)
-    if "checkpoint_every_steps" in t:
-        _int_at_least(t, "trainer.checkpoint_every_steps", "checkpoint_every_steps", 0, problems)
-    if not isinstance(cfg.get("resume", False), bool):
-        problems.append(f"resume: must be true or false (resume=<run folder> also works on the command line), "
-                        f"got {cfg.get('resume')!r}")
-    for key in ("deterministic", "compile"):
-        if not isinstance(t.get(key, False), bool):
-            problems.append(f"trainer.{key}: must be true or false, got {t.get(key)!r}")
-    if t.get("precision") not in PRECISIONS:
-        problems.append(f"trainer.precision: must be one of {', '.join(PRECISIONS)}, got {t.get('precision')!r}")
-    device = str(t.get("device"))
-    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        problems.append(f"trainer.device: must be auto, cpu, cuda or cuda:N, got {device!r}")
-    from .metrics import METRICS
-
-    if t.get("monitor") != "auto" and t.get("monitor") not in METRICS:
-        problems.append(f"trainer.monitor: must be auto or one of {', '.join(METRICS)}, got {t.get('monitor')!r}")
-    threshold = cfg.get("threshold")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-        problems.append(f"threshold: must be a number between 0 and 1, got {threshold!r}")
-    if not isinstance(cfg.get("tune_threshold"), bool):
-        problems.append(f"tune_threshold: must be true or false, got {cfg.get('tune_threshold')!r}")
-    if not data.get("label_sep"):
-        problems.append("data.label_sep: must be a non-empty separator (multilabel cells are split on it)")
-    esp = t.get("early_stopping_patience")
-    if esp is not None and (not isinstance(esp, int) or esp < 1):
-        problems.append(f"trainer.early_stopping_patience: must be null or an integer >= 1, got {esp!r}")
-    mgn = t.get("max_grad_norm")
-    if mgn is not None and (not isinstance(mgn, (int, float)) or mgn <= 0):
-        problems.append(f"trainer.max_grad_norm: must be null or a positive number, got {mgn!r}")
-    if problems:
-        raise TextclfError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def _check_keys(cfg: DictConfig, group: str, known: set[str], problems: list[str]) -> None:
-    node = cfg.get(group)
-    if node is None:
-        problems.append(f"{group}: no option selected")
-        return
-    for key in node.keys():
-        if key not in known:
-            problems.append(f"{group}.{key}: unknown key (known: {', '.join(sorted(known))})")
-
-
-def _check_target(cfg: DictConfig, group: str, runtime: set[str], problems: list[str]) -> None:
-    node = cfg.get(group)
-    if node is None:
-        problems.append(f"{group}: no option selected")
-        return
-    target = node.get("_target_")
-    if not target:
-        problems.append(f"{group}: the option has no _target_")
-        return
-    try:
-        from hydra.utils import get_object
-
-        obj = get_object(target)
-    except Exception as e:  # noqa: BLE001 - report any import failure as a config problem
-        problems.append(f"{group}._target_: cannot import {target!r} ({type(e).__name__})")
-        return
-    try:
-        params = inspect.signature(obj).parameters
-    except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = set(params) - {"self"}
-    for key in node.keys():
-        if key in ("_target_", "_partial_", "_recursive_", "_convert_", "_args_"):
-            continue
-        if key not in accepted or key in runtime:
-            names = sorted(accepted - runtime)
-            problems.append(f"{group}.{key}: unknown key for {target} (accepts: {', '.join(names) or 'nothing'})")
-
-
-def _int_at_least(node: Any, label: str, key: str, low: int, problems: list[str]) -> None:
-    value = node.get(key) if node is not None else None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        problems.append(f"{label}: must be an integer >= {low}, got {value!r}")
-
-
-PREDICT_KEYS = {"run_dir", "input", "output", "text_col", "text_pair_col", "label_col", "batch_size", "device",
-                "precision", "folds"}
+    """Every problem of a composed train config in one TextclfError, or nothing."""
+    _raise("invalid configuration", problems(cfg, TrainConfig))
 
 
 def validate_predict(cfg: DictConfig) -> None:
     """The same all-at-once check for `textclf predict` options."""
-    problems: list[str] = []
-    for key in cfg.keys():
-        if key not in PREDICT_KEYS:
-            problems.append(f"{key}: unknown key (known: {', '.join(sorted(PREDICT_KEYS))})")
-    for key in ("run_dir", "input", "output"):
-        if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
-            problems.append(f"{key}: required (textclf predict run_dir=<run folder> input=<table> output=<csv>)")
-    _int_at_least(cfg, "batch_size", "batch_size", 1, problems)
-    if cfg.get("precision") not in PRECISIONS:
-        problems.append(f"precision: must be one of {', '.join(PRECISIONS)}, got {cfg.get('precision')!r}")
-    device = str(cfg.get("device"))
-    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        problems.append(f"device: must be auto, cpu, cuda or cuda:N, got {device!r}")
-    folds = cfg.get("folds")
-    if folds is not None and (not OmegaConf.is_list(folds) or not all(isinstance(f, int) for f in folds)):
-        problems.append(f"folds: must be null or a list of fold numbers like [0,2], got {folds!r}")
-    if problems:
-        raise TextclfError("invalid options:\n" + "\n".join(f"  - {p}" for p in problems))
+    _raise("invalid options", problems(cfg, PredictConfig))
+
+
+def problems(cfg: DictConfig, schema: type, *, lenient: bool = False) -> list[Problem]:
+    """(key, problem) for everything in `cfg` that `schema` refuses. lenient: skip values that need Hydra's
+    run-time state to resolve (${hydra:...}), as when the command line is checked before Hydra starts."""
+    found: list[Problem] = []
+    _check_node(cfg, schema, "", found, lenient)
+    return list(dict.fromkeys(found))
+
+
+def _raise(heading: str, found: list[Problem]) -> None:
+    if found:
+        raise TextclfError(f"{heading}:\n" + "\n".join(f"  - {where}: {what}" for where, what in found))
+
+
+def _check_node(cfg: DictConfig, schema: type, path: str, found: list[Problem], lenient: bool) -> None:
+    fields = _fields(schema)
+    for name in cfg.keys():
+        if name not in fields:
+            found.append(_unknown(path, name, fields))
+    for name, (f, tp) in fields.items():
+        label = _join(path, name)
+        target = f.metadata.get("target")
+        hint = f.metadata.get("hint", "")
+        if OmegaConf.is_missing(cfg, name):
+            found.append((label, f"required ({hint})" if hint else "required"))
+            continue
+        if name not in cfg:
+            if not (target and target.optional):
+                found.append((label, f"missing ({hint})" if hint else f"missing (the default is {_show(f.default)})"))
+            continue
+        ok, value = _get(cfg, name, label, found, lenient)
+        if not ok:
+            continue
+        if target is not None:
+            _check_group(label, value, target, found, lenient)
+        elif dataclasses.is_dataclass(tp):
+            if isinstance(value, DictConfig):
+                _check_node(value, tp, label, found, lenient)
+            else:
+                found.append((label, f"must be a mapping of {', '.join(_fields(tp))}, got {_show(value)}"))
+        else:
+            try:
+                problem = _value_problem(value, tp, f.metadata)
+            except OmegaConfBaseException as e:  # an interpolation inside a list
+                problem = f"cannot resolve its value ({_first_line(e)})"
+            if problem:
+                found.append((label, problem))
+
+
+def _check_group(label: str, value: Any, target: Target, found: list[Problem], lenient: bool) -> None:
+    if target.named:  # logger: {csv: {_target_: ...}, tensorboard: {...}}
+        if value is None:
+            return
+        if not isinstance(value, DictConfig):
+            found.append((label, f"must be a mapping of named {label} nodes (e.g. {label}=[csv]), got {_show(value)}"))
+            return
+        for name in value.keys():
+            ok, item = _get(value, name, f"{label}.{name}", found, lenient)
+            if ok and item is not None and not (isinstance(item, DictConfig) and len(item) == 0):
+                if isinstance(item, DictConfig):
+                    _check_target(f"{label}.{name}", item, target.runtime, found, lenient)
+                else:
+                    found.append((f"{label}.{name}", f"must be a mapping with a _target_, got {_show(item)}"))
+        return
+    if value is None or (isinstance(value, DictConfig) and len(value) == 0):
+        if not target.optional:
+            found.append((label, f"no option selected (e.g. {label}=<option>; textclf train --help lists them)"))
+        return
+    if not isinstance(value, DictConfig):
+        found.append((label, f"must be an option of the {label} group (a mapping with a _target_), got {_show(value)}"))
+        return
+    _check_target(label, value, target.runtime, found, lenient)
+
+
+def _check_target(label: str, cfg: DictConfig, runtime: tuple[str, ...], found: list[Problem], lenient: bool) -> None:
+    """The keys of a `_target_` node against its target's signature: known, of the annotated type, complete."""
+    target = cfg.get("_target_")
+    if not target:
+        found.append((label, "the option has no _target_"))
+        return
+    try:
+        obj = _locate(str(target))
+    except _MissingPackage:  # an optional package (tensorboard, mlflow) is not installed: the class says so
+        return
+    except LookupError as e:
+        found.append((f"{label}._target_", f"cannot import {target!r} ({e})"))
+        return
+    params = _parameters(obj)
+    if params is None:
+        return
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = {n: p for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in runtime}
+    for name in cfg.keys():
+        where = f"{label}.{name}"
+        if name in INSTANTIATE_KEYS:
+            continue
+        if name in runtime:
+            found.append((where, f"set by textclf when it builds {target}; remove it"))
+            continue
+        if name not in accepted:
+            if not takes_any:
+                found.append(_unknown(label, name, accepted, target))
+            continue
+        if OmegaConf.is_missing(cfg, name):
+            found.append((where, "required"))
+            continue
+        ok, value = _get(cfg, name, where, found, lenient)
+        tp = _param_type(obj, accepted[name])
+        if ok and tp is not None:
+            problem = _value_problem(value, tp, {})
+            if problem:
+                found.append((where, problem))
+    if "_args_" not in cfg:
+        for name, p in accepted.items():
+            if p.default is p.empty and p.kind is not p.POSITIONAL_ONLY and name not in cfg:
+                found.append((f"{label}.{name}", f"required by {target}"))
+
+
+def _value_problem(value: Any, tp: Any, meta: dict) -> str | None:
+    """What is wrong with `value` as a `tp` under the field's rules ("must be ..., got ..."), or None."""
+    rules = meta.get("rules", ())
+    hint = f" ({meta['hint']})" if meta.get("hint") else ""
+    if meta.get("nonempty") and _empty(value):
+        return meta["nonempty"]
+    check = next((r for r in rules if isinstance(r, Check)), None)
+    if check is not None:
+        return None if check.test(value) else f"must be {check.expect}{hint}, got {_show(value)}"
+    span = next((r for r in rules if isinstance(r, Range)), None)
+    choice = next((r for r in rules if isinstance(r, Choice)), None)
+    good = _matches(value, tp)
+    if good and value is not None and span is not None and _is_number(value):
+        good = value in span
+    if good and value is not None and choice is not None:
+        good = value in choice.options()
+    if good:
+        return None
+    close = difflib.get_close_matches(value, [str(c) for c in choice.options()], n=1) if (
+        choice and isinstance(value, str)) else []
+    return f"must be {_expect(tp, span, choice)}{hint}, got {_show(value)}" + (
+        f"; did you mean {close[0]}?" if close else "")
+
+
+# ----------------------------------------------------------------------------- types
+_NONE = type(None)
+_SIMPLE = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"),
+           str: ("a string", "strings")}
+
+
+def _union_args(tp: Any) -> tuple | None:
+    return typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    args = _union_args(tp)
+    if args is not None:
+        return any(_matches(value, a) for a in args)
+    if tp is Any:
+        return True
+    if tp is _NONE:
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return _is_number(value)
+    if tp is str:
+        return isinstance(value, str)
+    if typing.get_origin(tp) in (list, tuple, Sequence) or tp in (list, tuple):
+        item = (typing.get_args(tp) or (Any,))[0]
+        return isinstance(value, (list, tuple, ListConfig)) and all(_matches(v, item) for v in value)
+    if tp is dict or typing.get_origin(tp) is dict:
+        return isinstance(value, (dict, DictConfig))
+    return True  # a type this check does not know: the object's constructor judges it
+
+
+def _expect(tp: Any, span: Range | None = None, choice: Choice | None = None) -> str:
+    """'an integer >= 1', 'null or a number between 0 and 1', 'one of fp32, fp16, bf16'."""
+    args = _union_args(tp)
+    if args is not None:
+        rest = [a for a in args if a is not _NONE]
+        text = _expect(rest[0], span, choice) if len(rest) == 1 else " or ".join(_expect(a, span) for a in rest)
+        return f"null or {text}" if _NONE in args else text
+    if choice is not None:
+        return f"one of {', '.join(map(str, choice.options()))}"
+    if tp in _SIMPLE:
+        return _SIMPLE[tp][0] + (f" {span}" if span is not None and tp in (int, float) else "")
+    if typing.get_origin(tp) in (list, tuple, Sequence):
+        item = (typing.get_args(tp) or (Any,))[0]
+        return f"a list of {_SIMPLE[item][1]}" if item in _SIMPLE else "a list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _checkable(tp: Any) -> bool:
+    """Only plain scalar types (and unions of them with None) are checked against a target's signature: a
+    container annotation often undersells what the object accepts (class_weights: balanced or a list)."""
+    args = _union_args(tp)
+    return all(a in _SIMPLE or a is _NONE for a in args) if args is not None else tp in _SIMPLE
+
+
+def _param_type(obj: Any, p: inspect.Parameter) -> Any:
+    """The type a parameter takes: its annotation, else the type of its default; None: not checked."""
+    tp = p.annotation
+    if isinstance(tp, str):  # `from __future__ import annotations`: evaluate in the defining module
+        func = obj.__init__ if inspect.isclass(obj) else obj
+        try:
+            tp = eval(tp, getattr(func, "__globals__", {}), {})  # noqa: S307 - the target's own annotation
+        except Exception:  # noqa: BLE001 - a name only known to type checkers
+            return None
+    if tp is p.empty:
+        default = p.default
+        tp = bool if isinstance(default, bool) else float if _is_number(default) else str if isinstance(
+            default, str) else None
+    return tp if tp is not None and _checkable(tp) else None
+
+
+def _parameters(obj: Any) -> dict[str, inspect.Parameter] | None:
+    try:
+        return dict(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+_FIELDS: dict[type, dict] = {}
+
+
+def _fields(schema: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    if schema not in _FIELDS:
+        hints = typing.get_type_hints(schema)
+        _FIELDS[schema] = {f.name: (f, hints[f.name]) for f in dataclasses.fields(schema)}
+    return _FIELDS[schema]
+
+
+class _MissingPackage(Exception):
+    """A target's module imports a package that is not installed."""
+
+
+def _locate(path: str) -> Any:
+    """The object at a dotted path, importing the longest module prefix; LookupError names what is not there."""
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and (e.name == name or name.startswith(e.name + ".")):
+                continue  # not a module: the rest of the path may be attributes of a shorter one
+            raise _MissingPackage(e.name) from e
+        except Exception as e:  # noqa: BLE001 - a module that fails to import names it
+            raise LookupError(f"importing {name} failed: {type(e).__name__}: {_first_line(e)}") from e
+        for j, attr in enumerate(parts[i:], start=i):
+            if not hasattr(obj, attr):
+                owner = ".".join(parts[:j])
+                close = difflib.get_close_matches(attr, [n for n in dir(obj) if not n.startswith("_")], n=1)
+                return_hint = f"; did you mean {owner}.{close[0]}?" if close else ""
+                raise LookupError(f"{owner} has no {attr!r}{return_hint}")
+            obj = getattr(obj, attr)
+        return obj
+    raise LookupError(f"no module named {parts[0]!r}")
+
+
+# ----------------------------------------------------------------------------- small helpers
+def _join(path: str, name: Any) -> str:
+    return f"{path}.{name}" if path else str(name)
+
+
+def _unknown(path: str, name: Any, known, target: Any = None) -> Problem:
+    """'trainer.epochz: unknown key; did you mean trainer.epochs?', or the known keys when none is close."""
+    names = sorted(str(k) for k in known)
+    close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
+    what = f"unknown key for {target}" if target else "unknown key"
+    if close:
+        return _join(path, name), f"{what}; did you mean {_join(path, close[0])}?"
+    return _join(path, name), f"{what} ({'accepts' if target else 'known'}: {', '.join(names) or 'nothing'})"
+
+
+def _get(cfg: DictConfig, name: Any, label: str, found: list[Problem], lenient: bool) -> tuple[bool, Any]:
+    """(True, the value with interpolations resolved), or (False, None) with the problem recorded."""
+    try:
+        return True, cfg[name]
+    except OmegaConfBaseException as e:
+        try:
+            raw = cfg._get_node(name)._value()
+        except Exception:  # noqa: BLE001 - only for the message
+            raw = "its value"
+        if not (lenient and "hydra:" in str(raw)):
+            found.append((label, f"cannot resolve {raw} ({_first_line(e)})"))
+        return False, None
+
+
+def _empty(value: Any) -> bool:
+    if isinstance(value, (list, tuple, ListConfig)):
+        return len(value) == 0 or any(_empty(v) for v in value)
+    return value is None or value == ""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        try:
+            value = OmegaConf.to_container(value, resolve=True)
+        except OmegaConfBaseException:
+            value = OmegaConf.to_container(value)
+    return repr(value)
+
+
+def _first_line(e: BaseException | str) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ----------------------------------------------------------------------------- the command line
+def check_command_line(config_name: str, overrides: Sequence[str], *, multirun: bool = False,
+                       config_dir: str | None = None, values: bool = True) -> None:
+    """Compose `config_name` with `overrides` as a command is about to and raise one TextclfError listing every
+    problem: overrides that do not parse, unknown options, groups and keys (each with the nearest valid name),
+    then, with values=True, what validate finds in the composed config.
+
+    It never refuses what it cannot evaluate: without multirun a sweep is left to Hydra (which says to add -m);
+    in a multirun each swept key is composed with its first value, its other options are checked by name, and
+    the values of swept keys are not judged (interval(...) and glob(...) only by their key). A composition
+    error it does not recognise is left to Hydra too.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    schema, heading = SCHEMAS[config_name]
+    parser = OverridesParser.create()
+    found: list[Problem] = []
+    compose, swept, sweeps, by_key_only = [], set(), [], []
+    for text in overrides:
+        try:
+            (o,) = parser.parse_overrides([text])
+        except OverrideParseException as e:
+            found.append((text, f"cannot parse this override ({_first_line(e.message)}); see "
+                                "https://hydra.cc/docs/advanced/override_grammar/basic/"))
+            continue
+        if not o.is_sweep_override():
+            compose.append(text)
+            continue
+        if not multirun:
+            return  # Hydra explains: add -m to sweep, or quote the value
+        swept.add(o.key_or_group)
+        if _is_hydra_key(o.key_or_group):
+            continue
+        try:
+            options = list(o.sweep_string_iterator())
+        except Exception:  # noqa: BLE001 - interval(...), glob(...): the sweeper picks the values
+            options = []
+        if options:
+            compose.append(f"{o.get_key_element()}={options[0]}")
+            sweeps.append((o.key_or_group, options[1:]))
+        elif not o.is_add():
+            by_key_only.append(o.key_or_group)
+
+    with _hydra(config_dir) as hydra, warnings.catch_warnings():  # Hydra warns once more when it composes
+        if hydra is None:
+            return
+        warnings.simplefilter("ignore")
+        cfg, faults, dropped, gave_up = _compose(hydra, config_name, compose, parser)
+        if gave_up and not faults and not found:
+            return
+        found += [_describe_fault(fault, cfg, hydra) for fault in faults]
+        if cfg is not None:
+            groups = set(hydra.config_loader.list_groups(""))
+            for name, options in sweeps:
+                known = hydra.config_loader.get_group_options(name) if name in groups or "/" in name else []
+                found += [_no_such_option(name, option, known) for option in options if known and option not in known]
+            for name in by_key_only:
+                if name not in groups and OmegaConf.select(cfg, name, default=_ABSENT) is _ABSENT:
+                    found.append(_unknown_key(name, cfg, groups))
+    if values and cfg is not None:
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+        skip = swept | dropped
+        found += [(where, what) for where, what in problems(cfg, schema, lenient=True)
+                  if not any(where == s or where.startswith(s + ".") for s in skip)]
+    _raise(heading, list(dict.fromkeys(found)))
+
+
+_ABSENT = object()
+
+
+def _is_hydra_key(name: str) -> bool:
+    return name == "hydra" or name.startswith(("hydra.", "hydra/"))
+
+
+@contextmanager
+def _hydra(config_dir: str | None):
+    """A Hydra instance on textclf.conf (and --config-dir), like the one @hydra.main makes, or None if Hydra
+    cannot start (it says why when it starts for real). One that was running already is put back after."""
+    import os
+
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    search_path = create_config_search_path("pkg://textclf.conf")
+    if config_dir is not None:
+        if not os.path.isdir(config_dir):
+            yield None
+            return
+        search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(config_dir)}",
+                            anchor=SearchPathQuery(provider="schema"))
+    gh = GlobalHydra.instance()
+    before = gh.hydra if gh.is_initialized() else None
+    gh.clear()
+    try:
+        try:
+            hydra = Hydra.create_main_hydra2(task_name="textclf", config_search_path=search_path)
+        except Exception:  # noqa: BLE001
+            hydra = None
+        yield hydra
+    finally:
+        gh.clear()
+        if before is not None:
+            gh.initialize(before)
+
+
+@dataclass
+class _Fault:
+    kind: str  # option | key | added | chosen
+    name: str  # the group or key
+    option: str = ""
+    where: str = ""  # the config whose defaults list names a missing option (not an override)
+
+
+def _compose(hydra, config_name: str, overrides: list[str], parser):
+    """Compose, dropping each override Hydra refuses (and those under a refused option) and trying again.
+    Returns (the config or None, the faults, the keys of dropped overrides, whether an error was not ours)."""
+    from hydra.errors import MissingConfigException
+    from hydra.types import RunMode
+
+    remaining = list(zip(overrides, parser.parse_overrides(overrides)))
+    faults: list[_Fault] = []
+    dropped: set[str] = set()
+    for _ in range(len(overrides) + 1):
+        try:
+            cfg = hydra.compose_config(config_name, [t for t, _ in remaining], run_mode=RunMode.RUN, from_shell=True,
+                                       with_log_configuration=False)
+            return cfg, faults, dropped, False
+        except MissingConfigException as e:
+            missing = e.missing_cfg_file or ""
+            if "/" not in missing:
+                return None, faults, dropped, True
+            name, option = missing.rsplit("/", 1)
+            culprit = next(((t, o) for t, o in remaining if o.key_or_group == name and option in _chosen(o)), None)
+            where = re.match(r"In '([^']+)'", str(e))
+            faults.append(_Fault("option", name, option, "" if culprit else (where.group(1) if where else "?")))
+            if culprit is None:
+                return None, faults, dropped, False
+        except Exception as e:  # noqa: BLE001 - recognised by its wording, else left to Hydra
+            fault = _fault(str(e))
+            culprit = fault and next(((t, o) for t, o in remaining if _override_key(o) == fault.name), None)
+            if culprit is None or culprit[1].package:  # model@pkg=...: Hydra's own advice is the better one
+                return None, faults, dropped, True
+            faults.append(fault)
+        name = culprit[1].key_or_group
+        dropped.add(name)
+        remaining = [(t, o) for t, o in remaining if o is not culprit[1] and not o.key_or_group.startswith(name + ".")]
+    return None, faults, dropped, True
+
+
+_FAULTS = ((r"Could not override '([^']+)'", "key"),
+           (r"Could not delete from config\. '([^']+)' does not exist", "key"),
+           (r"Could not append to config\. An item is already at '([^']+)'", "added"),
+           (r"Multiple values for ([^\s.]+)\. To override a value use", "chosen"))
+
+
+def _fault(message: str) -> _Fault | None:
+    for pattern, kind in _FAULTS:
+        m = re.match(pattern, message)
+        if m:
+            return _Fault(kind, m.group(1))
+    return None
+
+
+def _override_key(o) -> str:
+    return o.key_or_group + (f"@{o.package}" if o.package else "")
+
+
+def _chosen(o) -> list[str]:
+    """The option names an override selects (logger=[csv,tensorboard] selects two)."""
+    try:
+        value = o.value()
+    except Exception:  # noqa: BLE001
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _describe_fault(fault: _Fault, cfg: DictConfig | None, hydra) -> Problem:
+    if fault.kind == "option":
+        return _no_such_option(fault.name, fault.option, hydra.config_loader.get_group_options(fault.name), fault.where)
+    if fault.kind == "added":
+        return fault.name, f"already set; drop the + to change it ({fault.name}=...)"
+    if fault.kind == "chosen":
+        return f"+{fault.name}", f"{fault.name} already has an option; drop the + to change it ({fault.name}=...)"
+    groups = set(hydra.config_loader.list_groups("")) if cfg is not None else set()
+    return _unknown_key(fault.name, cfg, groups)
+
+
+def _no_such_option(name: str, option: str, options: list[str], where: str = "") -> Problem:
+    """'loss=focall: no such option; did you mean loss=focal? (options: auto, bce, ...)'; `where`: the config whose
+    defaults list names it, when no override does."""
+    close = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
+    hint = f"; did you mean {name}={close[0]}?" if close else ""
+    listed = f" (options: {', '.join(options)})" if options else f" (there is no group {name!r})"
+    return f"{name}={option}", f"no such option{f' (in the defaults of {where})' if where else ''}{hint}{listed}"
+
+
+def _unknown_key(name: str, cfg: DictConfig | None, groups: set[str]) -> Problem:
+    """An override's key that the composed config lacks, with the nearest key at the level where it went wrong."""
+    if cfg is None:
+        return name, "unknown key"
+    parts = name.split(".")
+    parent: Any = cfg
+    for i, part in enumerate(parts):
+        path = ".".join(parts[:i])
+        if not isinstance(parent, DictConfig):
+            return name, f"{path} is {_show(parent)}, not a mapping of keys"
+        if part not in parent.keys():
+            known = {str(k) for k in parent.keys()} | (groups if i == 0 else set())
+            return _unknown(path, part, known - {"hydra"} if i == 0 else known)
+        try:
+            parent = parent[part]
+        except OmegaConfBaseException:
+            return name, "unknown key"
+    return name, "unknown key"
