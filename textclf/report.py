@@ -257,17 +257,40 @@ def report_figure(jobs: list[Job], by: str = "mean"):
     marked = unranked[:PLOT_UNRANKED]
     metric, direction = ranked[0].metric, ranked[0].direction
     labels = plot_labels(jobs)
-    name = lambda j: short(f"#{j.num if j.num is not None else j.name} {labels[id(j)]}", PLOT_LABEL)  # noqa: E731
     n = len(shown) + len(marked)
     fig = new_figure(10.5, float(np.clip(0.34 * n + 2.0, 3.2, 17.0)))
     ax = fig.subplots()
+    lo, hi = _value_range(shown)
+    span = hi - lo if hi > lo else max(abs(hi) * 0.05, 0.01)
+    _draw_ranked(ax, shown, by, hi, span)
+    _draw_unranked(ax, marked, len(shown), metric, lo, span)
+    ax.set_xlim(lo - 0.1 * span, hi + 0.3 * span)
+    ax.set_ylim(n - 0.5, -0.6)
+    ax.set_yticks(range(n), [short(f"#{j.num if j.num is not None else j.name} {labels[id(j)]}", PLOT_LABEL)
+                             for j in shown + marked], fontsize=8.5)
+    for tick, j in zip(ax.get_yticklabels(), shown + marked):
+        if j.rank is None:
+            tick.set_color("tab:red")
+    better = "lower" if direction == "minimize" else "higher"
+    ax.set_xlabel(f"{metric} ({better} is better)", fontsize=9.5)
+    ax.tick_params(axis="x", labelsize=8.5)
+    ax.grid(alpha=0.3, axis="x")
+    fig.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(_figure_title(jobs, ranked, shown, unranked, marked, by), fontsize=10.5)
+    return fig
+
+
+def _value_range(shown: list[Job]) -> tuple[float, float]:
     values = []
     for j in shown:
         values += [v for v in (j.mean, j.oof, *j.folds) if v is not None]
         if j.mean is not None and j.std is not None and len(j.folds) >= 2:
             values += [j.mean - j.std, j.mean + j.std]
-    lo, hi = min(values), max(values)
-    span = hi - lo if hi > lo else max(abs(hi) * 0.05, 0.01)
+    return min(values), max(values)
+
+
+def _draw_ranked(ax, shown: list[Job], by: str, hi: float, span: float) -> None:
+    """One row per ranked job: fold dots, mean ± std, out-of-fold diamond, the value as text."""
     legend: set[str] = set()
 
     def once(label: str) -> str | None:  # each kind of mark in the legend once
@@ -292,26 +315,25 @@ def report_figure(jobs: list[Job], by: str = "mean"):
         score = j.score(by)
         text = _fmt(score) + ("" if by == "oof" or j.std is None or len(j.folds) < 2 else f" ± {_fmt(j.std)}")
         ax.text(hi + 0.04 * span, y, text, va="center", ha="left", fontsize=8, color=colour)
+
+
+def _draw_unranked(ax, marked: list[Job], first_row: int, metric: str, lo: float, span: float) -> None:
+    """Failed or unscored jobs below the ranked ones, each with why."""
+    from .plots import short
+
     for k, j in enumerate(marked):
-        y = len(shown) + k
         why = j.status if j.status != "ok" else f"ok, {j.metric or 'no'} metric" if j.metric != metric else "no score"
         if j.error:
             first = j.error.strip().splitlines()[0]
             why += ": " + (first if len(first) <= 70 else first[:69] + "…")
-        ax.text(lo - 0.08 * span, y, short(why, 90), va="center", ha="left", fontsize=8, color="tab:red")
+        ax.text(lo - 0.08 * span, first_row + k, short(why, 90), va="center", ha="left", fontsize=8, color="tab:red")
     if marked:
-        ax.axhline(len(shown) - 0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlim(lo - 0.1 * span, hi + 0.3 * span)
-    ax.set_ylim(n - 0.5, -0.6)
-    ax.set_yticks(range(n), [name(j) for j in shown + marked], fontsize=8.5)
-    for tick, j in zip(ax.get_yticklabels(), shown + marked):
-        if j.rank is None:
-            tick.set_color("tab:red")
-    better = "lower" if direction == "minimize" else "higher"
-    ax.set_xlabel(f"{metric} ({better} is better)", fontsize=9.5)
-    ax.tick_params(axis="x", labelsize=8.5)
-    ax.grid(alpha=0.3, axis="x")
-    fig.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+        ax.axhline(first_row - 0.5, color="grey", linewidth=0.8, linestyle=":")
+
+
+def _figure_title(jobs, ranked, shown, unranked, marked, by: str) -> str:
+    from .plots import short
+
     title = f"{len(ranked)} ranked job(s), best first by {'out-of-fold score' if by == 'oof' else 'mean over folds'}"
     if len(ranked) > len(shown):
         title += f" (top {len(shown)} shown)"
@@ -321,8 +343,7 @@ def report_figure(jobs: list[Job], by: str = "mean"):
     common = common_overrides(jobs)
     if common:
         title += "\nevery job: " + short(" ".join(common), 110)
-    fig.suptitle(title, fontsize=10.5)
-    return fig
+    return title
 
 
 def _display(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
