@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .data import LabelSpace, Split, conflicting_duplicates, load_splits
+from .data import LabelSpace, Split, check_leakage, conflicting_duplicates, load_splits
 from .errors import TextclfError
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,12 @@ def preflight(cfg: DictConfig) -> Checked:
     validate(cfg)
     splits = load_splits(cfg.data)
     labels, y, y_valid, y_test = encode_labels(cfg, splits)
+    check_leakage(cfg.data, splits)
     cfg, monitor = check_objective(cfg, labels)
     device = check_device(cfg.trainer)
     valid = splits.get("valid")
     folds, folds_frame = make_folds(instantiate(cfg.kfold), labels, y, len(valid) if valid else 0, data_cfg=cfg.data)
+    check_init_from(cfg.model)
     name_or_path, tokenizer, backbone_config = check_backbone(cfg.model)
     return Checked(cfg, splits, labels, y, y_valid, y_test, monitor, device, name_or_path, tokenizer,
                    backbone_config, folds, folds_frame)
@@ -66,6 +68,7 @@ def encode_labels(cfg: DictConfig, splits: dict[str, Split]):
     labels = LabelSpace.fit(splits["train"].labels, cfg.task, where=where, sep=str(data.label_sep),
                             target_names=names)
     labels.threshold = float(cfg.threshold)
+    labels.set_positive(cfg.get("positive_label"))  # an unknown class is refused here, before any model loads
     y = labels.encode(splits["train"].labels, where)
     valid, test = splits.get("valid"), splits.get("test")
     y_valid = labels.encode(valid.labels, f"data.valid_file {data.valid_file!r}") if valid else None
@@ -109,6 +112,7 @@ def check_device(tcfg):
     from .engine.trainer import resolve_device
 
     device = resolve_device(str(tcfg.device))
+    check_cuda_index(device, "trainer.device")
     if tcfg.precision == "fp16" and device.type != "cuda":
         raise TextclfError("trainer.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
     return device
@@ -118,6 +122,7 @@ def check_backbone(mcfg):
     """The backbone's tokenizer and config (no weights), and max_length against its positions."""
     from .models.backbone import load_backbone_config, load_tokenizer, resolve_name_or_path
 
+    check_model_path(str(mcfg.name_or_path))
     name_or_path = resolve_name_or_path(mcfg.name_or_path)
     tokenizer = load_tokenizer(name_or_path, truncation=mcfg.truncation, trust_remote_code=mcfg.trust_remote_code)
     backbone_config = load_backbone_config(name_or_path, hidden_dropout=mcfg.hidden_dropout,
@@ -125,6 +130,46 @@ def check_backbone(mcfg):
                                            trust_remote_code=mcfg.trust_remote_code)
     check_max_length(int(mcfg.max_length), backbone_config, name_or_path)
     return name_or_path, tokenizer, backbone_config
+
+
+def check_cuda_index(device, key: str) -> None:
+    """cuda:N on a machine with fewer GPUs fails deep inside torch ('invalid device ordinal'): say so first."""
+    import torch
+
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            have = ", ".join(f"cuda:{i}" for i in range(count)) or "none"
+            raise TextclfError(f"{key}={device} but this machine has {count} CUDA device(s) ({have}); use "
+                               f"{key}=cuda:0, cuda or auto")
+
+
+def check_model_path(name_or_path: str) -> None:
+    """A local model.name_or_path that is a file (the weights, config.json) or an empty folder: say which folder
+    to give (the hub id and embedded cases are left to resolve_name_or_path)."""
+    from .data import EMBEDDED_PREFIX, resolve_path
+
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        return
+    local = resolve_path(name_or_path)
+    if local.is_file():
+        parent = f" (its folder {str(local.parent)!r} has config.json: model.name_or_path={local.parent})" if (
+            local.parent / "config.json").exists() else ""
+        raise TextclfError(f"model.name_or_path {name_or_path!r} is a file, not a model folder: give the folder that "
+                           f"holds config.json, the weights and the tokenizer files (as save_pretrained writes "
+                           f"them){parent}")
+    if local.is_dir() and not any(local.iterdir()):
+        raise TextclfError(f"model.name_or_path {name_or_path!r} is an empty folder: give the folder that holds "
+                           f"config.json, the weights and the tokenizer files (as save_pretrained writes them), or "
+                           f"a hub id")
+
+
+def check_init_from(mcfg) -> None:
+    """model.init_from names weights that exist and are of a kind textclf reads (no tensors read yet)."""
+    if mcfg.get("init_from"):
+        from .models.init_from import check_source
+
+        check_source(str(mcfg.init_from))
 
 
 def check_max_length(max_length: int, backbone_config, name_or_path: str) -> None:

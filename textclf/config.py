@@ -188,6 +188,8 @@ class ModelConfig:
     reinit_layers: int = key(0, Range(0))
     hidden_dropout: Optional[float] = key(None, Range(0, 1, open_high=True))
     attention_dropout: Optional[float] = key(None, Range(0, 1, open_high=True))
+    init_from: Optional[str] = key(None, hint="a run folder (its fold_0), a fold folder, or a .safetensors/.bin/.pt "
+                                              "file; null: the backbone's own weights only")
 
 
 @dataclass
@@ -234,7 +236,10 @@ class TrainConfig:
     task: str = key("auto", Choice(TASKS))
     threshold: float = key(0.5, Range(0, 1, open_low=True, open_high=True))
     tune_threshold: bool = False
+    positive_label: Optional[Union[str, int]] = key(None, hint="binary: the class F1 is about, as it appears in "
+                                                        "the data; null: the second class in sorted order")
     resume: bool = key(False, hint="resume=<run folder> also works on the command line")
+    overwrite: bool = key(False, hint="replace the run a folder holds (only files textclf wrote are removed)")
     plots: bool = True
     trainer: TrainerConfig = node(TrainerConfig)
 
@@ -274,7 +279,53 @@ def problems(cfg: DictConfig, schema: type, *, lenient: bool = False) -> list[Pr
     run-time state to resolve (${hydra:...}), as when the command line is checked before Hydra starts."""
     found: list[Problem] = []
     _check_node(cfg, schema, "", found, lenient)
+    found += _cross_key_problems(cfg, schema)
     return list(dict.fromkeys(found))
+
+
+#: the column options of each schema, in order, and what the column holds (for the message)
+COLUMN_ROLES = {"text_col": "texts", "text_pair_col": "second texts", "label_col": "labels", "group_col": "groups"}
+
+
+def _cross_key_problems(cfg: DictConfig, schema: type) -> list[Problem]:
+    """Problems of keys taken together: a column named by two roles."""
+    node, prefix = (cfg.get("data"), "data.") if schema is TrainConfig else (cfg, "")
+    if not isinstance(node, DictConfig):
+        return []
+    roles = []
+    for name in COLUMN_ROLES:
+        try:
+            value = node.get(name)
+        except OmegaConfBaseException:  # an interpolation only Hydra resolves: judged when it runs
+            continue
+        roles.append((f"{prefix}{name}", value))
+    return column_clashes(roles)
+
+
+def column_clashes(roles: Sequence[tuple[str, Any]]) -> list[Problem]:
+    """(keys, problem) for each column that two column options name ('data.text_col=label' would train on the labels
+    as text). roles: (key, column or list of columns or None); a key ending in a COLUMN_ROLES name says the role."""
+    def role(key: str) -> str:
+        return next((what for name, what in COLUMN_ROLES.items() if key.split(" ")[0].endswith(name)), "values")
+
+    seen: dict[str, str] = {}
+    found: list[Problem] = []
+    for key, value in roles:
+        columns = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+        for col in columns:
+            if not isinstance(col, (str, int)) or isinstance(col, bool) or col == "":
+                continue
+            col = str(col)
+            if col not in seen:
+                seen[col] = key
+            elif seen[col] == key:
+                found.append((key, f"lists column {col!r} twice; name each column once"))
+            else:
+                other = seen[col]
+                found.append((f"{other} and {key}", f"both name column {col!r}, but a column can have only one role: "
+                                                    f"point {other} at the column that holds the {role(other)}, or "
+                                                    f"{key} at the one that holds the {role(key)}"))
+    return found
 
 
 def _raise(heading: str, found: list[Problem]) -> None:
@@ -601,11 +652,13 @@ def check_command_line(config_name: str, overrides: Sequence[str], *, multirun: 
     parser = OverridesParser.create()
     found: list[Problem] = []
     compose, swept, sweeps, by_key_only = [], set(), [], []
+    unparsed = set()  # keys of overrides that do not parse: their defaults are not the user's choice
     for text in overrides:
         try:
             (o,) = parser.parse_overrides([text])
         except OverrideParseException as e:
-            found.append((text, f"cannot parse this override ({_first_line(e.message)}); see "
+            unparsed.add(text.partition("=")[0].lstrip("+~"))
+            found.append((text, f"cannot parse this override ({_first_line(e.message)}); {_quote_hint(text)}see "
                                 "https://hydra.cc/docs/advanced/override_grammar/basic/"))
             continue
         if not o.is_sweep_override():
@@ -645,13 +698,23 @@ def check_command_line(config_name: str, overrides: Sequence[str], *, multirun: 
     if values and cfg is not None:
         with open_dict(cfg):
             cfg.pop("hydra", None)
-        skip = swept | dropped
+        skip = swept | dropped | unparsed
         found += [(where, what) for where, what in problems(cfg, schema, lenient=True)
                   if not any(where == s or where.startswith(s + ".") for s in skip)]
     _raise(heading, list(dict.fromkeys(found)))
 
 
 _ABSENT = object()
+
+
+def _quote_hint(text: str) -> str:
+    """key=~/data.csv and other values with characters the override grammar reserves: how to quote them."""
+    key, sep, value = text.partition("=")
+    if not sep or not value or value[0] in "'\"":
+        return ""
+    why = "a value starting with ~ (your home folder) must be quoted" if value.startswith("~") else \
+        "a value with special characters must be quoted"
+    return f"{why}: \"{key}='{value}'\" (or write the full path); "
 
 
 def _is_hydra_key(name: str) -> bool:

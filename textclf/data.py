@@ -72,19 +72,27 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
     if not p.exists():
         raise TextclfError(f"{role} {path!r} does not exist (looked at {p})")
     if p.is_dir():
-        raise TextclfError(f"{role} {path!r} is a folder, not a file")
+        tables = sorted(f.name for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                        and any(x.lower() in READERS for x in f.suffixes))
+        inside = (f", e.g. {role}={(Path(path) / tables[0]).as_posix()}" + (f" (it holds {len(tables)} tables)"
+                  if len(tables) > 1 else "")) if tables else " (it holds no .csv, .tsv, .jsonl or .parquet file)"
+        raise TextclfError(f"{role} {path!r} is a folder, not a file: give one table file{inside}")
     suffixes = [x.lower() for x in p.suffixes]
     if suffixes and suffixes[-1] in COMPRESSED and len(suffixes) > 1:
         suffixes = suffixes[:-1]
     kind = READERS.get(suffixes[-1] if suffixes else "")
     if kind is None:
-        raise TextclfError(f"{role} {path!r}: unknown file type {p.suffix!r}; use one of {', '.join(sorted(READERS))}")
+        hint = (f"; it is a spreadsheet: save it as CSV (Excel: File > Save As > CSV UTF-8) and point {role} at "
+                f"that file" if p.suffix.lower() in SPREADSHEETS else "")
+        raise TextclfError(f"{role} {path!r}: unknown file type {p.suffix!r}; use one of {', '.join(sorted(READERS))}"
+                           f"{hint}")
     dtype = {c: str for c in text_cols if c}
     if p.stat().st_size == 0:
         raise TextclfError(f"{role} {path!r} is empty (0 bytes)")
     compressed = bool(p.suffixes) and p.suffixes[-1].lower() in COMPRESSED
     if kind != "parquet" and not compressed:
         head = p.open("rb").read(8192)
+        _check_content(p, head, kind, role, path)
         if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):  # NUL bytes: not text (UTF-16 aside)
             raise TextclfError(f"{role} {path!r} looks like a binary file (it contains NUL bytes), not {kind} text")
     named = encoding  # as the user gave it, for messages
@@ -95,11 +103,15 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
             frame = pd.read_csv(p, sep="," if kind == "csv" else "\t", encoding=encoding,
                                 encoding_errors=encoding_errors, dtype=dtype or None, keep_default_na=False,
                                 na_values=[""])
+        elif kind == "jsonl" and not compressed and _is_json_array(p):
+            frame = _read_json_array(p, encoding, encoding_errors, role, path)
         elif kind == "jsonl":
             frame = pd.read_json(p, lines=True, dtype=False, encoding=encoding, encoding_errors=encoding_errors,
                                  compression="infer")
         else:
             frame = pd.read_parquet(p)
+    except TextclfError:
+        raise
     except UnicodeDecodeError as e:
         raise TextclfError(f"{role} {path!r} is not valid {named} (byte {e.start}): set data.encoding "
                            f"(e.g. cp1252) or data.encoding_errors=replace") from None
@@ -111,6 +123,71 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
     if kind in ("csv", "tsv"):
         _check_header(p, kind, role, path, encoding, encoding_errors, compressed)
     return frame
+
+
+#: what a file's first bytes say it is, when its name says text: (magic, what it is, what to do; {name} {kind})
+MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed", "rename it to {name}.gz (a name ending in .gz is read decompressed)"),
+    (b"BZh", "bzip2-compressed", "rename it to {name}.bz2 (a name ending in .bz2 is read decompressed)"),  # 1AY&SY
+    (b"\xfd7zXZ\x00", "xz-compressed", "rename it to {name}.xz (a name ending in .xz is read decompressed)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "rename it to {name}.zst (a name ending in .zst is read decompressed)"),
+    (b"PAR1", "a Parquet file", "rename it to {stem}.parquet"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Excel .xls workbook (or another Office file)",
+     "save it as CSV (Excel: File > Save As > CSV UTF-8) and use that file"),
+)
+SPREADSHEETS = {".xlsx", ".xlsm", ".xls", ".ods", ".numbers"}
+
+
+def _check_content(p: Path, head: bytes, kind: str, role: str, path: str) -> None:
+    """A file whose bytes are not what its name says (a gzip or Excel file named .csv): say what it is."""
+    for magic, what, fix in MAGIC:
+        if head.startswith(magic) and (magic != b"BZh" or head[4:10] == b"1AY&SY"):
+            raise TextclfError(f"{role} {path!r} is {what}, not plain {kind} text: "
+                               f"{fix.format(name=p.name, stem=p.name.split('.')[0], kind=kind)}")
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            names = []
+        if any(n.startswith("xl/") for n in names):
+            raise TextclfError(f"{role} {path!r} is an Excel workbook, not {kind} text: save it as CSV (Excel: File > "
+                               f"Save As > CSV UTF-8) and use that file")
+        if any(n == "content.xml" for n in names):
+            raise TextclfError(f"{role} {path!r} is a spreadsheet (OpenDocument), not {kind} text: save it as CSV "
+                               f"and use that file")
+        raise TextclfError(f"{role} {path!r} is a zip archive, not {kind} text: unzip it, or rename it to "
+                           f"{p.name}.zip if it holds one {kind} file")
+
+
+def _is_json_array(p: Path) -> bool:
+    """A .json file that is one JSON array (`[{...}, {...}]`) rather than one record per line."""
+    with p.open("rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    return head.startswith(b"[")
+
+
+def _read_json_array(p: Path, encoding: str, errors: str, role: str, path: str):
+    """A JSON array of records, as json.dump(rows) writes it: one row per object."""
+    import json
+
+    import pandas as pd
+
+    try:
+        with p.open(encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding,
+                    errors=errors) as f:
+            rows = json.load(f)
+    except json.JSONDecodeError as e:
+        raise TextclfError(f"{role} {path!r} could not be read as a JSON array: {e.msg} at line {e.lineno}, "
+                           f"column {e.colno}") from None
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise TextclfError(f"{role} {path!r} is a JSON array whose item {bad + 1} is "
+                           f"{type(rows[bad]).__name__ if rows[bad] is not None else 'null'}, not a record: each row "
+                           f"must be an object like {{\"text\": \"...\", \"label\": \"...\"}}")
+    return pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
 
 
 def _check_header(p: Path, kind: str, role: str, path: str, encoding: str, errors: str, compressed: bool) -> None:
@@ -186,6 +263,7 @@ def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str |
             if sep is not None:
                 hint = (f" (one column only: the file seems to be separated by {sep!r}, not by what its extension "
                         f"says; save it as {'.tsv' if sep == chr(9) else 'comma-separated .csv'})")
+        hint = hint or _column_hint(frame, [(key, col) for key, col in wanted if col not in frame.columns])
         raise TextclfError(f"{where}: no column {', '.join(missing)}; its columns are: {', '.join(cols)}{hint}")
     texts = _check_texts(frame, text_col, where)
     pairs = _check_texts(frame, pair_col, where) if pair_col else None
@@ -194,15 +272,76 @@ def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str |
         columns = []
         for label_col in label_cols:
             values = frame[label_col].tolist()
-            missing_rows = [i for i, v in enumerate(values) if _is_missing(v)]
+            words = _missing_words(values, where, label_col)
+            missing_rows = sorted({i for i, v in enumerate(values) if _is_missing(v)} | set(words))
             if missing_rows:
                 rows = ", ".join(str(i + 1) for i in missing_rows[:10]) + (" …" if len(missing_rows) > 10 else "")
+                written = (f" (cells like {', '.join(repr(w) for w in dict.fromkeys(words.values()))} in a column of "
+                           f"numbers; remove those rows or fill in their labels)" if words else "")
                 raise TextclfError(f"{where}: column {label_col!r} has {len(missing_rows)} missing label(s), "
-                                   f"at data row(s) {rows}")
+                                   f"at data row(s) {rows}{written}")
             columns.append([_plain(v) for v in values])
         labels = columns[0] if len(columns) == 1 else [list(row) for row in zip(*columns)]
         report_conflicts(texts, pairs, labels, where)
     return Split(name, path, texts, pairs, labels)
+
+
+def _column_hint(frame, missing: list[tuple[str, str]]) -> str:
+    """What to do about configured columns a table lacks: the nearest column name, a header that is data, or
+    which keys to set."""
+    import difflib
+
+    cols = [str(c) for c in frame.columns]
+    close = []
+    for key, col in missing:
+        same = [c for c in cols if c.strip().casefold() == str(col).strip().casefold()]
+        near = same or difflib.get_close_matches(str(col), cols, n=1, cutoff=0.7)
+        if near:
+            close.append(f"{key}={near[0]!r}")
+    if close:
+        return f"; did you mean {', '.join(close)}?"
+    head = frame.head(1000)
+    if any(str(c).strip() in set(head.iloc[:, j].astype(str).str.strip())  # a column name that is also its value
+           for j, c in enumerate(frame.columns)):
+        return (f" (the first row looks like data, not a header: add a header line naming the columns, "
+                f"e.g. {','.join(col for _, col in missing)})")
+    return f"; set {' and '.join(key for key, _ in missing)} to the column{'s' if len(missing) > 1 else ''} to use"
+
+
+#: cells that mean "no label" when the rest of the column is numbers (read as text, they would become classes)
+MISSING_WORDS = {"n/a", "na", "nan", "null", "none", "nil", "-", "--", "?", "#n/a", "missing", "undefined"}
+#: ... and the ones worth a warning even among class names
+SUSPECT_CLASSES = {"n/a", "#n/a", "nan", "null", "nil", "undefined"}
+
+
+def _missing_words(values: list, where: str, col: str) -> dict[int, str]:
+    """{row: cell} for cells like 'n/a' or 'null' in a label column whose other cells are all numbers (they are
+    missing labels); among class names they are kept, with a warning."""
+    words = {i: v.strip() for i, v in enumerate(values) if isinstance(v, str) and v.strip().lower() in MISSING_WORDS}
+    if not words:
+        return {}
+    rest = [v for i, v in enumerate(values) if i not in words and not _is_missing(v)]
+    if rest and all(_is_number(v) for v in rest):
+        return words
+    suspect = {i: w for i, w in words.items() if w.lower() in SUSPECT_CLASSES}
+    if suspect:
+        rows = ", ".join(str(i + 1) for i in list(suspect)[:10]) + (" …" if len(suspect) > 10 else "")
+        log.warning("%s: column %r has %d cell(s) like %s (data row(s) %s), kept as class names; if they mean "
+                    "'no label', remove those rows", where, col, len(suspect),
+                    ", ".join(repr(w) for w in dict.fromkeys(suspect.values())), rows)
+    return {}
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float, np.number)):
+        return True
+    try:
+        float(str(v))
+        return True
+    except ValueError:
+        return False
 
 
 def conflicting_duplicates(texts: list, pairs: list | None, labels: list) -> list[list[int]]:
@@ -257,8 +396,60 @@ def load_splits(data_cfg) -> dict[str, Split]:
     for name in ("valid", "test"):
         path = data_cfg.get(f"{name}_file")
         if path:
+            if name == "valid" and _same_file(data_cfg.train_file, path):
+                raise TextclfError(f"data.valid_file {path!r} is the same file as data.train_file: every validation "
+                                   f"row would also be trained on, so the scores (and the best epoch) would measure "
+                                   f"memory, not new data; give a separate validation file, or drop data.valid_file "
+                                   f"(a part of data.train_file is then held out)")
             splits[name] = load_split(name, path, data_cfg, need_labels=(name == "valid"))
     return splits
+
+
+def check_leakage(data_cfg, splits: dict[str, Split]) -> None:
+    """Validation and test rows that are training rows (after their labels are checked: a wrong label is the
+    more basic problem)."""
+    for name in ("valid", "test"):
+        if name in splits:
+            path = data_cfg.get(f"{name}_file")
+            check_overlap(splits["train"], splits[name], f"data.{name}_file {path!r}",
+                          same=name == "test" and _same_file(data_cfg.train_file, path))
+
+
+def _same_file(a: str, b: str) -> bool:
+    if a.startswith(EMBEDDED_PREFIX) or b.startswith(EMBEDDED_PREFIX):
+        return a == b
+    pa, pb = resolve_path(a), resolve_path(b)
+    try:
+        return pa.samefile(pb)
+    except OSError:
+        return pa.resolve() == pb.resolve()
+
+
+def check_overlap(train: Split, other: Split, where: str, *, same: bool = False) -> None:
+    """Rows of a validation or test file whose text (and pair) is also in the training file: a validation file
+    that is all training rows is refused; otherwise a warning with the count (their scores are in-sample)."""
+    def keys(split):
+        texts = [t.strip() for t in split.texts]
+        return list(zip(texts, [p.strip() for p in split.pairs])) if split.pairs is not None else texts
+
+    seen = set(keys(train))
+    shared = [i for i, k in enumerate(keys(other)) if k in seen]
+    if not shared:
+        return
+    valid = other.name == "valid"
+    if valid and len(shared) == len(other):
+        raise TextclfError(f"{where}: every one of its {len(other)} rows also appears in data.train_file (same "
+                           f"text): the validation scores (and the best epoch) would measure memory, not new data; "
+                           f"give rows the model does not train on, or drop data.valid_file")
+    if same:
+        log.warning("%s is the same file as data.train_file: its test scores and predictions are in-sample (the "
+                    "model trained on those rows), not an estimate for new data", where)
+        return
+    rows = ", ".join(str(i + 1) for i in shared[:10]) + (" …" if len(shared) > 10 else "")
+    log.warning("%s has %d of its %d rows also in data.train_file (same text; data row(s) %s): %s on them are "
+                "in-sample (the model trained on those rows), not an estimate for new data; remove them from one of "
+                "the files", where, len(shared), len(other), rows,
+                "validation scores" if valid else "test scores and predictions")
 
 
 # ----------------------------------------------------------------------------- labels

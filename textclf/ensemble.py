@@ -111,7 +111,7 @@ def blend(members: list[Member], weights: list[float] | None = None) -> dict:
     w = np.asarray(weights, dtype=np.float64) / float(sum(weights))
     labels = members[0].labels
     thresholds = {json.dumps(m.labels.threshold) for m in members}
-    if labels.task == "multilabel" and len(thresholds) > 1:
+    if labels.task in ("binary", "multilabel") and len(thresholds) > 1:
         labels.threshold = 0.5  # the runs tuned different thresholds: none of them fits the blend
     cols = output_columns(labels)
     y = true_values(labels, members[0].oof)

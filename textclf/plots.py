@@ -382,16 +382,17 @@ def _precision_recall(labels, y: np.ndarray, out: np.ndarray):
 
     names = labels.names
     decided = np.asarray(labels.decide(out))
+    pos = getattr(labels, "positive", 1)  # the class binary F1 and the threshold are about (positive_label)
     if labels.task == "binary":
-        truth, scores, picks = (y == 1).astype(np.int64)[:, None], out[:, [1]], [0]
-        point = (decided == 1).astype(np.int64)[:, None]
-        curve_names = [names[1]]
+        truth, scores, picks = (y == pos).astype(np.int64)[:, None], out[:, [pos]], [0]
+        point = (decided == pos).astype(np.int64)[:, None]
+        curve_names = [names[pos]]
     else:
         truth, scores, point, curve_names = (np.asarray(y) > 0.5).astype(np.int64), out, decided.astype(np.int64), names
         picks = list(_top(truth.sum(axis=0), len(names)))
     with_pos = [i for i in picks if truth[:, i].sum() > 0]
     if not with_pos:
-        why = (f"the positive class {names[1]!r} has no out-of-fold rows" if labels.task == "binary"
+        why = (f"the positive class {names[pos]!r} has no out-of-fold rows" if labels.task == "binary"
                else "no label has a positive out-of-fold row")
         return _skip("precision_recall.png", why)
     shown = with_pos[:MAX_CURVES]
@@ -432,7 +433,7 @@ def _precision_recall(labels, y: np.ndarray, out: np.ndarray):
     else:
         ax.legend(fontsize=TICK, loc="lower left", frameon=True)
     if labels.task == "binary":
-        title = f"Precision–recall of {short(names[1])} (out of fold, {_count(len(y), 'row')})"
+        title = f"Precision–recall of {short(names[pos])} (out of fold, {_count(len(y), 'row')})"
     else:
         title = f"Precision–recall per label (out of fold, {_count(len(y), 'row')})"
         if len(with_pos) > len(shown):
@@ -449,8 +450,9 @@ def _precision_recall(labels, y: np.ndarray, out: np.ndarray):
 def _reliability(labels, y: np.ndarray, out: np.ndarray):
     names = labels.names
     if labels.task == "binary":
-        p, hit = out[:, 1], (y == 1).astype(np.float64)
-        what, xlabel, ylabel = f"P({short(names[1])})", "predicted probability", "observed frequency"
+        pos = getattr(labels, "positive", 1)
+        p, hit = out[:, pos], (y == pos).astype(np.float64)
+        what, xlabel, ylabel = f"P({short(names[pos])})", "predicted probability", "observed frequency"
     elif labels.task == "multilabel":
         p, hit = out.ravel(), y.astype(np.float64).ravel()
         what, xlabel, ylabel = "every label, pooled", "predicted probability", "observed frequency"

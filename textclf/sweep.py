@@ -1,10 +1,15 @@
 """Sweeps: a training job that records its outcome and never takes a multirun down with it.
 
 Each job writes `status.json` into its folder: `running` when it starts, then `ok` (score, metric,
-direction, wall time) or `failed` (the error and its traceback). In a multirun a failed job returns None,
-which Hydra's sweepers record as a failure (Optuna marks the trial FAIL) before going on to the next job;
-a single run still stops with `textclf: error: ...` and exit status 2. After a multirun the report of the
-sweep folder is printed and written (textclf.report).
+direction, wall time), `failed` (the error and its traceback) or `interrupted` (the signal, where it stopped,
+the command that resumes it). In a multirun a failed job returns None, which Hydra's sweepers record as a
+failure (Optuna marks the trial FAIL) before going on to the next job; a single run still stops with
+`textclf: error: ...` and exit status 2. An interrupted job (SIGINT / SIGTERM) stops the whole sweep, exit
+130 / 143. A folder holding a finished run that overwrite=true does not replace keeps its status.json. After a
+multirun the report of the sweep folder is printed and written (textclf.report).
+
+RunFolderGuard (a Hydra callback) takes a single run's folder lock before Hydra writes into it, and keeps Hydra
+from writing into a finished run's folder at all.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -59,35 +65,72 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
     """Run `textclf train` as one job of a run or a multirun; record the outcome in status.json.
 
     Returns the job's CV score (trainer.monitor's mean over the folds), or None for a failed job (or a
-    non-finite score) in a multirun, so a sweeper never optimises a failure.
+    non-finite score) in a multirun, so a sweeper never optimises a failure. The job holds its folder's lock
+    (engine.runlock) throughout; a job stopped by SIGINT / SIGTERM exits 130 / 143 and ends a multirun.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .errors import TextclfError, own_errors
+    from .engine.runlock import RunLock
+    from .errors import TextclfError
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     base = {"job": int(hc.job.num) if multirun else None, "overrides": list(hc.overrides.task)}
     limit_threads(hc)
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()  # before status.json: a second process must not touch the holder's files
+    except TextclfError as e:
+        if not multirun:
+            print(f"textclf: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(f"textclf: job {base['job']} not run: {e}; the sweep goes on", file=sys.stderr)
+        return None
+    try:
+        return _run_locked(fn, cfg, hc, run_dir, base, multirun)
+    finally:
+        lock.release()
+
+
+def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bool) -> float | None:
+    from .engine.interrupt import Interrupted
+    from .errors import TextclfError, own_errors
+    from .manifest import MANIFEST
+
+    # a finished run that overwrite=true does not replace is only read: refused, or found finished (its score
+    # returned); its status.json stays as it is
+    kept = (run_dir / MANIFEST).exists() and not bool(cfg.get("overwrite", False))
+
+    def record(status: dict) -> None:
+        if not kept:
+            write_status(run_dir, status)
+
     started = time.time()
-    write_status(run_dir, {"status": "running", **base, "started": _iso(started), "pid": os.getpid()})
+    record({"status": "running", **base, "started": _iso(started), "pid": os.getpid()})
     failure = None
     try:
         with own_errors():
             score = fn(cfg)
-    except KeyboardInterrupt:
-        write_status(run_dir, {"status": "interrupted", **base, "started": _iso(started), "finished": _iso(),
-                               "wall_s": time.time() - started, "error": "interrupted (Ctrl-C)"})
-        raise
+    except KeyboardInterrupt as e:  # engine.interrupt: the run stopped at a safe point (or at once, a 2nd time)
+        stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT, saved="stopped at once, without a "
+                                                                                    "new checkpoint")
+        command = resume_command(hc, run_dir)
+        record({"status": "interrupted", **base, "started": _iso(started), "finished": _iso(),
+                "wall_s": time.time() - started, "signal": stop.name, "error": stop.describe(), "resume": command})
+        line = f"{stop.describe()}; resume with: {command}"
+        log_to_files(line)
+        job = f"job {base['job']} " if multirun else ""
+        print(f"textclf: {job}{line}" + ("; the sweep stops" if multirun else ""), file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
     except Exception as e:  # noqa: BLE001 - any failure of one job is recorded; a sweep goes on
         own = isinstance(e, TextclfError)
         failure = {"status": "failed", **base, "metric": _configured_monitor(cfg), "started": _iso(started),
                    "finished": _iso(), "wall_s": time.time() - started, "error": error_message(e),
                    "error_type": type(e).__name__,
                    "traceback": None if own else "".join(traceback.format_exception(e))}
-        write_status(run_dir, failure)
+        record(failure)
         if not multirun:
             if own:
                 log_to_files(f"error: {e}")
@@ -99,8 +142,10 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
         from .engine.kfold import free_memory
 
         free_memory()
-        print(f"textclf: job {base['job']} failed: {failure['error'].splitlines()[0]}\n  recorded in "
-              f"{run_dir / STATUS_FILE}; the sweep goes on", file=sys.stderr)
+        where = ("not recorded: the finished run in the folder is kept" if kept
+                 else f"recorded in {run_dir / STATUS_FILE}")
+        print(f"textclf: job {base['job']} failed: {failure['error'].splitlines()[0]}\n  {where}; the sweep goes on",
+              file=sys.stderr)
         return None
 
     metrics = _read_json(run_dir / "metrics.json") or {}
@@ -116,11 +161,19 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
                              f"{'higher' if direction == 'maximize' else 'lower'}: set "
                              f"hydra.sweeper.direction={direction}")
         log.warning(status["warning"])
-    write_status(run_dir, status)
+    record(status)
     if not math.isfinite(value):
         log.warning("the score %s is %s: recorded, but returned to the sweeper as no score", monitor, value)
         return None if multirun else value
     return value
+
+
+def resume_command(hc, run_dir: Path) -> str:
+    """The command that resumes this job: its own overrides (a resume needs the same settings) and its folder."""
+    import shlex
+
+    own = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite")]
+    return " ".join(["textclf", "train", *map(shlex.quote, own), shlex.quote(f"resume={run_dir}")])
 
 
 def error_message(e: BaseException) -> str:
@@ -177,6 +230,46 @@ def _chosen(cfg: DictConfig, trial, group: str) -> str | None:
         return str(cfg.hydra.runtime.choices.get(group))
     except Exception:  # noqa: BLE001 - no hydra node: nothing chosen
         return None
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback (hydra.callbacks in train.yaml): before Hydra writes .hydra/ and train.log into a single
+    run's folder, take the folder's lock (a second process is refused before it touches the holder's files), and
+    when the folder holds a finished run that overwrite=true does not replace, have Hydra write nothing there:
+    that run is then refused or found finished, and every file of it stays as it was. A multirun's job folders
+    are locked by run_job (Hydra has written its .hydra/ by then). validate and info neither lock nor write."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from .engine.runlock import RunLock
+        from .errors import TextclfError
+        from .manifest import MANIFEST
+
+        if config.hydra.job.name != "train":
+            return
+        run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))  # as Hydra's run_job makes it
+        try:
+            RunLock(run_dir).acquire()  # run_job releases it (and interpreter exit, whatever happens first)
+        except TextclfError as e:
+            print(f"textclf: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if (run_dir / MANIFEST).exists() and not bool(config.get("overwrite", False)):
+            write_nothing_into(config)
+
+
+def write_nothing_into(config: DictConfig) -> None:
+    """No .hydra/ folder and no log file for this run (its log goes to the console only)."""
+    from omegaconf import open_dict, read_write
+
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.output_subdir = None
+        logging_cfg = config.hydra.job_logging
+        handlers = logging_cfg.get("handlers") or {}
+        to_file = [name for name, h in handlers.items() if h is not None and "filename" in h]
+        for name in to_file:
+            del handlers[name]
+        for node in [logging_cfg.get("root"), *(logging_cfg.get("loggers") or {}).values()]:
+            if node is not None and node.get("handlers") is not None:
+                node.handlers = [h for h in node.handlers if h not in to_file]
 
 
 class SweepReport(Callback):

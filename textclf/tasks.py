@@ -6,13 +6,18 @@ threshold; regression: T numeric targets, identity outputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .errors import TextclfError
 
+log = logging.getLogger(__name__)
+
 TASKS = ("binary", "multiclass", "multilabel", "regression")
+#: tasks whose decisions cut probabilities at a threshold (tune_threshold=true tunes it on out-of-fold rows)
+THRESHOLD_TASKS = ("binary", "multilabel")
 
 
 def _is_number(v) -> bool:
@@ -40,7 +45,9 @@ def infer_task(labels: list, sep: str, n_targets: int = 1) -> str:
 
 @dataclass
 class LabelSpace:
-    """Task, class (or target) names in output order, and the multilabel decision threshold(s)."""
+    """Task, class (or target) names in output order, and the decision threshold(s): multilabel one per class
+    (or one for all); binary one on the probability of the positive class (`positive`, an index into classes:
+    the class binary F1 is about, the second in sorted order unless positive_label names another)."""
 
     task: str
     classes: list
@@ -48,6 +55,7 @@ class LabelSpace:
     threshold: float | list = 0.5
     single_logit: bool = False
     target_names: list = field(default_factory=list)
+    positive: int = 1
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -91,12 +99,30 @@ class LabelSpace:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelSpace":
-        return cls(d["task"], d["classes"], sep=d.get("sep", "|"), threshold=d.get("threshold", 0.5),
-                   single_logit=d.get("single_logit", False), target_names=d.get("target_names", []))
+        space = cls(d["task"], d["classes"], sep=d.get("sep", "|"), threshold=d.get("threshold", 0.5),
+                    single_logit=d.get("single_logit", False), target_names=d.get("target_names", []))
+        space.set_positive(d.get("positive_label"))
+        return space
 
     def to_dict(self) -> dict:
         return {"task": self.task, "classes": self.classes, "sep": self.sep, "threshold": self.threshold,
-                "single_logit": self.single_logit, "target_names": self.target_names}
+                "single_logit": self.single_logit, "target_names": self.target_names,
+                "positive_label": self.classes[self.positive] if self.task == "binary" else None}
+
+    def set_positive(self, label) -> None:
+        """positive_label: the binary class (as it appears in the data) whose F1 is reported and whose
+        probability the threshold cuts; None: the second class in sorted order."""
+        if label is None:
+            self.positive = 1
+            return
+        if self.task != "binary":
+            raise TextclfError(f"positive_label={label!r} applies to binary tasks only, and this task is "
+                               f"{self.task}; set positive_label=null")
+        names = self.names
+        if str(label) not in names:
+            raise TextclfError(f"positive_label={label!r} is not a class of the training data; its classes are: "
+                               f"{', '.join(names)}")
+        self.positive = names.index(str(label))
 
     @property
     def names(self) -> list[str]:
@@ -168,11 +194,15 @@ class LabelSpace:
         return np.asarray(t if isinstance(t, (list, tuple)) else [t] * len(self.classes), dtype=np.float64)
 
     def decide(self, outputs: np.ndarray) -> np.ndarray:
-        """Class ids (binary/multiclass), 0/1 matrix (multilabel) or values (regression)."""
+        """Class ids (binary/multiclass), 0/1 matrix (multilabel) or values (regression). Binary: the positive
+        class when its probability reaches the threshold (at 0.5 the argmax, but for exact ties)."""
         if self.task == "multilabel":
             return (outputs >= self.thresholds()).astype(np.int64)
         if self.task == "regression":
             return outputs
+        if self.task == "binary":
+            pos, t = self.positive, float(self.thresholds()[0])
+            return np.where(outputs[:, pos] >= t, pos, 1 - pos).astype(np.int64)
         return outputs.argmax(axis=1)
 
     def table(self, outputs: np.ndarray, y_true: np.ndarray | None = None, extra: dict | None = None):
@@ -214,14 +244,80 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0, e) / (1.0 + e)
 
 
-def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid=None) -> list[float]:
-    """Per-class threshold that maximises that class's F1 on out-of-fold probabilities."""
-    from sklearn.metrics import f1_score
+DEFAULT_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
-    grid = np.round(np.arange(0.05, 0.951, 0.05), 2) if grid is None else grid
-    best = []
+
+def f1_curve(y: np.ndarray, p: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """F1 of one class at each threshold of the grid (zero_division=0), all thresholds at once."""
+    pred = p[:, None] >= grid[None, :]
+    pos = y.astype(bool)[:, None]
+    tp = (pred & pos).sum(axis=0)
+    wrong = (pred & ~pos).sum(axis=0) + (int(pos.sum()) - tp)  # false positives + false negatives
+    denom = 2 * tp + wrong
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+def tune_class_thresholds(y_true: np.ndarray, probs: np.ndarray, grid=None,
+                          default: float = 0.5) -> tuple[list[float], list[int]]:
+    """Per-class threshold that maximises that class's F1 on out-of-fold probabilities; (thresholds, untuned).
+
+    A class without positive rows, or whose F1 is the same at every threshold, keeps `default` and is listed in
+    `untuned`; among thresholds tied for the best F1 the one nearest `default` is taken."""
+    grid = DEFAULT_GRID if grid is None else np.asarray(grid, dtype=np.float64)
+    thresholds, untuned = [], []
     for k in range(y_true.shape[1]):
-        scores = [f1_score(y_true[:, k], probs[:, k] >= t, zero_division=0) for t in grid]
-        best.append(float(grid[int(np.argmax(scores))]))
-    return best
+        scores = f1_curve(y_true[:, k], probs[:, k], grid)
+        if not y_true[:, k].any() or np.ptp(scores) <= 1e-12:
+            thresholds.append(float(default))
+            untuned.append(k)
+            continue
+        best = np.flatnonzero(scores >= scores.max() - 1e-12)
+        thresholds.append(float(grid[best[np.argmin(np.abs(grid[best] - default))]]))
+    return thresholds, untuned
 
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid=None, default: float = 0.5) -> list[float]:
+    """The thresholds of tune_class_thresholds alone."""
+    return tune_class_thresholds(y_true, probs, grid, default)[0]
+
+
+def tune_space(space: LabelSpace, y: np.ndarray, outputs: np.ndarray, default: float) -> tuple:
+    """(threshold, untuned class ids) for a binary or multilabel space: binary one float, on the positive class."""
+    if space.task == "multilabel":
+        return tune_class_thresholds(y, outputs, default=default)
+    pos = space.positive
+    t, untuned = tune_class_thresholds((y == pos)[:, None], outputs[:, [pos]], default=default)
+    return t[0], [pos] if untuned else []
+
+
+def tuned_threshold_metrics(space: LabelSpace, y: np.ndarray, outputs: np.ndarray, groups: np.ndarray,
+                            default: float = 0.5) -> tuple[dict, np.ndarray]:
+    """Thresholds tuned on out-of-fold rows, and their metrics scored out of sample: the rows of each group (the
+    fold that validated them) are decided by thresholds chosen on the other groups' rows. With one group there
+    are no other rows: the metrics are then in-sample (optimistic) and labelled so.
+
+    Returns ({"threshold": chosen on every row (what predict uses), "evaluation", "untuned_classes", metrics...,
+    "in_sample": metrics of the final thresholds on the rows that chose them (out-of-sample case)}, decisions).
+    `space` is left as it is."""
+    from .metrics import compute_metrics
+
+    final, untuned = tune_space(space, y, outputs, default)
+    names = [space.names[k] for k in untuned]
+    if names:
+        log.warning("threshold tuning: %s %s no positive out-of-fold rows or the same F1 at every threshold; "
+                    "kept threshold %s", ", ".join(names), "has" if len(names) == 1 else "have", default)
+    ids = np.unique(groups)
+    if len(ids) > 1:
+        decided = np.empty_like(space.decide(outputs))
+        for g in ids:
+            inside = groups == g
+            t, _ = tune_space(space, y[~inside], outputs[~inside], default)
+            decided[inside] = replace(space, threshold=t).decide(outputs[inside])
+        evaluation = "out_of_sample"
+    else:
+        decided, evaluation = replace(space, threshold=final).decide(outputs), "in_sample"
+    out = {"threshold": final, "evaluation": evaluation, "untuned_classes": names,
+           **compute_metrics(space, y, outputs, decided=decided)}
+    if evaluation == "out_of_sample":
+        out["in_sample"] = compute_metrics(replace(space, threshold=final), y, outputs)
+    return out, decided

@@ -15,6 +15,9 @@ Run folder (Hydra's output directory):
   fold_<k>/              model.safetensors (best weights), result.json + outputs.npz (the fold's outputs);
                          history.csv and steps.csv with logger=csv; checkpoint/ while the fold is in flight
   folds.csv              which fold validates each training row
+  inputs.json            size and SHA-256 of each data file read (a resume on changed data is refused)
+  .textclf.lock          while a process runs in the folder: its pid, host and start time
+  init_report.json       with model.init_from: which tensors loaded, missing, unexpected, mismatched (shapes)
   oof.csv                out-of-fold predictions: probabilities per class and the predicted label
   metrics.json           every fold's metrics, mean and std across folds, out-of-fold metrics
   test_predictions.csv   when data.test_file is given: probabilities averaged over folds
@@ -37,8 +40,11 @@ from omegaconf import DictConfig, OmegaConf
 from .check import Checked, preflight
 from .data import Collator, EpochBatches, Encoded, LabelSpace, sorted_batches, tokenize_with
 from .engine.callbacks import Callback, Callbacks, RunContext, is_main
-from .engine.checkpoint import FoldCheckpoint, fault_point, finished_fold, prepare_run_dir, save_fold_outputs
+from .engine.checkpoint import (INPUTS_FILE, FoldCheckpoint, fault_point, finished_fold, finished_run_score,
+                                 input_fingerprints, prepare_run_dir, save_fold_outputs)
+from .engine.interrupt import StopSignals
 from .engine.kfold import Fold, FoldOutputs, FoldResult, free_memory, make_folds
+from .engine.runlock import RunLock
 from .io import save_weights, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -64,15 +70,27 @@ class TrainRun:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.main = is_main()  # the one decision of who writes files and logs to loggers
         self.callbacks: Callback = Callbacks()
+        self.stop = StopSignals()  # installed by run(); until then it never asks to stop
+        self.finished_score: float | None = None  # set by setup() when the folder holds this run, finished
 
     def run(self) -> float:
+        # one process at a time in the folder; SIGINT / SIGTERM stop at the next safe point (engine.interrupt)
+        with RunLock(self.run_dir), StopSignals() as self.stop:
+            return self._run()
+
+    def _run(self) -> float:
         status = "failed"
         try:
             self.setup()
+            if self.finished_score is not None:
+                status = "ok"
+                return self.finished_score
             outputs = FoldOutputs(len(self.data.y), len(self.labels.classes))
             for fold in self.folds:
+                self.stop.check(f"before fold {fold.index}", "every finished fold is saved")
                 outputs.add(self.train_fold(fold))
                 free_memory()
+            self.stop.check("after the last fold", "every fold is saved")
             summary, oof = self.assemble(outputs)
             self.write(summary, oof, outputs)
             status = "ok"
@@ -89,8 +107,15 @@ class TrainRun:
         checked = preflight(self.cfg)  # every check textclf validate makes, before anything heavy loads
         cfg = self.cfg = checked.cfg
         self.checked, self.labels, self.monitor, self.device = checked, checked.labels, checked.monitor, checked.device
-        # an earlier run in this folder with the same settings is continued; other settings start over
-        self.resuming = prepare_run_dir(self.run_dir, cfg, bool(cfg.get("resume", False)))
+        # an earlier run in this folder with the same settings and data is continued (or, finished, kept and not
+        # trained again); an unfinished one with others starts over; a finished one is replaced only by overwrite=true
+        inputs = input_fingerprints(cfg.data, checked.splits)
+        state = prepare_run_dir(self.run_dir, cfg, inputs, resume=bool(cfg.get("resume", False)),
+                                overwrite=bool(cfg.get("overwrite", False)))
+        self.resuming, self.finished_score = state == "resume", None
+        if state == "finished":
+            self.finished_score = finished_run_score(self.run_dir)
+            return
         self.folds, folds_frame = checked.folds, checked.folds_frame
         if (self.run_dir / "folds.csv").exists():  # a rerun validates on identical splits
             from hydra.utils import instantiate
@@ -103,6 +128,7 @@ class TrainRun:
         seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
         if self.main:
             save_run_files(self.run_dir, cfg, self.labels, checked.tokenizer, checked.backbone_config)
+            write_json(self.run_dir / INPUTS_FILE, inputs)
             write_csv(self.run_dir / "folds.csv", folds_frame)
         self.data = tokenize_run(checked)
         self.callbacks = build_callbacks(cfg) if self.main else Callbacks()
@@ -135,7 +161,7 @@ class TrainRun:
                           on_improve=(lambda state: save_weights(fold_dir / "model.safetensors", state))
                           if self.main else None,
                           reduce=lambda rows, logits: self.data.encoded.aggregate(rows, logits, aggregate),
-                          checkpoint=checkpoint if self.main else None)
+                          checkpoint=checkpoint if self.main else None, stop=self.stop)
         rows, logits = fit.best_valid_logits
         best = {k: v for k, v in fit.best_metrics.items() if k not in ("epoch", "step")}
         result = FoldResult(fold.index, {"fold": fold.index, "best_epoch": fit.best_epoch,
@@ -165,7 +191,8 @@ class TrainRun:
         cfg, tcfg, data, device = self.cfg, self.cfg.trainer, self.data, self.device
         seed = int(tcfg.seed)
         model = build_classifier(cfg.model, cfg.pooling, cfg.head, self.labels.num_outputs,
-                                 name_or_path=self.checked.name_or_path, backbone_config=self.checked.backbone_config)
+                                 name_or_path=self.checked.name_or_path, backbone_config=self.checked.backbone_config,
+                                 init_from=self.init_weights())
         collate = Collator.for_tokenizer(self.checked.tokenizer, data.encoded, data.y)
         # loaders draw their worker seeds from their own generator: each new iterator would otherwise take a number
         # from the global RNG (the dropout masks' source), and a resumed epoch, which makes its iterator after
@@ -199,11 +226,24 @@ class TrainRun:
                           desc=f"fold {fold.index}")
         return (trainer, loader(batch_sampler=train_batches), loader(batch_sampler=valid_batches), eval_loss_fn)
 
+    def init_weights(self):
+        """model.init_from, the same weights for every fold; None without it. The first fold's build writes
+        init_report.json (what loaded, what did not and why) into the run folder."""
+        if not self.cfg.model.get("init_from"):
+            return None
+        if getattr(self, "_init_from", None) is None:
+            from .models.init_from import InitFrom
+
+            self._init_from = InitFrom(str(self.cfg.model.init_from),
+                                       report_path=self.run_dir / "init_report.json" if self.main else None)
+        return self._init_from
+
     # ------------------------------------------------------------------------- 3. assemble
     def assemble(self, outputs: FoldOutputs) -> tuple[dict, np.ndarray]:
-        """Metrics of the folds and of the out-of-fold outputs; multilabel thresholds tuned on the latter."""
+        """Metrics of the folds and of the out-of-fold outputs; with tune_threshold, binary and multilabel
+        thresholds tuned on the latter and scored out of sample (tune_oof_threshold)."""
         from .metrics import compute_metrics, per_class_report, summarize
-        from .tasks import tune_thresholds
+        from .tasks import THRESHOLD_TASKS
 
         labels, y = self.labels, self.data.y
         scored, oof = outputs.oof()
@@ -212,16 +252,44 @@ class TrainRun:
         summary["mean"], summary["std"] = summarize(results)
         summary["score"] = summary["mean"][self.monitor]
         summary["oof"] = compute_metrics(labels, y[scored], oof)
-        if labels.task == "multilabel" and self.cfg.tune_threshold:
-            labels.threshold = tune_thresholds(y[scored], oof)
-            summary["oof_tuned_threshold"] = {"threshold": labels.threshold,
-                                              **compute_metrics(labels, y[scored], oof)}
-            log.info("tuned per-class thresholds on out-of-fold predictions: %s", labels.threshold)
-        report = per_class_report(labels, y[scored], oof)
+        decided = None  # the report's decisions: the tuned ones, scored as the tuned metrics are
+        if labels.task in THRESHOLD_TASKS and self.cfg.tune_threshold:
+            decided = self.tune_oof_threshold(summary, y[scored], oof, self.threshold_groups(outputs, scored))
+        report = per_class_report(labels, y[scored], oof, decided)
         if report is not None:
             summary["oof_report"] = report
         self.scored = scored
         return summary, oof
+
+    def tune_oof_threshold(self, summary: dict, y: np.ndarray, oof: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """Thresholds chosen on every out-of-fold row become the run's (labels.json, for predict); the metrics
+        in metrics.json's oof_tuned_threshold decide each fold's rows by thresholds chosen on the other folds'
+        rows (one fold: in-sample, and labelled so). Returns those decisions."""
+        from .tasks import tuned_threshold_metrics
+
+        labels = self.labels
+        tuned, decided = tuned_threshold_metrics(labels, y, oof, groups, default=float(self.cfg.threshold))
+        labels.threshold = tuned["threshold"]
+        summary["oof_tuned_threshold"] = tuned
+        how = ("out-of-sample: each fold's rows decided by thresholds chosen on the other folds' rows"
+               if tuned["evaluation"] == "out_of_sample"
+               else "in-sample: one fold, the thresholds were chosen on the rows they are scored on (optimistic)")
+        scores = "  ".join(f"{k}={v:.4f}" for k, v in tuned.items() if isinstance(v, float) and k != "threshold")
+        log.info("tuned threshold(s) on out-of-fold predictions, saved for predict: %s; metrics %s: %s",
+                 tuned["threshold"], how, scores)
+        if self.main:
+            write_json(self.run_dir / "labels.json", labels.to_dict())
+        return decided
+
+    @staticmethod
+    def threshold_groups(outputs: FoldOutputs, scored: np.ndarray) -> np.ndarray:
+        """For each scored row (in oof order), the first fold that validated it: the groups that out-of-sample
+        threshold tuning holds out in turn (with kfold.repeats, the first repeat's folds)."""
+        group = np.full(len(scored), -1, dtype=np.int64)
+        for fold in outputs.folds:
+            rows = np.asarray(fold.oof_rows, dtype=np.int64)
+            group[rows[group[rows] < 0]] = fold.index
+        return group[scored]
 
     def test_outputs(self) -> np.ndarray:
         """The test file's outputs: the run's folds ensembled, exactly as `textclf predict` does it."""

@@ -144,7 +144,7 @@ def test_group_folds_with_repeats_end_to_end(grouped_run, data_dir):
 
 def test_a_rerun_in_the_same_folder_reuses_its_folds(grouped_run, data_dir):
     before = (grouped_run.run_dir / "folds.csv").read_text()
-    result = run_textclf([*grouped_run.args, "pooling=cls"], data_dir)
+    result = run_textclf([*grouped_run.args, "pooling=cls", "overwrite=true"], data_dir)  # it replaces a finished run
     assert result[0] == 0, describe(result)
     assert "reusing" in (grouped_run.run_dir / "train.log").read_text()
     assert (grouped_run.run_dir / "folds.csv").read_text() == before

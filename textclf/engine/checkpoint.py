@@ -24,17 +24,26 @@ import torch
 
 from ..errors import TextclfError
 from ..io import atomic_path, save_weights, write_json
+from ..manifest import MANIFEST  # run.json: written last, it marks a finished run
 
 log = logging.getLogger(__name__)
 
 #: tests set this to a fault point's name (see fault_point calls) to SIGKILL the process right there
 KILL_ENV = "TEXTCLF_KILL_AT"
+#: tests set this to `<SIGNALS>@<fault point>` (TERM@step:0:5, INT,INT@eval:0:6, STOP@step:0:2) to send the process
+#: those signals, in order, right there, as a user or a cluster scheduler would
+SIGNAL_ENV = "TEXTCLF_SIGNAL_AT"
 
 
 def fault_point(name: str) -> None:
-    """Crash-test hook: `TEXTCLF_KILL_AT=<name>` kills the process here, as a pre-emption would."""
+    """Crash-test hook: `TEXTCLF_KILL_AT=<name>` kills the process here, as a pre-emption would;
+    `TEXTCLF_SIGNAL_AT=<signals>@<name>` sends it those signals here."""
     if os.environ.get(KILL_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    names, _, point = os.environ.get(SIGNAL_ENV, "").partition("@")
+    if point == name:
+        for sig in names.split(","):
+            os.kill(os.getpid(), getattr(signal, "SIG" + sig.strip().upper()))
 
 
 class FoldCheckpoint:
@@ -118,55 +127,228 @@ def set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------- resuming a run folder
 #: settings that may change between an interrupted run and its resumption without changing its results
 #: (a key or any key under it)
-RESUME_FREE_KEYS = ("resume", "trainer.checkpoint_every_steps", "trainer.log_every_steps", "trainer.num_workers",
-                    "logger", "plots")
-#: what a run writes; a run folder reused with other settings loses these (folds.csv stays only if the split
-#: settings are unchanged)
-RUN_OUTPUTS = ("run.json", "metrics.json", "oof.csv", "test_predictions.csv")
+RESUME_FREE_KEYS = ("resume", "overwrite", "trainer.checkpoint_every_steps", "trainer.log_every_steps",
+                    "trainer.num_workers", "logger", "plots")
+#: size and SHA-256 of each data file the run read: a resume, or a reuse of folds.csv, on other data is caught
+INPUTS_FILE = "inputs.json"
+#: the PNGs textclf.plots writes
+PLOT_FILES = ("learning_curves.png", "confusion_matrix.png", "precision_recall.png", "reliability.png",
+              "predicted_vs_true.png")
+#: what a run writes at the top of its folder and removes when it starts over or is replaced (folds.csv apart:
+#: it stays while the split settings and data are unchanged). Not removed: .hydra/ and train.log (Hydra writes
+#: them for the run in progress, the log appends), status.json (the job in progress), any file of the user's
+RUN_FILES = ("run.json", "metrics.json", "oof.csv", "test_predictions.csv", INPUTS_FILE, "labels.json", "config.yaml",
+             "init_report.json", "mlflow_run.json", "mlflow_run.json.tmp", *PLOT_FILES)
+#: what a run writes into fold_<k>/ (besides checkpoint/, wholly its own)
+FOLD_FILES = ("model.safetensors", "result.json", "outputs.npz", "history.csv", "steps.csv")
 
 
-def prepare_run_dir(run_dir: Path, cfg, resume: bool) -> bool:
-    """True when run_dir holds an earlier run with the same settings: it continues (finished folds are kept,
-    the fold in flight goes on from its last checkpoint). Other settings: resume=true is an error, otherwise
-    the folder's earlier outputs are removed and the run starts over."""
-    import shutil
+def prepare_run_dir(run_dir: Path, cfg, inputs: dict | None = None, *, resume: bool = False,
+                    overwrite: bool = False) -> str:
+    """How a run starts in run_dir, from what the folder holds; returns
 
+      "finished"  a finished run (run.json) with these settings and data files: nothing to train
+      "resume"    an unfinished run with these settings and data files: its finished folds are kept, the fold in
+                  flight goes on from its last checkpoint
+      "fresh"     nothing to go on from (an earlier run's outputs are removed first, see below)
+
+    A finished run with other settings or data is refused and kept as it is, unless overwrite=true. An unfinished
+    one starts over (its outputs removed, with a warning naming what differs), or with resume=true is refused.
+    overwrite=true replaces whatever run the folder holds. inputs: input_fingerprints() of this run's data."""
     from omegaconf import OmegaConf
 
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
+    if resume and overwrite:
+        raise TextclfError("resume=true and overwrite=true contradict each other: resume continues the run in the "
+                           "folder, overwrite replaces it; drop one of them")
+    saved, finished = run_dir / "config.yaml", (run_dir / MANIFEST).exists()
+    new = OmegaConf.to_container(cfg, resolve=True)
+    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True) if saved.exists() else None
+    if old is None:
+        if finished and not overwrite:
+            raise TextclfError(f"{run_dir} holds a finished run (run.json) but not its config.yaml, so its settings "
+                               f"are unknown; it is kept as it is. To replace it: overwrite=true; to keep it: train "
+                               f"into another folder (hydra.run.dir=<new folder>)")
         if resume:
             raise TextclfError(f"resume=true but {run_dir} holds no run to resume (no config.yaml); point "
                                f"hydra.run.dir (or resume=<folder>) at the folder of the interrupted run")
-        return False
-    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-    new = OmegaConf.to_container(cfg, resolve=True)
+        if finished:  # overwrite=true
+            removed = remove_run_outputs(run_dir, [new], keep_folds_csv=False)
+            log.warning("overwrite=true: replacing the run in %s (%d of its outputs removed)", run_dir, len(removed))
+        return "fresh"
     changed = [k for k in config_differences(old, new)
                if not any(k == free or k.startswith(free + ".") for free in RESUME_FREE_KEYS)]
-    if not changed:
+    data = data_changes(run_dir, inputs)
+    differences = [*(f"{k}: {_value(old, k)} -> {_value(new, k)}" for k in changed[:8]), *data]
+    keep_folds = not data and not any(k.startswith(("kfold.", "data.")) and k != "kfold.folds" or k == "trainer.seed"
+                                      for k in changed)
+    if overwrite:
+        removed = remove_run_outputs(run_dir, [old, new], keep_folds_csv=keep_folds)
+        log.warning("overwrite=true: replacing the %s run in %s (%d of its outputs removed%s; other files stay)",
+                    "finished" if finished else "unfinished", run_dir, len(removed),
+                    ", folds.csv kept" if keep_folds and (run_dir / "folds.csv").exists() else "")
+        return "fresh"
+    if finished:
+        if differences:
+            raise TextclfError(f"{run_dir} holds a finished run made with other settings or data "
+                               f"({'; '.join(differences)}); it is kept as it is. To replace it: overwrite=true; to "
+                               f"keep it: train into another folder (hydra.run.dir=<new folder>)")
+        return "finished"
+    if not differences:
         done = sorted(p.parent.name for p in run_dir.glob("fold_*/result.json"))
         log.info("resuming the run in %s (finished folds: %s)", run_dir, ", ".join(done) or "none")
-        return True
+        return "resume"
     if resume:
-        raise TextclfError(f"cannot resume {run_dir}: it was started with other settings "
-                           f"({', '.join(changed[:8])}); resume with the same settings, or use another run folder")
-    log.warning("run folder %s holds an earlier run with other settings (%s): starting over", run_dir,
-                ", ".join(changed[:8]))
-    for path in run_dir.glob("fold_*"):
-        if path.is_dir():
+        raise TextclfError(f"cannot resume {run_dir}: it was started with other settings or data "
+                           f"({'; '.join(differences)}); resume with the same settings and data, or use another run "
+                           f"folder")
+    log.warning("run folder %s holds an earlier run with other settings or data (%s): starting over", run_dir,
+                "; ".join(differences))
+    remove_run_outputs(run_dir, [old, new], keep_folds_csv=keep_folds)
+    return "fresh"
+
+
+def finished_run_score(run_dir: Path) -> float:
+    """The CV score of the finished run in run_dir (prepare_run_dir said "finished"): nothing is trained again."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        score, monitor = float(metrics["score"]), metrics["monitor"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TextclfError(f"{run_dir} holds a finished run (run.json) without a readable metrics.json; it is kept "
+                           f"as it is. To replace it: overwrite=true; to keep it: train into another folder "
+                           f"(hydra.run.dir=<new folder>)") from None
+    log.info("run folder %s already holds this run, finished (%s = %.4f): nothing to train. To train it again: "
+             "overwrite=true, or another folder (hydra.run.dir=<new folder>)", run_dir, monitor, score)
+    return score
+
+
+def remove_run_outputs(run_dir: Path, configs: list[dict], keep_folds_csv: bool) -> list[str]:
+    """Remove what textclf wrote in run_dir (RUN_FILES, folds.csv unless kept, backbone/, the fold_<k>/ files
+    and checkpoints, the TensorBoard folders of the loggers in `configs`); nothing else. Returns what went."""
+    import shutil
+
+    removed: list[str] = []
+
+    def drop(path: Path) -> None:
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-    for name in RUN_OUTPUTS:
-        (run_dir / name).unlink(missing_ok=True)
-    if any(k.startswith(("kfold.", "data.")) and k != "kfold.folds" or k == "trainer.seed" for k in changed):
-        (run_dir / "folds.csv").unlink(missing_ok=True)
-    return False
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            return
+        removed.append(str(path.relative_to(run_dir)))
+
+    names = [*RUN_FILES, *(() if keep_folds_csv else ("folds.csv",))]
+    for name in names:
+        drop(run_dir / name)
+        for leftover in run_dir.glob(f".{name}.*.tmp"):  # an interrupted atomic write
+            drop(leftover)
+    drop(run_dir / "backbone")
+    for fold_dir in sorted(run_dir.glob("fold_*")):
+        if fold_dir.is_dir() and not fold_dir.is_symlink() and fold_dir.name[len("fold_"):].isdigit():
+            for name in FOLD_FILES:
+                drop(fold_dir / name)
+            drop(fold_dir / "checkpoint")
+            for leftover in fold_dir.glob(".*.tmp"):
+                drop(leftover)
+            _remove_if_empty(fold_dir)
+    for subdir in tensorboard_dirs(configs):
+        root = run_dir / subdir
+        for folder in [*root.glob("fold_*"), root / "hparams"]:
+            if folder.is_dir() and (folder.name == "hparams" or folder.name[len("fold_"):].isdigit()):
+                drop(folder)
+        _remove_if_empty(root)
+    return removed
+
+
+def tensorboard_dirs(configs: list[dict]) -> set[str]:
+    """The run-folder subfolders the TensorBoard loggers of these configs write (relative, inside the folder)."""
+    out = set()
+    for cfg in configs:
+        for node in ((cfg or {}).get("logger") or {}).values():
+            if isinstance(node, dict) and str(node.get("_target_", "")).endswith("TensorBoardLogger"):
+                subdir = Path(str(node.get("subdir") or "tensorboard"))
+                if not subdir.is_absolute() and ".." not in subdir.parts:
+                    out.add(str(subdir))
+    return out
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not there, or holds a file textclf did not write
+
+
+def _value(tree, dotted: str) -> str:
+    for part in dotted.split("."):
+        tree = tree.get(part, "<missing>") if isinstance(tree, dict) else "<missing>"
+    text = repr(tree) if isinstance(tree, str) else str(tree)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ----------------------------------------------------------------------------- data fingerprints
+def input_fingerprints(data_cfg, splits: dict) -> dict:
+    """Size and SHA-256 of each data file the run reads, by config key (data.train_file, ...); embedded data
+    (data=demo) has no file of its own to hash, so it is fingerprinted by its rows (texts, pairs, labels)."""
+    import hashlib
+
+    from ..data import EMBEDDED_PREFIX, resolve_path
+    from ..manifest import sha256
+
+    out = {}
+    for name, split in splits.items():
+        key, given = f"data.{name}_file", str(data_cfg.get(f"{name}_file"))
+        if given.startswith(EMBEDDED_PREFIX):
+            rows = json.dumps([split.texts, split.pairs, split.labels], default=str, ensure_ascii=False)
+            out[key] = {"file": given, "rows": len(split), "rows_sha256": hashlib.sha256(rows.encode()).hexdigest()}
+        else:
+            path = resolve_path(given)
+            out[key] = {"file": given, "path": str(path), "size": path.stat().st_size, "sha256": sha256(path)}
+    return out
+
+
+def data_changes(run_dir: Path, inputs: dict | None) -> list[str]:
+    """How this run's data files differ from those run_dir's run read (inputs.json); a file given under another
+    name is a setting change, not listed here. Empty when the folder records none (an older textclf's run)."""
+    path = run_dir / INPUTS_FILE
+    if inputs is None:
+        return []
+    if not path.exists():
+        log.info("%s records no data files (no %s: an older textclf's run): they are not compared", run_dir,
+                 INPUTS_FILE)
+        return []
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return [f"{path} is unreadable, so the data this run folder was trained on is unknown"]
+    out = []
+    for key, now in inputs.items():
+        then = saved.get(key)
+        if not isinstance(then, dict) or then.get("file") != now.get("file"):
+            continue
+        if "sha256" in now:
+            if (then.get("size"), then.get("sha256")) == (now["size"], now["sha256"]):
+                continue
+            what = (f"size {then.get('size')} -> {now['size']} bytes" if then.get("size") != now["size"] else
+                    f"same size ({now['size']} bytes), other content: sha256 {str(then.get('sha256'))[:12]}... -> "
+                    f"{now['sha256'][:12]}...")
+        else:
+            if (then.get("rows"), then.get("rows_sha256")) == (now["rows"], now["rows_sha256"]):
+                continue
+            what = f"{then.get('rows')} -> {now['rows']} rows, other content"
+        out.append(f"{key} {now['file']!r} ({now.get('path', now['file'])}) changed since this folder's run read "
+                   f"it: {what}")
+    return out
 
 
 def config_differences(old, new, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain config trees."""
+    """Dotted keys whose values differ between two plain config trees. A key only one of them has, set to null
+    in the other, is no difference (a key a later textclf added, null by default)."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new), key=str):
+            if (key not in old and new[key] is None) or (key not in new and old[key] is None):
+                continue
             out.extend(config_differences(old.get(key, "<missing>"), new.get(key, "<missing>"), f"{prefix}{key}."))
         return out
     return [] if old == new else [prefix.rstrip(".")]

