@@ -292,10 +292,11 @@ def _run(name, root, tiny_bert):
         setup(cwd)
     if refused:
         args = [*BASE, *extra]
-    else:
-        args = ["train", "data=csv", "data.train_file=train.csv", *extra,
-                *tiny_overrides(tiny_bert, cwd / "run")]
-    return run_textclf(args, cwd, timeout=300), cwd
+        trained = run_textclf(args, cwd, timeout=300)
+        # `textclf validate` with the same overrides must refuse it too, with the same message (one check path)
+        return trained, cwd, run_textclf(["validate", *args[1:]], cwd, timeout=300)
+    args = ["train", "data=csv", "data.train_file=train.csv", *extra, *tiny_overrides(tiny_bert, cwd / "run")]
+    return run_textclf(args, cwd, timeout=300), cwd, None
 
 
 @pytest.fixture(scope="module")
@@ -316,14 +317,26 @@ def test_the_corpus_is_large_enough():
 
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_hostile_input_is_refused_with_one_clear_message(results, case):
-    (rc, out, err), cwd = results[case]
+    (rc, out, err), cwd, _ = results[case]
     assert_refused_clearly(rc, out, err, REFUSED[case][2], no_model=NO_MODEL)
     assert not (cwd / "run" / "run.json").exists(), "a refused run left a folder that looks finished"
 
 
+def error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("textclf: error:")]
+    return lines[0] if lines else ""
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_validate_refuses_it_with_the_same_message(results, case):
+    trained, _, validated = results[case]
+    assert validated[0] == 2, f"validate accepted what train refuses:\n{describe(validated)}"
+    assert error_line(validated[2]) == error_line(trained[2]) != "", (describe(validated), describe(trained))
+
+
 @pytest.mark.parametrize("case", list(ACCEPTED))
 def test_awkward_but_valid_input_trains(results, case):
-    (rc, out, err), cwd = results[case]
+    (rc, out, err), cwd, _ = results[case]
     console = out + err + ((cwd / "run" / "train.log").read_text() if (cwd / "run" / "train.log").exists() else "")
     assert rc == 0, describe((rc, out, err))
     assert (cwd / "run" / "run.json").exists()
