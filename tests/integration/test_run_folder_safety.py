@@ -17,6 +17,7 @@ import threading
 import pandas as pd
 import pytest
 from conftest import describe, make_frame, textclf_executable, tiny_overrides, write_frame
+from test_resume import outputs  # metrics minus timings, oof.csv, test_predictions.csv
 
 pytestmark = pytest.mark.slow
 
@@ -70,16 +71,6 @@ def train_args(tiny_bert, run_dir):
 def quick_args(tiny_bert, run_dir, train_file="train.csv"):
     """One holdout fold, one epoch: 72 training rows, 9 optimizer steps."""
     return ["train", "data=csv", f"data.train_file={train_file}", "plots=false", *tiny_overrides(tiny_bert, run_dir)]
-
-
-def outputs(run_dir) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    for fold in metrics["folds"]:  # timings differ between any two runs
-        fold.pop("train_samples_per_s"), fold.pop("eval_samples_per_s")
-    for key in ("mean", "std"):
-        metrics[key].pop("train_samples_per_s", None), metrics[key].pop("eval_samples_per_s", None)
-    return {"metrics": metrics, "oof": pd.read_csv(run_dir / "oof.csv"),
-            "test": pd.read_csv(run_dir / "test_predictions.csv")}
 
 
 def assert_same_outputs(got: dict, want: dict) -> None:
