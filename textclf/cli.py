@@ -139,7 +139,7 @@ def _missing_plugin(args: list[str]) -> str | None:
     return None
 
 
-def _config_problem(command: str, args: list[str]) -> str | None:
+def _config_problem(command: str, args: list[str], seen: dict | None = None) -> str | None:
     """Compose the config once, as Hydra is about to, and return textclf's message for what is wrong with the
     command line or the config it composes (None: nothing, or nothing this check can judge, which Hydra then
     reports itself). Hydra's flags that only print (--help, --info, ...) or change where the config comes from
@@ -154,6 +154,8 @@ def _config_problem(command: str, args: list[str]) -> str | None:
             flags = get_args_parser().parse_args(args)
     except SystemExit:  # --version, or a flag Hydra refuses: Hydra answers it
         return None
+    if seen is not None:
+        seen["flags"] = flags
     if flags.run + flags.multirun + (flags.cfg is not None) + flags.shell_completion + (flags.info is not None) > 1:
         return "one of -m/--multirun, --cfg, --info, --run and --shell-completion at a time"  # Hydra: a traceback
     if (flags.help or flags.hydra_help or flags.info or flags.shell_completion or flags.experimental_rerun
@@ -164,12 +166,39 @@ def _config_problem(command: str, args: list[str]) -> str | None:
 
     try:
         check_command_line("predict" if command == "predict" else "train", flags.overrides, multirun=flags.multirun,
-                           config_dir=flags.config_dir, values=flags.cfg is None)
+                           config_dir=flags.config_dir, values=flags.cfg is None, seen=seen)
     except TextclfError as e:
         return str(e)
     except Exception:  # noqa: BLE001 - a fault of the check itself must never stop a valid command
         return None
     return None
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _train_as_rank(args: list[str], seen: dict) -> int:
+    """One process of a multi-process run (torchrun, trainer.devices=N, a submitit task): join the process
+    group, take rank 0's run folder, and on the other ranks have Hydra write nothing (rank 0 writes)."""
+    from .launch import join_processes
+
+    try:
+        extra = join_processes(seen)
+    except SystemExit as e:
+        return int(e.code or 0)
+    sys.argv = ["textclf-train", *args[1:], *extra]
+    try:
+        COMMANDS["train"]()
+    finally:
+        from .engine.distributed import shutdown
+
+        shutdown()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,10 +228,23 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     if command == "train":
         args = _resume_folder(args)
-    problem = _config_problem(command, args[1:])
+    seen: dict = {}
+    problem = _config_problem(command, args[1:], seen)
     if problem:
-        print(f"textclf: error: {problem}", file=sys.stderr)
+        if _rank() == 0:  # every process of a run finds the same problem: one says it
+            print(f"textclf: error: {problem}", file=sys.stderr)
         return 2
+    if command == "train":
+        from .launch import processes_wanted, start_processes
+
+        wanted = processes_wanted(seen)
+        if isinstance(wanted, str):
+            print(f"textclf: error: {wanted}", file=sys.stderr)
+            return 2
+        if wanted > 1:
+            return start_processes(wanted, args[1:], seen)
+        if _world() > 1:
+            return _train_as_rank(args, seen)
     # @hydra.main reads sys.argv: drop the subcommand so Hydra sees only its own arguments
     extra = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", f"hydra.job.name={command}"] \
         if command in ("info", "validate") else []  # they write nothing

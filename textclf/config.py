@@ -147,6 +147,8 @@ def _is_codec(value) -> bool:
 
 
 DEVICE = Check(_is_device, "auto, cpu, cuda or cuda:N")
+DEVICES = Check(lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                "a number of processes >= 1, or auto (one per visible GPU)")
 BATCH_LIMIT = Check(_is_batch_limit, "null, a fraction in (0, 1] or a number of batches >= 1")
 
 
@@ -215,6 +217,7 @@ class TrainerConfig:
     limit_train_batches: Optional[Union[int, float]] = key(None, BATCH_LIMIT)
     limit_eval_batches: Optional[Union[int, float]] = key(None, BATCH_LIMIT)
     checkpoint_every_steps: int = key(200, Range(0))
+    devices: Union[int, str] = key(1, DEVICES)
 
 
 @dataclass
@@ -635,7 +638,7 @@ def _first_line(e: BaseException | str) -> str:
 
 # ----------------------------------------------------------------------------- the command line
 def check_command_line(config_name: str, overrides: Sequence[str], *, multirun: bool = False,
-                       config_dir: str | None = None, values: bool = True) -> None:
+                       config_dir: str | None = None, values: bool = True, seen: dict | None = None) -> None:
     """Compose `config_name` with `overrides` as a command is about to and raise one TextclfError listing every
     problem: overrides that do not parse, unknown options, groups and keys (each with the nearest valid name),
     then, with values=True, what validate finds in the composed config.
@@ -695,6 +698,12 @@ def check_command_line(config_name: str, overrides: Sequence[str], *, multirun: 
             for name in by_key_only:
                 if name not in groups and OmegaConf.select(cfg, name, default=_ABSENT) is _ABSENT:
                     found.append(_unknown_key(name, cfg, groups))
+    if seen is not None and cfg is not None:
+        seen["cfg"] = cfg  # the composed config, for the caller (its hydra node is dropped below)
+        try:
+            seen["run_dir"] = str(OmegaConf.select(cfg, "hydra.run.dir"))  # ${now:...} resolved here, once
+        except Exception:  # noqa: BLE001 - an interpolation only Hydra's own run can resolve
+            seen["run_dir"] = None
     if values and cfg is not None:
         with open_dict(cfg):
             cfg.pop("hydra", None)

@@ -74,9 +74,14 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
     from .engine.runlock import RunLock
     from .errors import TextclfError
 
+    from .engine.callbacks import is_main
+
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
+    join_submitit_tasks()
+    if not is_main():
+        return _run_as_follower(fn, cfg)
     base = {"job": int(hc.job.num) if multirun else None, "overrides": list(hc.overrides.task)}
     limit_threads(hc)
     lock = RunLock(run_dir)
@@ -92,6 +97,46 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
         return _run_locked(fn, cfg, hc, run_dir, base, multirun)
     finally:
         lock.release()
+
+
+def join_submitit_tasks() -> None:
+    """A submitit job with several tasks (hydra.launcher.tasks_per_node / nodes) is one multi-process run: export
+    the torch.distributed environment from submitit's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and join
+    the process group. Other jobs: nothing."""
+    if "SUBMITIT_EXECUTOR" not in os.environ or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()
+    except (ImportError, RuntimeError):
+        return
+    if env.num_tasks <= 1:
+        return
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    from .engine.distributed import init_from_env
+
+    init_from_env()
+    if env.global_rank != 0:
+        for handler in list(logging.getLogger().handlers):  # rank 0 writes the job's log file
+            if isinstance(handler, logging.FileHandler):
+                logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def _run_as_follower(fn, cfg: DictConfig) -> float | None:
+    """A process of a multi-process run other than rank 0: it trains its share; rank 0 holds the lock, writes
+    status.json and reports errors (this one exits with the same status, quietly)."""
+    from .engine.interrupt import Interrupted
+    from .errors import TextclfError, own_errors
+
+    try:
+        with own_errors():
+            return fn(cfg)
+    except TextclfError:
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        raise SystemExit(e.exit_code if isinstance(e, Interrupted) else 130) from None
 
 
 def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bool) -> float | None:
@@ -244,7 +289,9 @@ class RunFolderGuard(Callback):
         from .errors import TextclfError
         from .manifest import MANIFEST
 
-        if config.hydra.job.name != "train":
+        from .engine.callbacks import is_main
+
+        if config.hydra.job.name != "train" or not is_main():  # a multi-process run: rank 0 locks for all
             return
         run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))  # as Hydra's run_job makes it
         try:

@@ -26,6 +26,7 @@ Run folder (Hydra's output directory):
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -39,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .check import Checked, preflight
 from .data import Collator, EpochBatches, Encoded, LabelSpace, sorted_batches, tokenize_with
+from .engine import distributed
 from .engine.callbacks import Callback, Callbacks, RunContext, is_main
 from .engine.checkpoint import (INPUTS_FILE, FoldCheckpoint, fault_point, finished_fold, finished_run_score,
                                  input_fingerprints, prepare_run_dir, save_fold_outputs)
@@ -74,8 +76,9 @@ class TrainRun:
         self.finished_score: float | None = None  # set by setup() when the folder holds this run, finished
 
     def run(self) -> float:
-        # one process at a time in the folder; SIGINT / SIGTERM stop at the next safe point (engine.interrupt)
-        with RunLock(self.run_dir), StopSignals() as self.stop:
+        # one process at a time in the folder (several processes of one run: rank 0 holds it for them);
+        # SIGINT / SIGTERM stop at the next safe point (engine.interrupt)
+        with RunLock(self.run_dir) if self.main else contextlib.nullcontext(), StopSignals() as self.stop:
             return self._run()
 
     def _run(self) -> float:
@@ -92,7 +95,8 @@ class TrainRun:
                 free_memory()
             self.stop.check("after the last fold", "every fold is saved")
             summary, oof = self.assemble(outputs)
-            self.write(summary, oof, outputs)
+            if self.main:
+                self.write(summary, oof, outputs)
             status = "ok"
             return float(summary["score"])
         except KeyboardInterrupt:
@@ -108,15 +112,15 @@ class TrainRun:
         cfg = self.cfg = checked.cfg
         self.checked, self.labels, self.monitor, self.device = checked, checked.labels, checked.monitor, checked.device
         # an earlier run in this folder with the same settings and data is continued (or, finished, kept and not
-        # trained again); an unfinished one with others starts over; a finished one is replaced only by overwrite=true
-        inputs = input_fingerprints(cfg.data, checked.splits)
-        state = prepare_run_dir(self.run_dir, cfg, inputs, resume=bool(cfg.get("resume", False)),
-                                overwrite=bool(cfg.get("overwrite", False)))
+        # trained again); an unfinished one with others starts over; a finished one is replaced only by overwrite=true.
+        # Several processes: rank 0 decides (and writes the run files), the others follow its decision
+        inputs, state = distributed.on_main(lambda: self.prepare(cfg, checked))
         self.resuming, self.finished_score = state == "resume", None
         if state == "finished":
             self.finished_score = finished_run_score(self.run_dir)
             return
         self.folds, folds_frame = checked.folds, checked.folds_frame
+        distributed.barrier()  # rank 0 may have removed an earlier run's folds.csv
         if (self.run_dir / "folds.csv").exists():  # a rerun validates on identical splits
             from hydra.utils import instantiate
 
@@ -126,6 +130,7 @@ class TrainRun:
         log.info("task %s, %d %s: %s", self.labels.task, len(self.labels.classes),
                  "targets" if self.labels.task == "regression" else "classes", ", ".join(self.labels.names[:20]))
         seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
+        log_processes(cfg.trainer)
         if self.main:
             save_run_files(self.run_dir, cfg, self.labels, checked.tokenizer, checked.backbone_config)
             write_json(self.run_dir / INPUTS_FILE, inputs)
@@ -135,6 +140,12 @@ class TrainRun:
         self.callbacks.on_run_start(RunContext(self.run_dir, OmegaConf.to_container(cfg, resolve=True),
                                                self.labels.task, self.monitor, len(self.folds),
                                                [str(n) for n in self.labels.names], sweep_info()))
+
+    def prepare(self, cfg: DictConfig, checked: Checked) -> tuple[dict, str]:
+        """The data files' fingerprints and how the run starts in its folder (engine.checkpoint.prepare_run_dir)."""
+        inputs = input_fingerprints(cfg.data, checked.splits)
+        return inputs, prepare_run_dir(self.run_dir, cfg, inputs, resume=bool(cfg.get("resume", False)),
+                                       overwrite=bool(cfg.get("overwrite", False)))
 
     # ------------------------------------------------------------------------- 2. one fold
     def train_fold(self, fold: Fold) -> FoldResult:
@@ -151,9 +162,12 @@ class TrainRun:
         torch.manual_seed(int(self.cfg.trainer.seed) + fold.index)
         checkpoint = FoldCheckpoint(fold_dir / "checkpoint", int(self.cfg.trainer.checkpoint_every_steps or 0),
                                     tag=str(fold.index))
-        if not self.resuming:
+        if not self.resuming and self.main:
             checkpoint.clear()
+        distributed.barrier()
         trainer, train_loader, valid_loader, eval_loss_fn = self.build_fold(fold)
+        if distributed.active():  # the same initial weights everywhere (DDP checks), then each rank its own dropout
+            torch.manual_seed(int(self.cfg.trainer.seed) + fold.index + 7919 * distributed.rank())
         labels, y = self.labels, self.data.y
         aggregate = str(self.cfg.model.window_aggregate)
         fit = trainer.fit(train_loader, valid_loader,
@@ -161,7 +175,7 @@ class TrainRun:
                           on_improve=(lambda state: save_weights(fold_dir / "model.safetensors", state))
                           if self.main else None,
                           reduce=lambda rows, logits: self.data.encoded.aggregate(rows, logits, aggregate),
-                          checkpoint=checkpoint if self.main else None, stop=self.stop)
+                          checkpoint=checkpoint, stop=self.stop)
         rows, logits = fit.best_valid_logits
         best = {k: v for k, v in fit.best_metrics.items() if k not in ("epoch", "step")}
         result = FoldResult(fold.index, {"fold": fold.index, "best_epoch": fit.best_epoch,
@@ -200,11 +214,15 @@ class TrainRun:
         loader = partial(torch.utils.data.DataLoader, range(len(data.encoded)), collate_fn=collate,
                          num_workers=int(tcfg.num_workers), pin_memory=device.type == "cuda",
                          generator=torch.Generator().manual_seed(seed))
-        lengths = data.encoded.lengths
-        train_batches = EpochBatches(data.encoded.seq_rows(fold.train_rows), lengths, int(tcfg.batch_size),
+        lengths, world = data.encoded.lengths, distributed.world_size() if distributed.active() else 1
+        # trainer.batch_size is per process: the global batch (world x batch_size rows) is grouped, then dealt out
+        train_batches = EpochBatches(data.encoded.seq_rows(fold.train_rows), lengths, int(tcfg.batch_size) * world,
                                      int(tcfg.length_window), seed=seed + 1000 * fold.index)
         valid_batches = sorted_batches(data.encoded.seq_rows(fold.valid_rows), lengths, int(tcfg.eval_batch_size))
         valid_batches = valid_batches[:limit_batches(tcfg.limit_eval_batches, len(valid_batches))]
+        if world > 1:
+            train_batches = distributed.ShardedBatches(train_batches, distributed.rank(), world)
+            valid_batches = distributed.ShardedList(valid_batches, distributed.rank(), world)
         n_train = limit_batches(tcfg.limit_train_batches, len(train_batches))
         steps_per_epoch = -(-n_train // int(tcfg.grad_accum_steps))
         model.to(device)  # before the optimizer, so its state lives on the same device
@@ -361,6 +379,18 @@ def tokenize_run(checked: Checked) -> RunData:
     test = (tokenize_with(tokenizer, test_split.texts, test_split.pairs, mcfg, desc="tokenize test")
             if test_split else None)
     return RunData(encoded, y, len(checked.y), test)
+
+
+def log_processes(tcfg) -> None:
+    """A multi-process run says what trainer.batch_size means in it."""
+    if not distributed.active():
+        return
+    import torch.distributed as dist
+
+    world, b, accum = distributed.world_size(), int(tcfg.batch_size), int(tcfg.grad_accum_steps)
+    log.info("%d processes (DistributedDataParallel, %s): trainer.batch_size=%d per process, global batch %d rows"
+             "%s", world, dist.get_backend(), b, b * world,
+             f" x {accum} accumulation steps = {b * world * accum} per optimizer step" if accum > 1 else "")
 
 
 def limit_batches(limit, n: int) -> int:

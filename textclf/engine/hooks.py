@@ -22,6 +22,9 @@ class Hook:
     def after_step(self, trainer) -> None: ...
     def before_evaluate(self, trainer) -> None: ...
     def after_evaluate(self, trainer) -> None: ...
+    # True when after_backward backwards this micro-batch again (several processes: only its last backward
+    # all-reduces the gradients, so the plain one does not)
+    def backwards_again(self, trainer) -> bool: return False
     # what a resumed fold needs back (checkpoints are taken between optimizer steps)
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict) -> None: ...
@@ -73,8 +76,13 @@ class _Attack(Hook):
     def after_step(self, trainer) -> None:
         self._prev, self._seen = None, 0  # the optimizer step cleared the gradients
 
-    def _directions(self) -> tuple[list, list, list[float]]:
-        """(parameters, this micro-batch's gradients, their norms) for the attacked parameters."""
+    def backwards_again(self, trainer) -> bool:
+        return True
+
+    def _directions(self, trainer=None) -> tuple[list, list, list[float]]:
+        """(parameters, this micro-batch's gradients, their norms) for the attacked parameters. With several
+        processes the gradients are each rank's own until the step's all-reduce: the direction is their average
+        (what one process would see over the global batch), one all-reduce of the attacked parameters only."""
         pairs = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
         grads = [p.grad for _, p in pairs]
         if self._prev is not None and grads:
@@ -83,13 +91,16 @@ class _Attack(Hook):
                 grads = torch._foreach_sub(grads, prev)
             else:
                 grads = [g if t is None else g - t for g, t in zip(grads, prev)]
+        average = getattr(trainer, "average_across_ranks", None)
+        if average is not None:
+            grads = average(grads)
         return usable([p for _, p in pairs], grads)
 
     def _perturbed_backward(self, trainer, batch, perturb) -> None:
         """The frame of a one-shot attack (FGM, AWP): `perturb(params, grads, norms, originals)` moves the usable
         attacked parameters in place (under no_grad), the loss there is backwarded so its gradients add to the
         plain ones, and the exact weights are restored."""
-        params, grads, norms = self._directions()
+        params, grads, norms = self._directions(trainer)
         if params:
             originals = copy_of(params)
             with torch.no_grad():
@@ -189,7 +200,7 @@ class PGD(_Attack):
         self.epsilon, self.alpha, self.steps = float(epsilon), float(alpha), steps
 
     def after_backward(self, trainer, batch) -> None:
-        moving, grads, norms = self._directions()
+        moving, grads, norms = self._directions(trainer)
         if moving:
             attacked = list(moving)
             originals = copy_of(attacked)
@@ -198,11 +209,15 @@ class PGD(_Attack):
                     for p, g, n in zip(moving, grads, norms):  # a zero or non-finite gradient: no move
                         p.add_(g, alpha=self.alpha / n)
                     self._project(attacked, originals)
-                loss = trainer.compute_loss(batch)
+                loss = trainer.compute_loss(batch, last=k == self.steps - 1)
                 if k == self.steps - 1:
                     trainer.backward(loss)
                     break
                 found = torch.autograd.grad(trainer.scaler.scale(loss), attacked, allow_unused=True)
+                average = getattr(trainer, "average_across_ranks", None)
+                if average is not None:
+                    averaged = iter(average([g for g in found if g is not None]))
+                    found = [None if g is None else next(averaged) for g in found]
                 pairs = [(p, g) for p, g in zip(attacked, found) if g is not None]
                 moving, grads, norms = usable([p for p, _ in pairs], [g for _, g in pairs])
             restore(attacked, originals)
@@ -228,8 +243,11 @@ class AWP(_Attack):
             raise TextclfError(f"adversarial.start_epoch must be an integer >= 0, got {start_epoch!r}")
         self.lr, self.epsilon, self.start_epoch = float(lr), float(epsilon), start_epoch
 
+    def backwards_again(self, trainer) -> bool:
+        return getattr(trainer, "epoch", 0) >= self.start_epoch
+
     def after_backward(self, trainer, batch) -> None:
-        if getattr(trainer, "epoch", 0) < self.start_epoch:
+        if not self.backwards_again(trainer):
             return
         self._perturbed_backward(trainer, batch, self._perturb)
 

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from ..errors import TextclfError
 from ..metrics import better
-from .callbacks import Callback, Callbacks
+from . import distributed
+from .callbacks import Callback, Callbacks, is_main
 from .checkpoint import fault_point, rng_state, set_rng_state
 from .hooks import Hook
 from .objective import StandardObjective, model_inputs
@@ -55,16 +56,25 @@ def to_device(batch: dict, device: torch.device) -> dict:
 @torch.inference_mode()
 def predict_logits(model, loader, device: torch.device, precision: str = "fp32", n_rows: int | None = None,
                    desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Logits for every row the loader yields, returned with those rows' ids (loader order)."""
+    """Logits for every row the loader yields, returned with those rows' ids (loader order). A loader over a
+    distributed.ShardedList (a multi-process run) yields this rank's batches; every rank gets all rows back,
+    in the order one process would have produced them."""
     model.eval()
     rows, outs = [], []
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None, mininterval=BAR_INTERVAL):
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None or not is_main(),
+                      mininterval=BAR_INTERVAL):
         batch = to_device(batch, device)
         with autocast(device, precision):
             logits = model(**model_inputs(batch))
         outs.append(logits.float().cpu())
         rows.append(batch["rows"].cpu())
-    return torch.cat(rows).numpy(), torch.cat(outs).numpy()
+    n_out = int(outs[0].shape[-1]) if outs else 0
+    rows_np = torch.cat(rows).numpy() if rows else np.zeros(0, dtype=np.int64)
+    logits_np = torch.cat(outs).numpy() if outs else np.zeros((0, n_out), dtype=np.float32)
+    sharded = getattr(loader, "batch_sampler", None)
+    if isinstance(sharded, distributed.ShardedList) and distributed.active():
+        return distributed.gather_in_order(rows_np, logits_np, sharded.sizes)
+    return rows_np, logits_np
 
 
 class LossMeter:
@@ -86,6 +96,8 @@ class LossMeter:
         """Move the pending sum to the host; returns its mean (checked for non-finite values by the caller)."""
         if not self.pending_batches:
             return 0.0
+        if distributed.active():  # every rank flushes at the same batches: the mean over the ranks' shares
+            distributed.average_([self.pending])
         chunk, k = self.pending.item(), self.pending_batches
         self.epoch_sum, self.epoch_batches = self.epoch_sum + chunk, self.epoch_batches + k
         self.row_sum, self.row_batches = self.row_sum + chunk, self.row_batches + k
@@ -146,6 +158,14 @@ class Trainer:
         self.callbacks, self.fold = callbacks if callbacks is not None else Callbacks(), fold
         # fp16 needs loss scaling on CUDA; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
+        # several processes: forwards and backwards go through the DDP wrapper; `model` stays the module itself
+        # (what hooks, EMA and saving see). The gradient all-reduce runs once per optimizer step: on the group's
+        # last micro-batch, in its last backward (FGM/PGD/AWP backward more than once: only the last syncs)
+        self.main = is_main()
+        self.ddp = distributed.wrap(model.to(device), device) if distributed.active() else None
+        self.net = self.ddp if self.ddp is not None else model
+        self.sync_group = True  # the micro-batch in flight is its accumulation group's last
+        self.batch_scale = 1.0  # this rank's share of the global batch (distributed.ShardedBatches.scales)
         self.global_step = self.epoch = 0
         self.skipped_step = False
         self.group_size = self.accum  # batches in the current accumulation group
@@ -158,11 +178,23 @@ class Trainer:
         self.best_logits = None  # (rows, logits) of the best evaluation's validation predictions
 
     # -- the pieces hooks reuse
-    def compute_loss(self, batch: dict) -> torch.Tensor:
-        return self.objective(self.model, batch, self.loss_fn, lambda: autocast(self.device, self.precision))
+    def compute_loss(self, batch: dict, last: bool = True) -> torch.Tensor:
+        """The batch's loss. last: the backward of this loss is the micro-batch's last (a hook that backwards
+        again passes False for its earlier passes); with several processes only the group's last micro-batch's
+        last backward all-reduces the gradients (DDP decides that at the forward)."""
+        sync = self.ddp is None or (last and self.sync_group)
+        with contextlib.nullcontext() if sync else self.ddp.no_sync():
+            return self.objective(self.net, batch, self.loss_fn, lambda: autocast(self.device, self.precision))
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss / self.group_size).backward()
+        self.scaler.scale(loss * (self.batch_scale / self.group_size)).backward()
+
+    def average_across_ranks(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Copies of these gradients averaged over the processes (an attack's direction must be the global
+        batch's, as in one process); the tensors themselves as they are in one process."""
+        if self.ddp is None:
+            return grads
+        return distributed.average_([g.detach().clone() for g in grads])
 
     def optimizer_step(self) -> None:
         if self.max_grad_norm:
@@ -213,8 +245,9 @@ class Trainer:
                 fault_point(f"epoch:{checkpoint.tag}:{epoch + 1}")
             if epoch + 1 < self.epochs:  # after the last epoch the fold finishes: its results are the safe point
                 self._stop_if_asked(epoch + 1, 0, saved=True)
+        trained = distributed.sum_over_ranks(p["train_samples"]) if self.ddp is not None else p["train_samples"]
         return FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"], p["steps"],
-                         p["train_samples"] / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
+                         trained / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
 
     def batches_per_epoch(self, loader) -> int:
         return len(loader) if self.limit_train is None else min(len(loader), int(self.limit_train))
@@ -227,17 +260,22 @@ class Trainer:
             self.meter.start_epoch()
         self._row_t0 = time.perf_counter()
         bar = tqdm(total=n_batches, initial=start, desc=f"{self.desc} epoch {epoch + 1}/{self.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True, mininterval=BAR_INTERVAL)
+                   leave=False, dynamic_ncols=True, mininterval=BAR_INTERVAL, disable=not self.main)
         # a resumed epoch skips the batches it had done: the epoch's batch order is the same as before
-        for i, batch in enumerate(itertools.islice(loader, start, n_batches), start=start):
+        batches = itertools.islice(loader, start, n_batches)
+        scales = getattr(loader.batch_sampler, "scales", None)  # set by iterating: after islice starts it
+        for i, batch in enumerate(batches, start=start):
             batch = to_device(batch, self.device)
             # the last accumulation group of an epoch may be short: average over the batches it has
             self.group_size = min(self.accum, n_batches - (i // self.accum) * self.accum)
-            loss = self.compute_loss(batch)
+            self.sync_group = (i + 1) % self.accum == 0 or i + 1 == n_batches
+            self.batch_scale = scales[i] if scales else 1.0
+            again = self.ddp is not None and any(h.backwards_again(self) for h in self.hooks)
+            loss = self.compute_loss(batch, last=not again)
             self.backward(loss)
             for h in self.hooks:
                 h.after_backward(self, batch)
-            self.meter.add(loss, batch["input_ids"].size(0))
+            self.meter.add(loss * self.batch_scale, batch["input_ids"].size(0))
             self.progress["train_samples"] += batch["input_ids"].size(0)
             bar.update()
             if (i + 1) % self.accum == 0 or i + 1 == n_batches:
@@ -272,8 +310,14 @@ class Trainer:
         return stop
 
     def _stop_if_asked(self, epoch: int, batch_index: int, saved: bool) -> None:
-        """A safe point: when a signal asked the run to stop, checkpoint here (unless just done) and stop."""
-        if self.stop is None or self.stop.requested is None:
+        """A safe point: when a signal asked the run to stop, checkpoint here (unless just done) and stop. With
+        several processes they agree first (a signal may reach one rank a step before another): all stop here."""
+        if self.stop is None:
+            return
+        if self.ddp is not None:  # the signal one rank got (the largest number, when they differ)
+            signum = distributed.max_over_ranks(self.stop.requested or 0)
+            self.stop.requested = signum or None
+        if self.stop.requested is None:
             return
         if self.checkpoint is not None and not saved:
             self._save_checkpoint(epoch, batch_index)
@@ -291,6 +335,7 @@ class Trainer:
 
     def _step_row(self, epoch: int) -> None:
         loss, samples = self.meter.take_row()
+        samples = distributed.sum_over_ranks(samples) if self.ddp is not None else samples  # every rank's rows
         now = time.perf_counter()
         row = {"step": self.global_step, "epoch": epoch + 1, "loss": loss, "lr": self.step_lr,
                "grad_norm": None if self.grad_norm is None else float(self.grad_norm),
@@ -360,7 +405,9 @@ class Trainer:
         return position
 
     def _save_checkpoint(self, epoch: int, batch_index: int) -> None:
-        self.checkpoint.save(self.model, self._snapshot(epoch, batch_index))
+        snapshot = self._snapshot(epoch, batch_index)  # every rank: it gathers each rank's own part
+        if self.main:
+            self.checkpoint.save(self.model, snapshot)
         self.callbacks.on_checkpoint(self.fold, self.global_step)
 
     def _snapshot(self, epoch: int, batch_index: int) -> dict:
@@ -371,7 +418,20 @@ class Trainer:
                 "best_logits": None if best_logits is None else best_logits[1],
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "hooks": [h.state_dict() for h in self.hooks],
-                "rng": rng_state()}
+                "rng": rng_state(),
+                # several processes: each rank's own random state (dropout) and unflushed loss sum, by rank
+                "ranks": distributed.all_gather({"rng": rng_state(), "meter": self.meter.state_dict()})
+                if self.ddp is not None else None}
+
+    def _own_part(self, state: dict) -> dict:
+        """This rank's random state and loss meter from a checkpoint; one written by another number of
+        processes cannot continue this run exactly."""
+        ranks, world = state.get("ranks"), distributed.world_size() if self.ddp is not None else 1
+        if (len(ranks) if ranks else 1) != world:
+            raise TextclfError(f"{self.desc}: the checkpoint in {self.checkpoint.folder} was written by a run of "
+                               f"{len(ranks) if ranks else 1} process(es), this one has {world}: resume with the "
+                               f"same number of processes, or delete that folder to restart the fold")
+        return ranks[distributed.rank()] if ranks else state
 
     def _restore(self, weights: dict, state: dict) -> tuple[int, int]:
         self.model.load_state_dict(weights)
@@ -383,8 +443,9 @@ class Trainer:
             h.load_state_dict(hs)
         self.global_step = int(state["global_step"])
         self.progress = state["progress"]
-        self.meter.load_state_dict(state["meter"])
+        own = self._own_part(state)
+        self.meter.load_state_dict(own["meter"])
         if state["best_rows"] is not None:
             self.best_logits = (state["best_rows"].numpy(), state["best_logits"].numpy())
-        set_rng_state(state["rng"])
+        set_rng_state(own["rng"])
         return int(state["epoch"]), int(state["batch_index"])
