@@ -12,11 +12,13 @@ USAGE = """usage: textclf <command> [overrides ...]
 
 commands:
   train     train a classifier (k-fold or holdout) and write a run folder
-  predict   ensemble a run's folds over a new table: run_dir=... input=... output=...
+  predict   ensemble a run's folds over a new table: run_dir=... input=... output=... [backend=onnx]
+  export    write a run's folds as ONNX models for ONNX Runtime: run_dir=... [quantize=int8] [output=...]
   info      parameters and forward FLOPs of the composed model (same overrides as train)
   validate  check the data and config as train would, without loading a model (same overrides as train)
   report    rank every run of a sweep (or run) folder: overrides, CV mean ± std, folds, time, status
   ensemble  blend runs trained on the same folds by their out-of-fold and test probabilities
+  merge     assemble the folds of one run trained by separate jobs (kfold.folds=[k]) into one finished run
 
 examples:
   textclf train                                     # embedded default: MiniLM-L6 on BBC News
@@ -26,11 +28,15 @@ examples:
   textclf train -m hparams_search=optuna hydra.sweeper.n_trials=20   # Optuna search
   textclf report multirun/2026-11-21/12-00-00       # the sweep's jobs, best first
   textclf ensemble outputs/a outputs/b --output blend
+  textclf train -m kfold=stratified kfold.n_splits=3 kfold.folds=[0],[1],[2]   # one job per fold
+  textclf merge multirun/2026-12-02/12-00-00 --output runs/cv                  # ... as one 3-fold run
+  textclf train trainer.devices=2                   # two processes (DDP); torchrun -m textclf train also works
   textclf train resume=outputs/2026-11-21/12-00-00  # continue an interrupted run
   textclf validate data=csv data.train_file=my.csv  # the data checks alone
   textclf train --cfg job                           # print the composed config
   textclf train --help                              # every config group and option
   textclf predict run_dir=outputs/2026-11-21/12-00-00 input=new.csv output=preds.csv
+  textclf export run_dir=outputs/2026-11-21/12-00-00 quantize=int8   # then predict ... backend=onnx
   textclf info pooling=attention model.max_length=256
 """
 
@@ -82,6 +88,13 @@ def predict_app(cfg: DictConfig) -> None:
     return _run(predict, cfg)
 
 
+@hydra.main(config_path=CONF, config_name="export", version_base="1.3")
+def export_app(cfg: DictConfig) -> None:
+    from .export import export
+
+    return _run(export, cfg)
+
+
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
 def info_app(cfg: DictConfig) -> None:
     from .info import info
@@ -102,16 +115,25 @@ def report_command(argv: list[str]) -> int:
     return report_main(argv)
 
 
+def merge_command(argv: list[str]) -> int:
+    from .merge import main as merge_main
+
+    return merge_main(argv)
+
+
 def ensemble_command(argv: list[str]) -> int:
     from .ensemble import main as ensemble_main
 
     return ensemble_main(argv)
 
 
-COMMANDS = {"train": train_app, "predict": predict_app, "info": info_app, "validate": validate_app}
-PLAIN_COMMANDS = {"report": report_command, "ensemble": ensemble_command}
+COMMANDS = {"train": train_app, "predict": predict_app, "export": export_app, "info": info_app,
+            "validate": validate_app}
+PLAIN_COMMANDS = {"report": report_command, "ensemble": ensemble_command, "merge": merge_command}
 PLUGINS = {"optuna": ("hydra_plugins.hydra_optuna_sweeper", "the Optuna sweeper"),
-           "joblib": ("hydra_plugins.hydra_joblib_launcher", "the joblib launcher")}
+           "joblib": ("hydra_plugins.hydra_joblib_launcher", "the joblib launcher"),
+           "slurm": ("hydra_plugins.hydra_submitit_launcher", "the submitit launcher", "slurm"),
+           "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "the submitit launcher", "slurm")}
 
 
 def _resume_folder(args: list[str]) -> list[str]:
@@ -133,9 +155,9 @@ def _missing_plugin(args: list[str]) -> str | None:
     for arg in args:
         key, _, value = arg.partition("=")
         if key.lstrip("+~") in ("hparams_search", "launcher", "hydra/sweeper", "hydra/launcher") and value in PLUGINS:
-            module, what = PLUGINS[value]
+            module, what, *extra = PLUGINS[value]
             if importlib.util.find_spec(module) is None:
-                return f"{arg} needs {what}: pip install 'textclf[sweep]'"
+                return f"{arg} needs {what}: pip install 'textclf[{extra[0] if extra else 'sweep'}]'"
     return None
 
 
@@ -165,7 +187,7 @@ def _config_problem(command: str, args: list[str], seen: dict | None = None) -> 
     from .errors import TextclfError
 
     try:
-        check_command_line("predict" if command == "predict" else "train", flags.overrides, multirun=flags.multirun,
+        check_command_line(command if command in ("predict", "export") else "train", flags.overrides, multirun=flags.multirun,
                            config_dir=flags.config_dir, values=flags.cfg is None, seen=seen)
     except TextclfError as e:
         return str(e)

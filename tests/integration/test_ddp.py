@@ -1,0 +1,155 @@
+"""Several processes on the CPU (gloo), as a user starts them: trainer.devices=2, torchrun, two "nodes" on the
+loopback. With dropout off, 2 processes x batch b must train exactly what 1 process x batch 2b trains."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import describe, make_frame, run_textclf, write_frame
+
+pytestmark = pytest.mark.slow
+
+NO_DROPOUT = ["model.hidden_dropout=0", "model.attention_dropout=0", "head.dropout=0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_bert):
+    folder = tmp_path_factory.mktemp("ddp_data")
+    write_frame(make_frame(90, seed=0), folder / "train.csv")
+    write_frame(make_frame(24, seed=1), folder / "test.csv")
+    return folder
+
+
+def args_for(tiny_bert, run_dir, *extra):
+    return ["train", "data=csv", "data.train_file=train.csv", "data.test_file=test.csv",
+            f"model.name_or_path={tiny_bert}", "model.max_length=32", "trainer.epochs=2", "trainer.eval_batch_size=16",
+            "trainer.device=cpu", "trainer.log_every_steps=1", "plots=false", f"hydra.run.dir={run_dir}", *extra]
+
+
+def train(data, tiny_bert, run_dir, *extra, env=None):
+    result = run_textclf(args_for(tiny_bert, run_dir, *extra), data) if env is None else _run_env(
+        args_for(tiny_bert, run_dir, *extra), data, env)
+    assert result[0] == 0, describe(result)
+    return result
+
+
+def _run_env(args, cwd, env_extra):
+    env = dict(os.environ, TQDM_DISABLE="1", **env_extra)
+    proc = subprocess.run([shutil.which("textclf"), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "fold_0" / "model.safetensors"))
+
+
+def metrics(run_dir: Path) -> dict:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return {k: v for k, v in m["mean"].items() if not k.endswith("_per_s")}
+
+
+def assert_same_training(a: Path, b: Path, tol: float = 1e-6) -> None:
+    sa, sb = pd.read_csv(a / "fold_0" / "steps.csv"), pd.read_csv(b / "fold_0" / "steps.csv")
+    assert list(sa.step) == list(sb.step)
+    np.testing.assert_allclose(sa.loss, sb.loss, atol=tol)
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst < tol, f"weights differ by {worst}"
+    oa, ob = pd.read_csv(a / "oof.csv"), pd.read_csv(b / "oof.csv")
+    assert list(oa.row) == list(ob.row) and list(oa.columns) == list(ob.columns)
+    np.testing.assert_allclose(oa.select_dtypes("number"), ob.select_dtypes("number"), atol=1e-5)
+
+
+@pytest.mark.parametrize("tricks", [[], ["trainer.grad_accum_steps=2", "adversarial=fgm", "ema=default"]],
+                         ids=["plain", "accum_fgm_ema"])
+def test_two_processes_train_what_one_process_at_twice_the_batch_trains(data, tiny_bert, tmp_path, tricks):
+    # kfold.holdout=0.3: 63 training rows, so the last global batch (3 rows) is dealt out unevenly (2 + 1)
+    common = [*NO_DROPOUT, "kfold.holdout=0.3", *tricks]
+    train(data, tiny_bert, tmp_path / "one", "trainer.batch_size=10", *common)
+    rc, out, err = train(data, tiny_bert, tmp_path / "two", "trainer.batch_size=5", "trainer.devices=2", *common)
+    assert_same_training(tmp_path / "one", tmp_path / "two")
+    log = (tmp_path / "two" / "train.log").read_text()
+    assert "2 processes (DistributedDataParallel, gloo): trainer.batch_size=5 per process, global batch 10" in log
+    # only rank 0 writes: one log of one run, each step row once
+    assert log.count("done: macro_f1") == 1 and log.count("fold 0: best at step") == 1
+
+
+def test_torchrun_and_trainer_devices_write_the_same_run(data, tiny_bert, tmp_path):
+    train(data, tiny_bert, tmp_path / "devices", "trainer.batch_size=8", "trainer.devices=2", *NO_DROPOUT)
+    args = args_for(tiny_bert, tmp_path / "torchrun", "trainer.batch_size=8", *NO_DROPOUT)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "textclf"]
+    proc = subprocess.run([*torchrun, *args], cwd=data, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and ".hydra" not in p.parts)
+    assert files(tmp_path / "devices") == files(tmp_path / "torchrun")
+    assert metrics(tmp_path / "devices") == metrics(tmp_path / "torchrun")
+    assert_same_training(tmp_path / "devices", tmp_path / "torchrun")
+
+
+def test_killed_two_process_run_resumes_to_the_same_result(data, tiny_bert, tmp_path):
+    common = ["trainer.batch_size=4", "trainer.devices=2", "trainer.checkpoint_every_steps=3"]
+    train(data, tiny_bert, tmp_path / "whole", *common)
+    killed = _run_env(args_for(tiny_bert, tmp_path / "cut", *common), data, {"TEXTCLF_KILL_AT": "step:0:13"})
+    assert killed[0] == 137, describe(killed)  # 128 + SIGKILL, as the killed process ended
+    assert "process 0 of 2 failed" in killed[2] and "Traceback" not in killed[2]
+    assert not (tmp_path / "cut" / "run.json").exists()
+    rc, out, err = train(data, tiny_bert, tmp_path / "cut", *common)
+    assert "resuming at epoch 2, batch 3 (optimizer step 12)" in (tmp_path / "cut" / "train.log").read_text()
+    assert metrics(tmp_path / "whole") == metrics(tmp_path / "cut")
+    assert (tmp_path / "whole" / "oof.csv").read_text() == (tmp_path / "cut" / "oof.csv").read_text()
+    wa, wb = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert all(bool((wa[k] == wb[k]).all()) for k in wa)
+
+
+def test_two_nodes_on_the_loopback(data, tiny_bert, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = args_for(tiny_bert, tmp_path / "run", "trainer.batch_size=8", "trainer.epochs=1")
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={k}",
+                               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m",
+                               "textclf", *args], cwd=data, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    outs = [n.communicate(timeout=300) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert (tmp_path / "run" / "run.json").exists()
+    assert "2 processes" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_devices_refusals_are_clear(data, tiny_bert, tmp_path):
+    rc, out, err = run_textclf(["train", "-m", "trainer.devices=2", "pooling=mean,cls", "trainer.device=cpu"], data)
+    assert rc == 2 and "launcher=submitit_local" in err and "Traceback" not in err
+    rc, out, err = run_textclf(["train", "trainer.devices=0"], data)
+    assert rc == 2 and "trainer.devices" in err and "Traceback" not in err
+
+
+def test_submitit_local_sweep_of_two_process_jobs(data, tiny_bert, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    args = args_for(tiny_bert, tmp_path / "unused", "trainer.batch_size=8", "trainer.epochs=1")
+    args = [a for a in args if not a.startswith("hydra.run.dir")]
+    rc, out, err = run_textclf([args[0], "-m", "launcher=submitit_local", *args[1:], "pooling=mean,cls",
+                                "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], data,
+                               timeout=600)
+    assert rc == 0, describe((rc, out, err))
+    assert "2 job(s), 2 ok" in out
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 2
+    for job in jobs:
+        assert (job / "run.json").exists()
+        assert "2 processes (DistributedDataParallel, gloo)" in (job / "train.log").read_text()
