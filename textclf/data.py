@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -61,13 +62,53 @@ def resolve_path(path: str) -> Path:
 def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encoding_errors: str = "replace",
                text_cols: Sequence[str] = ()):
     """Read a CSV/TSV/JSONL/Parquet file by extension into a DataFrame; text columns stay strings."""
-    import pandas as pd
-
     if path.startswith(EMBEDDED_PREFIX):
-        name = path[len(EMBEDDED_PREFIX):]
-        if name not in EMBEDDED_DATA:
-            raise TextclfError(f"{role}: unknown embedded data set {name!r}; known: {', '.join(EMBEDDED_DATA)}")
-        return EMBEDDED_DATA[name]()
+        return _embedded(path, role)
+    table = locate_table(path, role)
+    with table.reading(encoding):
+        frame = table.read_all(encoding, encoding_errors, text_cols)
+    table.check_rows(len(frame), frame.columns)
+    table.check_header(encoding, encoding_errors)
+    return frame
+
+
+def iter_table(path: str, chunk_rows: int, *, role: str = "data", encoding: str = "utf-8",
+               encoding_errors: str = "replace", text_cols: Sequence[str] = ()):
+    """read_table in chunks of up to chunk_rows rows (DataFrames whose index counts rows from the file's start):
+    memory for one chunk, not the file. A JSON array (one JSON document) and the embedded data are read whole
+    and cut into chunks."""
+    if path.startswith(EMBEDDED_PREFIX):
+        yield from _slices(_embedded(path, role), chunk_rows)
+        return
+    table = locate_table(path, role)
+    table.check_header(encoding, encoding_errors)
+    rows = 0
+    with table.reading(encoding):
+        for frame in table.read_chunks(encoding, encoding_errors, text_cols, chunk_rows):
+            if rows == 0:
+                table.check_rows(len(frame), frame.columns)
+            frame.index = range(rows, rows + len(frame))
+            rows += len(frame)
+            yield frame
+    if rows == 0:
+        table.check_rows(0, [])
+
+
+def _slices(frame, chunk_rows: int):
+    for start in range(0, len(frame), chunk_rows):
+        yield frame.iloc[start:start + chunk_rows]
+
+
+def _embedded(path: str, role: str):
+    name = path[len(EMBEDDED_PREFIX):]
+    if name not in EMBEDDED_DATA:
+        raise TextclfError(f"{role}: unknown embedded data set {name!r}; known: {', '.join(EMBEDDED_DATA)}")
+    return EMBEDDED_DATA[name]()
+
+
+def locate_table(path: str, role: str) -> "TableFile":
+    """The table file `path` names, checked before a byte is parsed: it exists, is a file, has a known type,
+    is not empty, and its first bytes are what its name says."""
     p = resolve_path(path)
     if not p.exists():
         raise TextclfError(f"{role} {path!r} does not exist (looked at {p})")
@@ -86,7 +127,6 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
                 f"that file" if p.suffix.lower() in SPREADSHEETS else "")
         raise TextclfError(f"{role} {path!r}: unknown file type {p.suffix!r}; use one of {', '.join(sorted(READERS))}"
                            f"{hint}")
-    dtype = {c: str for c in text_cols if c}
     if p.stat().st_size == 0:
         raise TextclfError(f"{role} {path!r} is empty (0 bytes)")
     compressed = bool(p.suffixes) and p.suffixes[-1].lower() in COMPRESSED
@@ -95,34 +135,87 @@ def read_table(path: str, *, role: str = "data", encoding: str = "utf-8", encodi
         _check_content(p, head, kind, role, path)
         if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):  # NUL bytes: not text (UTF-16 aside)
             raise TextclfError(f"{role} {path!r} looks like a binary file (it contains NUL bytes), not {kind} text")
-    named = encoding  # as the user gave it, for messages
-    if kind in ("csv", "tsv") and encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
-        encoding = "utf-8-sig"  # a byte-order mark (Excel's UTF-8 export) would otherwise glue onto the first header
-    try:
-        if kind in ("csv", "tsv"):
-            frame = pd.read_csv(p, sep="," if kind == "csv" else "\t", encoding=encoding,
-                                encoding_errors=encoding_errors, dtype=dtype or None, keep_default_na=False,
-                                na_values=[""])
-        elif kind == "jsonl" and not compressed and _is_json_array(p):
-            frame = _read_json_array(p, encoding, encoding_errors, role, path)
-        elif kind == "jsonl":
-            frame = pd.read_json(p, lines=True, dtype=False, encoding=encoding, encoding_errors=encoding_errors,
-                                 compression="infer")
+    return TableFile(p, path, role, kind, compressed)
+
+
+@dataclass
+class TableFile:
+    """A checked table file and how to parse it (whole, or in chunks)."""
+
+    p: Path
+    path: str  # as the user gave it, for messages
+    role: str
+    kind: str
+    compressed: bool
+
+    @property
+    def json_array(self) -> bool:
+        return self.kind == "jsonl" and not self.compressed and _is_json_array(self.p)
+
+    @staticmethod
+    def _encoding(kind: str, encoding: str) -> str:
+        # a byte-order mark (Excel's UTF-8 export) would otherwise glue onto the first header
+        return "utf-8-sig" if kind in ("csv", "tsv") and encoding.lower().replace("_", "-") in ("utf-8", "utf8") \
+            else encoding
+
+    def _csv_options(self, encoding: str, errors: str, text_cols) -> dict:
+        dtype = {c: str for c in text_cols if c}
+        return dict(sep="," if self.kind == "csv" else "\t", encoding=self._encoding(self.kind, encoding),
+                    encoding_errors=errors, dtype=dtype or None, keep_default_na=False, na_values=[""])
+
+    def read_all(self, encoding: str, errors: str, text_cols):
+        import pandas as pd
+
+        if self.kind in ("csv", "tsv"):
+            return pd.read_csv(self.p, **self._csv_options(encoding, errors, text_cols))
+        if self.json_array:
+            return _read_json_array(self.p, encoding, errors, self.role, self.path)
+        if self.kind == "jsonl":
+            return pd.read_json(self.p, lines=True, dtype=False, encoding=encoding, encoding_errors=errors,
+                                compression="infer")
+        return pd.read_parquet(self.p)
+
+    def read_chunks(self, encoding: str, errors: str, text_cols, chunk_rows: int):
+        import pandas as pd
+
+        if self.kind in ("csv", "tsv"):
+            with pd.read_csv(self.p, chunksize=chunk_rows, **self._csv_options(encoding, errors, text_cols)) as reader:
+                yield from reader
+        elif self.json_array:
+            yield from _slices(_read_json_array(self.p, encoding, errors, self.role, self.path), chunk_rows)
+        elif self.kind == "jsonl":
+            with pd.read_json(self.p, lines=True, dtype=False, encoding=encoding, encoding_errors=errors,
+                              compression="infer", chunksize=chunk_rows) as reader:
+                yield from reader
         else:
-            frame = pd.read_parquet(p)
-    except TextclfError:
-        raise
-    except UnicodeDecodeError as e:
-        raise TextclfError(f"{role} {path!r} is not valid {named} (byte {e.start}): set data.encoding "
-                           f"(e.g. cp1252) or data.encoding_errors=replace") from None
-    except Exception as e:  # pandas/pyarrow parse errors: name the file, keep the reason
-        raise TextclfError(f"{role} {path!r} could not be read as {kind}: {str(e).strip().splitlines()[0]}") from None
-    if len(frame) == 0:
-        raise TextclfError(f"{role} {path!r} has no rows (only a header)" if len(frame.columns)
-                           else f"{role} {path!r} has no rows")
-    if kind in ("csv", "tsv"):
-        _check_header(p, kind, role, path, encoding, encoding_errors, compressed)
-    return frame
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(self.p).iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
+
+    @contextmanager
+    def reading(self, encoding: str):
+        """Parse errors name the file and keep pandas' or pyarrow's reason."""
+        try:
+            yield
+        except TextclfError:
+            raise
+        except UnicodeDecodeError as e:
+            raise TextclfError(f"{self.role} {self.path!r} is not valid {encoding} (byte {e.start}): set "
+                               f"data.encoding (e.g. cp1252) or data.encoding_errors=replace") from None
+        except Exception as e:  # noqa: BLE001 - pandas/pyarrow parse errors
+            raise TextclfError(f"{self.role} {self.path!r} could not be read as {self.kind}: "
+                               f"{str(e).strip().splitlines()[0]}") from None
+
+    def check_rows(self, n_rows: int, columns) -> None:
+        if n_rows == 0:
+            raise TextclfError(f"{self.role} {self.path!r} has no rows (only a header)" if len(columns)
+                               else f"{self.role} {self.path!r} has no rows")
+
+    def check_header(self, encoding: str, errors: str) -> None:
+        if self.kind in ("csv", "tsv"):
+            _check_header(self.p, self.kind, self.role, self.path, self._encoding(self.kind, encoding), errors,
+                          self.compressed)
 
 
 #: what a file's first bytes say it is, when its name says text: (magic, what it is, what to do; {name} {kind})
@@ -222,16 +315,17 @@ class Split:
         return len(self.texts)
 
 
-def _check_texts(frame, col: str, where: str) -> list:
+def _check_texts(frame, col: str, where: str, start: int = 0, warn: bool = True) -> list:
+    """The column's texts; start: the data row number of the frame's first row, minus one (a chunk's offset)."""
     # numbers in a text column (JSON, Parquet) are text too; missing cells are reported below
     values = [str(_plain(v)) if isinstance(v, (int, float, np.number)) and not _is_missing(v)
               and not isinstance(v, bool) else v for v in frame[col].tolist()]
     bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
     if bad:
-        rows = ", ".join(str(i + 1) for i in bad[:10]) + (" …" if len(bad) > 10 else "")
+        rows = ", ".join(str(start + i + 1) for i in bad[:10]) + (" …" if len(bad) > 10 else "")
         raise TextclfError(f"{where}: column {col!r} has {len(bad)} empty or missing text cell(s), "
                            f"at data row(s) {rows} (row 1 is the first row after the header)")
-    replaced = sum("\ufffd" in v for v in values)
+    replaced = sum("\ufffd" in v for v in values) if warn else 0
     if replaced:
         log.warning("%s: %d text(s) in column %r contain the replacement character U+FFFD (bytes that were not "
                     "valid text, replaced when the file was decoded or before); if the file is not UTF-8, set "
@@ -244,46 +338,75 @@ def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str |
     """Read one file and check the configured columns; every problem names file, column and row.
 
     role/keys: how messages name the file and the column options (predict has its own key names)."""
-    text_col, pair_col = data_cfg.text_col, data_cfg.get("text_pair_col")
-    label_cols = _as_list(data_cfg.label_col)
     role = role or f"data.{name}_file"
-    keys = keys or {k: f"data.{k}" for k in ("text_col", "text_pair_col", "label_col")}
     frame = read_table(path, role=role, encoding=data_cfg.get("encoding", "utf-8"),
-                       encoding_errors=data_cfg.get("encoding_errors", "replace"), text_cols=(text_col, pair_col))
+                       encoding_errors=data_cfg.get("encoding_errors", "replace"), text_cols=text_columns(data_cfg))
+    return frame_split(frame, name, path, data_cfg, need_labels=need_labels, role=role, keys=keys)
+
+
+def load_split_chunks(name: str, path: str, data_cfg, chunk_rows: int, *, need_labels: bool, role: str,
+                      keys: dict | None = None, warn: bool = True):
+    """load_split in chunks of chunk_rows rows: (first row number, Split) pairs, each checked as load_split
+    checks the whole table (messages give the row numbers in the file)."""
+    chunks = iter_table(path, chunk_rows, role=role, encoding=data_cfg.get("encoding", "utf-8"),
+                        encoding_errors=data_cfg.get("encoding_errors", "replace"), text_cols=text_columns(data_cfg))
+    for frame in chunks:
+        start = int(frame.index[0]) if len(frame) else 0
+        yield start, frame_split(frame, name, path, data_cfg, need_labels=need_labels, role=role, keys=keys,
+                                 start=start, warn=warn)
+
+
+def text_columns(data_cfg) -> tuple:
+    return data_cfg.text_col, data_cfg.get("text_pair_col")
+
+
+def frame_split(frame, name: str, path: str, data_cfg, *, need_labels: bool, role: str, keys: dict | None = None,
+                start: int = 0, warn: bool = True) -> Split:
+    """A read table (or a chunk of one whose first row is data row start + 1), checked column by column."""
+    text_col, pair_col = text_columns(data_cfg)
+    label_cols = _as_list(data_cfg.label_col)
+    keys = keys or {k: f"data.{k}" for k in ("text_col", "text_pair_col", "label_col")}
     where = f"{role} {path!r}"
-    cols = [str(c) for c in frame.columns]
     wanted = [(keys["text_col"], text_col)] + ([(keys["text_pair_col"], pair_col)] if pair_col else [])
     if need_labels or all(c in frame.columns for c in label_cols):
         wanted.extend((keys["label_col"], c) for c in label_cols)
-    missing = [f"{key}={col!r}" for key, col in wanted if col not in frame.columns]
-    if missing:
-        hint = ""
-        if len(cols) == 1:
-            sep = next((c for c in (";", "\t", "|", ",") if c in cols[0]), None)
-            if sep is not None:
-                hint = (f" (one column only: the file seems to be separated by {sep!r}, not by what its extension "
-                        f"says; save it as {'.tsv' if sep == chr(9) else 'comma-separated .csv'})")
-        hint = hint or _column_hint(frame, [(key, col) for key, col in wanted if col not in frame.columns])
-        raise TextclfError(f"{where}: no column {', '.join(missing)}; its columns are: {', '.join(cols)}{hint}")
-    texts = _check_texts(frame, text_col, where)
-    pairs = _check_texts(frame, pair_col, where) if pair_col else None
+    _check_columns(frame, wanted, where)
+    texts = _check_texts(frame, text_col, where, start, warn)
+    pairs = _check_texts(frame, pair_col, where, start, warn) if pair_col else None
     labels = None
     if all(c in frame.columns for c in label_cols):
-        columns = []
-        for label_col in label_cols:
-            values = frame[label_col].tolist()
-            words = _missing_words(values, where, label_col)
-            missing_rows = sorted({i for i, v in enumerate(values) if _is_missing(v)} | set(words))
-            if missing_rows:
-                rows = ", ".join(str(i + 1) for i in missing_rows[:10]) + (" …" if len(missing_rows) > 10 else "")
-                written = (f" (cells like {', '.join(repr(w) for w in dict.fromkeys(words.values()))} in a column of "
-                           f"numbers; remove those rows or fill in their labels)" if words else "")
-                raise TextclfError(f"{where}: column {label_col!r} has {len(missing_rows)} missing label(s), "
-                                   f"at data row(s) {rows}{written}")
-            columns.append([_plain(v) for v in values])
+        columns = [_check_labels(frame[c].tolist(), c, where, start) for c in label_cols]
         labels = columns[0] if len(columns) == 1 else [list(row) for row in zip(*columns)]
-        report_conflicts(texts, pairs, labels, where)
+        if warn:
+            report_conflicts(texts, pairs, labels, where)
     return Split(name, path, texts, pairs, labels)
+
+
+def _check_columns(frame, wanted: list[tuple[str, str]], where: str) -> None:
+    missing = [f"{key}={col!r}" for key, col in wanted if col not in frame.columns]
+    if not missing:
+        return
+    cols = [str(c) for c in frame.columns]
+    hint = ""
+    if len(cols) == 1:
+        sep = next((c for c in (";", "\t", "|", ",") if c in cols[0]), None)
+        if sep is not None:
+            hint = (f" (one column only: the file seems to be separated by {sep!r}, not by what its extension "
+                    f"says; save it as {'.tsv' if sep == chr(9) else 'comma-separated .csv'})")
+    hint = hint or _column_hint(frame, [(key, col) for key, col in wanted if col not in frame.columns])
+    raise TextclfError(f"{where}: no column {', '.join(missing)}; its columns are: {', '.join(cols)}{hint}")
+
+
+def _check_labels(values: list, label_col: str, where: str, start: int = 0) -> list:
+    words = _missing_words(values, where, label_col)
+    missing_rows = sorted({i for i, v in enumerate(values) if _is_missing(v)} | set(words))
+    if missing_rows:
+        rows = ", ".join(str(start + i + 1) for i in missing_rows[:10]) + (" …" if len(missing_rows) > 10 else "")
+        written = (f" (cells like {', '.join(repr(w) for w in dict.fromkeys(words.values()))} in a column of "
+                   f"numbers; remove those rows or fill in their labels)" if words else "")
+        raise TextclfError(f"{where}: column {label_col!r} has {len(missing_rows)} missing label(s), "
+                           f"at data row(s) {rows}{written}")
+    return [_plain(v) for v in values]
 
 
 def _column_hint(frame, missing: list[tuple[str, str]]) -> str:
@@ -517,7 +640,7 @@ class Encoded:
 
 def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, truncation: str = "head",
              head_fraction: float = 0.25, stride: int | None = None, max_windows: int | None = None,
-             chunk: int = 4096, desc: str = "tokenize") -> Encoded:
+             chunk: int = 4096, desc: str | None = "tokenize") -> Encoded:
     """Tokenize once with the fast tokenizer, no padding; a progress bar on large inputs.
 
     truncation: head / tail keep the start / the end (the tokenizer's own truncation); head_tail keeps
@@ -552,7 +675,7 @@ def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, tru
     want_types = True
     ids, type_ids, lengths, docs = [], [], [], []
     any_types = pairs is not None and takes_types
-    for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", disable=len(texts) <= chunk,
+    for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", disable=desc is None or len(texts) <= chunk,
                       leave=False):
         a = texts[start:start + chunk]
         b = pairs[start:start + chunk] if pairs is not None else None
@@ -587,7 +710,7 @@ def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, tru
     return Encoded(flat, offsets, flat_types, doc)
 
 
-def tokenize_with(tokenizer, texts: list, pairs: list | None, model_cfg, desc: str = "tokenize") -> Encoded:
+def tokenize_with(tokenizer, texts: list, pairs: list | None, model_cfg, desc: str | None = "tokenize") -> Encoded:
     """tokenize() with the model config's max_length and truncation settings (a run's saved config too)."""
     get = model_cfg.get
     return tokenize(tokenizer, texts, pairs, int(get("max_length")), truncation=str(get("truncation", "head")),

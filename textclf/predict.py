@@ -1,9 +1,12 @@
 """`textclf predict`: rebuild a run's model offline, ensemble its folds over a table, write predictions."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -15,6 +18,8 @@ from .io import load_weights
 
 if TYPE_CHECKING:
     import torch
+
+    from .tasks import LabelSpace
 
 log = logging.getLogger(__name__)
 
@@ -147,37 +152,106 @@ def check_predict_device(name: str):
     return device
 
 
-def ensemble_folds(weights: list[Path], make_model: Callable[[], "torch.nn.Module"], encoded, collate, labels, *,
-                   batch_size: int, device, precision: str = "fp32", aggregate: str = "mean") -> np.ndarray:
-    """The folds' outputs averaged over every row of an encoded table, in input order: `textclf predict` and
-    train's test pass both ensemble a run's folds with this. make_model() builds an empty model to load each
-    fold's weights into; evaluation runs longest-first, and the input order is restored."""
+@dataclass
+class FoldModel:
+    """One fold as predict runs it: `logits(batches, desc)` gives (rows, logits) for every batch of a loader, in
+    loader order, whatever runs the model (PyTorch, ONNX Runtime); desc names its progress bar (None: none)."""
+
+    name: str
+    logits: Callable[..., tuple[np.ndarray, np.ndarray]]
+
+
+def ensemble(folds: list[FoldModel], encoded, collate, labels, *, batch_size: int, aggregate: str = "mean",
+             progress: bool = True) -> np.ndarray:
+    """The folds' outputs averaged over every row of an encoded table, in input order. Evaluation runs
+    longest-first, and the input order is restored; sliding windows are aggregated per row."""
     import torch
 
     from .data import sorted_batches
-    from .engine.trainer import predict_logits
 
     batches = sorted_batches(np.arange(len(encoded)), encoded.lengths, int(batch_size))
     loader = torch.utils.data.DataLoader(range(len(encoded)), batch_sampler=batches, collate_fn=collate)
     outputs = np.zeros((encoded.n_docs, len(labels.classes)), dtype=np.float64)
-    for path in weights:
-        model = make_model()
-        model.load_state_dict(load_weights(path))
-        model.to(device)
-        rows, logits = encoded.aggregate(*predict_logits(model, loader, device, precision,
-                                                         desc=f"predict {path.parent.name}"), aggregate)
-        outputs[rows] += labels.outputs(logits) / len(weights)
-        del model
+    for fold in folds:
+        rows, logits = encoded.aggregate(*fold.logits(loader, f"predict {fold.name}" if progress else None), aggregate)
+        outputs[rows] += labels.outputs(logits) / len(folds)
     return outputs
+
+
+def ensemble_folds(weights: list[Path], make_model: Callable[[], "torch.nn.Module"], encoded, collate, labels, *,
+                   batch_size: int, device, precision: str = "fp32", aggregate: str = "mean") -> np.ndarray:
+    """ensemble() over a run's fold weights, each loaded when its turn comes and freed after: train's test pass
+    ensembles a run's folds with this. make_model() builds an empty model to load each fold's weights into."""
+    folds = [FoldModel(path.parent.name, functools.partial(_load_and_predict, path, make_model, device, precision))
+             for path in weights]
+    return ensemble(folds, encoded, collate, labels, batch_size=batch_size, aggregate=aggregate)
+
+
+def load_torch_model(path: Path, make_model: Callable[[], "torch.nn.Module"], device):
+    model = make_model()
+    model.load_state_dict(load_weights(path))
+    return model.to(device).eval()
+
+
+def _load_and_predict(path, make_model, device, precision, loader, desc):
+    from .engine.trainer import predict_logits
+
+    model = load_torch_model(path, make_model, device)
+    try:
+        return predict_logits(model, loader, device, precision, desc=desc)
+    finally:
+        del model
+
+
+def torch_folds(weights: list[Path], make_model: Callable[[], "torch.nn.Module"], device,
+                precision: str) -> list[FoldModel]:
+    """Every fold loaded once, for a predict that streams its input through them chunk after chunk."""
+    from .engine.trainer import predict_logits
+
+    folds = []
+    for path in weights:
+        model = load_torch_model(path, make_model, device)
+        folds.append(FoldModel(path.parent.name, lambda loader, desc, model=model: predict_logits(
+            model, loader, device, precision, desc=desc)))
+    return folds
+
+
+@dataclass
+class RunModel:
+    """What rebuilding a run's classifier offline needs: its config, tokenizer and backbone config."""
+
+    run_dir: Path
+    cfg: DictConfig
+    labels: "LabelSpace"
+    weights: list[Path]
+    tokenizer: object
+    backbone_config: object
+
+    @classmethod
+    def load(cls, run_dir: Path, run_cfg: DictConfig, labels, weights: list[Path]) -> "RunModel":
+        from .models.backbone import load_backbone_config, load_tokenizer
+
+        backbone_dir, mcfg = str(run_dir / "backbone"), run_cfg.model
+        tokenizer = load_tokenizer(backbone_dir, truncation=mcfg.truncation, trust_remote_code=mcfg.trust_remote_code)
+        backbone_config = load_backbone_config(backbone_dir, trust_remote_code=mcfg.trust_remote_code)
+        return cls(run_dir, run_cfg, labels, weights, tokenizer, backbone_config)
+
+    def make_model(self):
+        """An empty classifier of the run's architecture, for one fold's weights."""
+        from .models import build_classifier
+
+        cfg = self.cfg
+        return build_classifier(cfg.model, cfg.pooling, cfg.head, self.labels.num_outputs,
+                                name_or_path=str(self.run_dir / "backbone"), pretrained=False,
+                                backbone_config=self.backbone_config)
+
+
+BACKENDS = ("torch", "onnx")
 
 
 def predict(cfg: DictConfig) -> None:
     from .config import validate_predict
-    from .data import Collator, LabelSpace, load_split, resolve_path, tokenize_with
-    from .io import write_csv
-    from .metrics import compute_metrics
-    from .models import build_classifier
-    from .models.backbone import load_backbone_config, load_tokenizer
+    from .data import LabelSpace, resolve_path
 
     validate_predict(cfg)
     run_dir = resolve_path(str(cfg.run_dir))
@@ -185,29 +259,113 @@ def predict(cfg: DictConfig) -> None:
     out = check_output(cfg, run_dir)
     check_input_columns(cfg, run_cfg)
     labels = LabelSpace.from_dict(label_map)
-    split = load_split("input", str(cfg.input), input_columns(cfg, run_cfg), need_labels=False, role="input",
-                       keys={"text_col": "text_col", "text_pair_col": "text_pair_col", "label_col": "label_col"})
-    # the input table is checked before the model loads
-    y_true = labels.encode(split.labels, f"input {str(cfg.input)!r}") if split.labels is not None else None
-
-    device = check_predict_device(str(cfg.device))
-    backbone_dir = str(run_dir / "backbone")
-    mcfg = run_cfg.model
-    tokenizer = load_tokenizer(backbone_dir, truncation=mcfg.truncation, trust_remote_code=mcfg.trust_remote_code)
-    backbone_config = load_backbone_config(backbone_dir, trust_remote_code=mcfg.trust_remote_code)
-    encoded = tokenize_with(tokenizer, split.texts, split.pairs, mcfg)
-    outputs = ensemble_folds(
-        weights, lambda: build_classifier(mcfg, run_cfg.pooling, run_cfg.head, labels.num_outputs,
-                                          name_or_path=backbone_dir, pretrained=False, backbone_config=backbone_config),
-        encoded, Collator.for_tokenizer(tokenizer, encoded), labels, batch_size=int(cfg.batch_size), device=device,
-        precision=str(cfg.precision), aggregate=str(mcfg.get("window_aggregate", "mean")))
-    table = labels.table(outputs, extra={"row": np.arange(len(outputs))})
-    write_csv(out, table)
-    log.info("wrote %d predictions (%d fold(s) averaged) to %s", len(table), len(weights), out)
+    backend = check_backend(cfg, run_dir, weights)
+    source = InputTable(str(cfg.input), input_columns(cfg, run_cfg), int(cfg.chunk_rows))
+    n_rows, y_true = source.scan(labels)  # the whole input is checked before any model loads
+    run = RunModel.load(run_dir, run_cfg, labels, weights)
+    folds = backend(run)
+    outputs = write_predictions(out, source, run, folds, batch_size=int(cfg.batch_size), n_rows=n_rows,
+                                keep=y_true is not None)
+    log.info("wrote %d predictions (%d fold(s) averaged, backend=%s) to %s", n_rows, len(folds), cfg.backend, out)
     if y_true is not None:
+        from .metrics import compute_metrics
+
         metrics = compute_metrics(labels, y_true, outputs)
         log.info("metrics on %s: %s", cfg.input, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         print(json.dumps(metrics, indent=2), file=sys.stdout)
+
+
+def check_backend(cfg: DictConfig, run_dir: Path, weights: list[Path]) -> Callable[[RunModel], list[FoldModel]]:
+    """What runs the folds, checked before the input is read: torch on predict's device, or the exported ONNX
+    models (the extra installed, the export folder present and made from these very weights)."""
+    if str(cfg.backend) == "onnx":
+        from .export import check_onnx_predict, onnx_folds
+
+        if str(cfg.precision) != "fp32":
+            raise TextclfError(f"precision={cfg.precision} applies to backend=torch; backend=onnx runs the exported "
+                               f"models as they were exported (fp32, or int8 with `textclf export ... quantize=int8`): "
+                               f"drop precision")
+        export_dir = check_onnx_predict(cfg, run_dir, weights)
+        return lambda run: onnx_folds(export_dir, run, str(cfg.device))
+    device = check_predict_device(str(cfg.device))
+    return lambda run: torch_folds(run.weights, run.make_model, device, str(cfg.precision))
+
+
+@dataclass
+class InputTable:
+    """The table predict reads, in chunks of chunk_rows rows."""
+
+    path: str
+    columns: DictConfig
+    chunk_rows: int
+
+    def chunks(self, warn: bool = False):
+        from .data import load_split_chunks
+
+        return load_split_chunks("input", self.path, self.columns, self.chunk_rows, need_labels=False, role="input",
+                                 keys={k: k for k in ("text_col", "text_pair_col", "label_col")}, warn=warn)
+
+    def scan(self, labels) -> tuple[int, np.ndarray | None]:
+        """Check every chunk as a whole-table read would (columns, texts, labels known to the run) and count the
+        rows; the true labels when the table has them (for metrics)."""
+        n_rows, y_parts, labelled = 0, [], None
+        for _, split in self.chunks(warn=True):
+            has_labels = split.labels is not None
+            if labelled is None:
+                labelled = has_labels
+            if has_labels and labelled:
+                y_parts.append(labels.encode(split.labels, f"input {self.path!r}"))
+            n_rows += len(split)
+        return n_rows, (np.concatenate(y_parts) if labelled and y_parts else None)
+
+
+def write_predictions(out: Path, source: InputTable, run: RunModel, folds: list[FoldModel], *, batch_size: int,
+                      n_rows: int, keep: bool) -> np.ndarray | None:
+    """Tokenize, ensemble and write chunk after chunk into a temporary file beside `out`, renamed to `out` at the
+    end: an interrupted predict leaves no file that looks complete. keep: return every row's outputs (metrics)."""
+    from tqdm.auto import tqdm
+
+    from .data import Collator, tokenize_with
+    from .io import atomic_path
+
+    mcfg, labels, kept = run.cfg.model, run.labels, []
+    aggregate = str(mcfg.get("window_aggregate", "mean"))
+    with interrupt_as_exit(out), atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f, \
+            tqdm(total=n_rows, desc="predict", unit="rows", unit_scale=True, mininterval=1.0) as bar:
+        for start, split in source.chunks():
+            encoded = tokenize_with(run.tokenizer, split.texts, split.pairs, mcfg, desc=None)
+            outputs = ensemble(folds, encoded, Collator.for_tokenizer(run.tokenizer, encoded), labels,
+                               batch_size=batch_size, aggregate=aggregate, progress=False)
+            table = labels.table(outputs, extra={"row": np.arange(start, start + len(outputs))})
+            table.to_csv(f, index=False, header=start == 0)
+            bar.update(len(outputs))
+            if keep:
+                kept.append(outputs)
+    return np.concatenate(kept) if keep else None
+
+
+@contextlib.contextmanager
+def interrupt_as_exit(out: Path):
+    """Ctrl-C or SIGTERM while predicting: the partial output is removed (atomic_path) and predict exits 130 or
+    143 with one line saying so, instead of a traceback."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
+        print(f"textclf: interrupted ({signal.Signals(signum).name}): {out} was not written (the partial output was "
+              f"removed)", file=sys.stderr)
+        sys.exit(128 + int(signum))
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def input_columns(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:

@@ -1,0 +1,458 @@
+"""`textclf export`: a run's folds as ONNX models that ONNX Runtime alone serves, and `predict backend=onnx`.
+
+Each fold becomes one graph, backbone + pooling + head -> logits, exported with torch.onnx's default (dynamo)
+exporter with dynamic batch and sequence axes. The TorchScript exporter is not used: it bakes shape-dependent
+branches of current transformers models into the graph and its logits come out wrong on other shapes. Every
+export is checked against the PyTorch model at export time (TOLERANCE, on several batch sizes and lengths from 1
+to max_length, padded on the tokenizer's side) and refused when it differs. Sliding-window aggregation and the
+fold ensemble stay in textclf (predict.ensemble), so both backends share them.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import io
+import json
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from .errors import TextclfError
+from .io import atomic_path, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+EXTRA = "pip install 'textclf[onnx]'"
+MANIFEST = "export.json"
+#: largest |ONNX - PyTorch| allowed on the logits (fp32), relative to max(1, the largest |logit|)
+TOLERANCE = 1e-4
+#: batch sizes and lengths the export is checked on (lengths: 1, about half of max_length, max_length)
+CHECK_BATCHES = (1, 2, 7)
+#: an int8 export whose argmax agrees with fp32 on fewer of the check rows than this gets a warning
+INT8_AGREEMENT = 0.9
+#: the graph's inputs, in order (token_type_ids only where the backbone and tokenizer use them)
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def require(*modules: str, what: str) -> list:
+    """The optional modules `what` needs, or one message naming the extra that installs them."""
+    missing, found = [], []
+    for name in modules:
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise TextclfError(f"{what} needs {', '.join(missing)} (not installed): {EXTRA}")
+    return found
+
+
+# ----------------------------------------------------------------------------- the graph
+def graph_inputs(run) -> list[str]:
+    """input_ids, attention_mask, and token_type_ids where the backbone takes them and the tokenizer gives them
+    (BERT) or marks tokens with non-zero segments (XLNet's <cls>); RoBERTa's tokenizer gives none."""
+    from transformers import AutoModel
+
+    model_class = AutoModel._model_mapping.get(type(run.backbone_config), None)
+    takes = model_class is None or "token_type_ids" in inspect.signature(model_class.forward).parameters
+    tokenizer = run.tokenizer
+    marks = any(tokenizer("hello world", return_token_type_ids=True).get("token_type_ids") or [0])
+    gives = "token_type_ids" in tokenizer.model_input_names or marks
+    return list(INPUTS if takes and gives else INPUTS[:2])
+
+
+def _logits_graph(model):
+    import torch
+
+    class LogitsGraph(torch.nn.Module):
+        """The classifier with integer inputs; the mask goes on as float32: XLNet computes `1.0 - mask`, which
+        torch.export cannot trace on an integer tensor, and every backbone gives the same logits with a float
+        mask (verify() checks each export)."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            return self.model(input_ids, attention_mask.to(torch.float32), token_type_ids)
+
+    return LogitsGraph().eval()
+
+
+def export_graph(model, names: list[str], path: Path, *, opset: int | None, what: str) -> None:
+    """torch.onnx.export with dynamic batch and sequence axes; a clear error when the model cannot be exported."""
+    import torch
+
+    example = {n: torch.ones(2, 8, dtype=torch.long) for n in names}
+    example["attention_mask"][1, 6:] = 0
+    if "token_type_ids" in example:
+        example["token_type_ids"].zero_()
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9  # protobuf's 2 GB limit
+    with _quiet_exporter(), atomic_path(path) as tmp:
+        try:
+            torch.onnx.export(_logits_graph(model), tuple(example[n] for n in names), str(tmp), input_names=names,
+                              output_names=["logits"], dynamic_shapes={n: {0: batch, 1: sequence} for n in names},
+                              opset_version=opset, dynamo=True, external_data=large, verbose=False)
+        except Exception as e:  # noqa: BLE001 - torch.export and the ONNX translation raise many kinds
+            reason = next((line for line in str(e).strip().splitlines() if line.strip()), type(e).__name__)
+            raise TextclfError(f"{what} cannot be exported to ONNX by torch.onnx ({type(e).__name__}: "
+                               f"{reason[:300]}); predict it with backend=torch") from None
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx prints its progress and warns about torchvision and axis names: none of it is the user's."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+# ----------------------------------------------------------------------------- checking an export
+def check_inputs(run, names: list[str], seed: int = 0) -> list[dict]:
+    """Batches of 1, 2 and 7 rows at lengths 1, about max_length/2 and max_length: random token ids, rows of
+    random lengths padded on the tokenizer's side (the first row is full), random segment ids where used."""
+    rng = np.random.default_rng(seed)
+    config, tokenizer = run.backbone_config, run.tokenizer
+    max_length = int(run.cfg.model.max_length)
+    vocab = int(getattr(config, "vocab_size", None) or len(tokenizer))
+    types = int(getattr(config, "type_vocab_size", 2) or 1)
+    pad_id, pad_type = int(tokenizer.pad_token_id or 0), int(getattr(tokenizer, "pad_token_type_id", 0) or 0)
+    left = tokenizer.padding_side == "left"
+    feeds = []
+    for length in sorted({1, max(1, max_length // 2), max_length}):
+        for size in CHECK_BATCHES:
+            lengths = np.concatenate([[length], rng.integers(1, length + 1, size - 1)]).astype(int)
+            real = np.arange(length)[None, :] >= (length - lengths[:, None]) if left else \
+                np.arange(length)[None, :] < lengths[:, None]
+            feed = {"input_ids": np.where(real, rng.integers(0, vocab, (size, length)), pad_id),
+                    "attention_mask": real.astype(np.int64)}
+            if "token_type_ids" in names:
+                feed["token_type_ids"] = np.where(real, rng.integers(0, types, (size, length)), pad_type)
+            feeds.append({k: v.astype(np.int64) for k, v in feed.items()})
+    return feeds
+
+
+def torch_logits(model, feed: dict) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).float().numpy()
+
+
+def verify(model, session, feeds: list[dict], what: str) -> float:
+    """The largest |ONNX - PyTorch| on the check inputs, relative to max(1, |logit|); an error above TOLERANCE."""
+    worst = 0.0
+    for feed in feeds:
+        ref, got = torch_logits(model, feed), session.run(["logits"], feed)[0]
+        scale = max(1.0, float(np.abs(ref).max()))
+        diff = float(np.abs(ref - got).max()) / scale if got.shape == ref.shape else float("inf")
+        if not diff <= TOLERANCE:
+            size, length = feed["input_ids"].shape
+            raise TextclfError(f"{what}: the exported ONNX graph does not reproduce the PyTorch model (largest "
+                               f"logit difference {diff:.3g} x {scale:.3g} on a batch of {size} x {length} tokens, "
+                               f"allowed {TOLERANCE:g}); this architecture cannot be exported faithfully, predict "
+                               f"it with backend=torch")
+        worst = max(worst, diff)
+    return worst
+
+
+def int8_agreement(model, session, feeds: list[dict]) -> tuple[float, float]:
+    """(share of check rows whose argmax the int8 graph keeps, largest |int8 - fp32| logit difference)."""
+    same, rows, worst = 0, 0, 0.0
+    for feed in feeds:
+        ref, got = torch_logits(model, feed), session.run(["logits"], feed)[0]
+        same += int((ref.argmax(1) == got.argmax(1)).sum()) if ref.shape[1] > 1 else int(((ref > 0) == (got > 0)).sum())
+        rows += len(ref)
+        worst = max(worst, float(np.abs(ref - got).max()))
+    return same / max(rows, 1), worst
+
+
+def quantize_int8(fp32: Path, int8: Path) -> None:
+    """Dynamic int8 quantization of the MatMul weights (activations quantized at run time); embeddings, norms and
+    softmax stay fp32, which keeps the accuracy cost small."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_exporter(), atomic_path(int8) as tmp:
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+
+
+def session(path: Path, device: str = "cpu"):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # ONNX Runtime's own warnings about unused initializers are noise here
+    providers = ["CPUExecutionProvider"]
+    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    elif device.startswith("cuda"):
+        raise TextclfError(f"device={device} with backend=onnx needs ONNX Runtime's CUDA build "
+                           f"(pip install onnxruntime-gpu); installed: {', '.join(ort.get_available_providers())}")
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+# ----------------------------------------------------------------------------- textclf export
+def export(cfg: DictConfig) -> None:
+    from .config import validate_export
+    from .data import resolve_path
+    from .predict import RunModel, load_run
+    from .tasks import LabelSpace
+
+    validate_export(cfg)
+    run_dir = resolve_path(str(cfg.run_dir))
+    run_cfg, label_map, weights = load_run(run_dir, cfg.get("folds"))
+    out = check_export_output(cfg, run_dir)
+    require("onnx", "onnxscript", "onnxruntime", what="textclf export format=onnx")
+    run = RunModel.load(run_dir, run_cfg, LabelSpace.from_dict(label_map), weights)
+    names = graph_inputs(run)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a folder with export.json is a finished export
+    folds = [export_fold(run, path, names, out, cfg) for path in weights]
+    run.tokenizer.save_pretrained(str(out / "tokenizer"))
+    shutil.copyfile(run_dir / "labels.json", out / "labels.json")
+    manifest = export_manifest(run, names, folds, cfg)
+    write_text(out / "README.md", readme(run, manifest))
+    write_json(out / MANIFEST, manifest)
+    for fold in folds:
+        log.info("%s -> %s (largest logit difference to PyTorch %.2g, allowed %g%s)", fold["fold"], out / fold["file"],
+                 fold["max_abs_diff"], TOLERANCE, f"; int8 keeps the argmax of {fold['int8_argmax_agreement']:.0%} "
+                 f"of the check rows" if "int8_argmax_agreement" in fold else "")
+    log.info("exported %d fold(s) of %s to %s: textclf predict run_dir=%s backend=onnx%s ...", len(folds), run_dir, out,
+             run_dir, "" if out == run_dir / "export" else f" export_dir={out}")
+    print(out)
+
+
+def export_fold(run, path: Path, names: list[str], out: Path, cfg: DictConfig) -> dict:
+    """One fold: export, check against PyTorch, quantize when asked; its entry in export.json."""
+    from .manifest import sha256
+    from .predict import load_torch_model
+
+    fold = path.parent.name
+    model = load_torch_model(path, run.make_model, "cpu")
+    what = f"{fold}: the {run.backbone_config.model_type} backbone with pooling={_option(run.cfg.pooling)}"
+    fp32 = out / f"{fold}.onnx"
+    export_graph(model, names, fp32, opset=cfg.get("opset"), what=what)
+    feeds = check_inputs(run, names)
+    entry = {"fold": fold, "file": fp32.name, "weights_sha256": sha256(path),
+             "max_abs_diff": verify(model, session(fp32), feeds, what)}
+    if cfg.get("quantize") == "int8":
+        int8 = out / f"{fold}.int8.onnx"
+        quantize_int8(fp32, int8)
+        fp32.unlink()
+        agreement, diff = int8_agreement(model, session(int8), feeds)
+        entry.update(file=int8.name, int8_argmax_agreement=agreement, int8_max_abs_diff=diff)
+        if agreement < INT8_AGREEMENT:
+            log.warning("%s: the int8 model keeps the fp32 argmax on only %.0f%% of the check rows (random tokens); "
+                        "measure its accuracy on labelled data (predict backend=onnx input=<labelled table>) before "
+                        "serving it", fold, 100 * agreement)
+    return entry
+
+
+def _option(node) -> str:
+    target = str(node.get("_target_", "?")).rsplit(".", 1)[-1]
+    return target.removesuffix("Pooling").lower() or target
+
+
+def check_export_output(cfg: DictConfig, run_dir: Path) -> Path:
+    """The export folder: default <run_dir>/export; never the run folder itself, one of its fold or backbone
+    folders, a file, or a folder holding other files."""
+    from .data import resolve_path
+
+    out = resolve_path(str(cfg.output)) if cfg.get("output") else run_dir / "export"
+    where = f"output {str(cfg.get('output') or out)!r}"
+    if out.exists() and not out.is_dir():
+        raise TextclfError(f"{where} is a file: export writes a folder (several models, the tokenizer, labels.json); "
+                           f"give a folder name, e.g. output={out.with_suffix('')}_onnx")
+    try:
+        inside = out.resolve().relative_to(run_dir.resolve()).parts
+    except ValueError:
+        inside = None
+    if inside is not None and (not inside or inside[0] == "backbone" or inside[0].startswith("fold_")):
+        place = "the run folder itself" if not inside else f"inside the run's {inside[0]}/"
+        raise TextclfError(f"{where} is {place}: the export would mix with the run's own files; leave output out "
+                           f"(<run_dir>/export) or give another folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise TextclfError(f"{where} already holds files that are not a textclf export (no {MANIFEST}): give an "
+                           f"empty or new folder")
+    return out
+
+
+def export_manifest(run, names: list[str], folds: list[dict], cfg: DictConfig) -> dict:
+    import onnxruntime
+    import torch
+
+    from . import __version__
+
+    tokenizer, mcfg = run.tokenizer, run.cfg.model
+    return {"written_by": "textclf", "version": __version__, "format": "onnx", "quantize": cfg.get("quantize"),
+            "inputs": names, "output": "logits", "tolerance": TOLERANCE, "folds": folds,
+            "task": run.labels.task, "max_length": int(mcfg.max_length), "truncation": str(mcfg.truncation),
+            "padding_side": tokenizer.padding_side, "pad_token_id": int(tokenizer.pad_token_id or 0),
+            "pad_token": str(tokenizer.pad_token), "pad_token_type_id": int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+            "backbone": run.backbone_config.model_type, "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+OUTPUT_CODE = {  # the README snippet's last lines, per task: probabilities (or values) and decisions
+    "multiclass": ("p = np.mean([softmax(s.run(['logits'], feed)[0]) for s in sessions], axis=0)",
+                   "return [labels['classes'][i] for i in p.argmax(1)], p"),
+    "multilabel": ("p = np.mean([1 / (1 + np.exp(-s.run(['logits'], feed)[0])) for s in sessions], axis=0)",
+                   "return [[c for c, on in zip(labels['classes'], row) if on] for row in p >= {threshold}], p"),
+    "regression": ("p = np.mean([s.run(['logits'], feed)[0] for s in sessions], axis=0)", "return p"),
+}
+
+
+def readme(run, manifest: dict) -> str:
+    """The export folder's README: what is in it, and the ten lines of ONNX Runtime that reproduce predict."""
+    labels, names = run.labels, manifest["inputs"]
+    task = labels.task if labels.task != "binary" else "multiclass"
+    probs, decide = OUTPUT_CODE[task]
+    if labels.single_logit:
+        probs = "p1 = np.mean([1 / (1 + np.exp(-s.run(['logits'], feed)[0][:, 0])) for s in sessions], axis=0)\n" \
+                "    p = np.stack([1 - p1, p1], axis=1)"
+    if labels.task == "binary" and (labels.positive != 1 or float(labels.thresholds()[0]) != 0.5):
+        pos, t = labels.positive, float(labels.thresholds()[0])
+        decide = f"return [labels['classes'][i] for i in np.where(p[:, {pos}] >= {t}, {pos}, {1 - pos})], p"
+    feed = "\n".join(f"        {n!r}: np.array([e.{FIELDS[n]} for e in enc], dtype=np.int64)," for n in names)
+    files = [f["file"] for f in manifest["folds"]]
+    side = "left" if manifest["truncation"] == "tail" else "right"
+    code = f"""import json
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+labels = json.load(open("labels.json"))
+tokenizer = Tokenizer.from_file("tokenizer/tokenizer.json")
+tokenizer.enable_truncation(max_length={manifest['max_length']}, direction="{side}")
+tokenizer.enable_padding(direction="{manifest['padding_side']}", pad_id={manifest['pad_token_id']}, pad_token={manifest['pad_token']!r}, pad_type_id={manifest['pad_token_type_id']})
+sessions = [ort.InferenceSession(f) for f in {files!r}]
+softmax = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+
+def predict(texts):
+    enc = tokenizer.encode_batch(texts)
+    feed = {{
+{feed}
+    }}
+    {probs}
+    {decide.format(threshold=labels.thresholds().tolist())}
+
+print(predict(["first text to classify", "second one"]))
+"""
+    kind = "int8 (dynamic quantization of the MatMul weights)" if manifest["quantize"] == "int8" else "fp32"
+    return f"""# ONNX export of a textclf run
+
+{len(files)} fold model(s), {kind}, one per fold: backbone ({manifest['backbone']}) + pooling + head -> `logits`.
+Inputs: {', '.join(f'`{n}`' for n in names)} (int64, shape batch x sequence, both axes dynamic). Each export was
+checked against the PyTorch model on batches of 1 to 7 rows and lengths 1 to {manifest['max_length']}: largest
+logit difference {max(f['max_abs_diff'] for f in manifest['folds']):.2g} (allowed {manifest['tolerance']:g}).
+`labels.json` holds the classes and decision thresholds, `tokenizer/` the tokenizer, `export.json` the details.
+
+`textclf predict run_dir=<run> input=<table> output=<csv> backend=onnx export_dir=<this folder>` runs these models
+with textclf's batching, ensembling and output. ONNX Runtime and the `tokenizers` library alone reproduce it (in
+this folder; predict averages the folds' probabilities as below):
+
+```python
+{code}```
+{WINDOW_NOTE if manifest['truncation'] in ('head_tail', 'window') else ''}"""
+
+
+FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+WINDOW_NOTE = """
+The run truncates with model.truncation=head_tail or window, which textclf does itself (the snippet above keeps the
+head of each text only): use `textclf predict backend=onnx` for the same predictions.
+"""
+
+
+# ----------------------------------------------------------------------------- predict backend=onnx
+def check_onnx_predict(cfg: DictConfig, run_dir: Path, weights: list[Path]) -> Path:
+    """The export folder predict backend=onnx runs: ONNX Runtime installed, the folder a finished export made from
+    these very fold weights (their SHA-256 in run.json)."""
+    from .data import resolve_path
+
+    require("onnxruntime", what="predict backend=onnx")
+    export_dir = resolve_path(str(cfg.export_dir)) if cfg.get("export_dir") else run_dir / "export"
+    where = f"export_dir {str(cfg.get('export_dir') or export_dir)!r}"
+    again = f"textclf export run_dir={run_dir}" + (f" output={export_dir}" if cfg.get("export_dir") else "")
+    if not export_dir.is_dir():
+        default = "" if cfg.get("export_dir") else " (the default: <run_dir>/export)"
+        raise TextclfError(f"{where} does not exist{default}: export the run first ({again}), or give "
+                           f"export_dir=<the folder textclf export wrote>")
+    manifest = read_manifest(export_dir, where, again)
+    exported = {f["fold"]: f for f in manifest["folds"]}
+    trained = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["files"]
+    for path in weights:
+        fold = path.parent.name
+        if fold not in exported:
+            raise TextclfError(f"{where} holds {', '.join(exported) or 'no fold'}, not {fold}: export it "
+                               f"({again}), or pick exported folds with folds=[...]")
+        if exported[fold]["weights_sha256"] != trained.get(str(path.relative_to(run_dir))):
+            raise TextclfError(f"{where}: its {fold} was exported from other weights than the run's {fold} now "
+                               f"holds (the run was retrained or the export comes from another run): export again "
+                               f"({again})")
+        if not (export_dir / exported[fold]["file"]).exists():
+            raise TextclfError(f"{where}: {exported[fold]['file']} is missing; export again ({again})")
+    return export_dir
+
+
+def read_manifest(export_dir: Path, where: str, again: str) -> dict:
+    path = export_dir / MANIFEST
+    if not path.exists():
+        raise TextclfError(f"{where} is not a finished textclf export (no {MANIFEST}): the export was interrupted "
+                           f"or the folder holds something else; export again ({again})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        assert manifest.get("written_by") == "textclf" and isinstance(manifest.get("folds"), list)
+    except (ValueError, AssertionError):
+        raise TextclfError(f"{path} is not a textclf export manifest; export again ({again})") from None
+    return manifest
+
+
+@dataclass
+class OnnxFold:
+    """One exported fold behind predict's FoldModel interface: loader batches in, (rows, logits) out."""
+
+    session: object
+    names: list
+
+    def __call__(self, loader, desc: str | None):
+        from tqdm.auto import tqdm
+
+        rows, outs = [], []
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None):
+            ids = batch["input_ids"].numpy()
+            feed = {n: batch[n].numpy() if n in batch else np.zeros_like(ids) for n in self.names}
+            outs.append(self.session.run(["logits"], feed)[0].astype(np.float32, copy=False))
+            rows.append(batch["rows"].numpy())
+        if not outs:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(rows), np.concatenate(outs)
+
+
+def onnx_folds(export_dir: Path, run, device: str) -> list:
+    """The run's folds as ONNX Runtime sessions over the export's models (a missing token_type_ids input, as for
+    single BERT texts, is fed as zeros, which is what the backbone assumes without it)."""
+    from .predict import FoldModel
+
+    manifest = read_manifest(export_dir, f"export_dir {str(export_dir)!r}", "textclf export")
+    exported = {f["fold"]: f for f in manifest["folds"]}
+    folds = []
+    for path in run.weights:
+        entry = exported[path.parent.name]
+        sess = session(export_dir / entry["file"], device)
+        folds.append(FoldModel(entry["fold"], OnnxFold(sess, [i.name for i in sess.get_inputs()])))
+    log.info("backend=onnx: %d %s fold model(s) from %s", len(folds), manifest.get("quantize") or "fp32", export_dir)
+    return folds
