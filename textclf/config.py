@@ -41,6 +41,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 #: keys of a `_target_` node that hydra.utils.instantiate reads itself
 INSTANTIATE_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 PREDICT_USAGE = "textclf predict run_dir=<run folder> input=<table> output=<csv>"
+EXPORT_USAGE = "textclf export run_dir=<run folder> [quantize=int8] [output=<folder>]"
 
 Problem = tuple[str, str]  # (the key at fault, what is wrong with it)
 
@@ -261,9 +262,27 @@ class PredictConfig:
     device: str = key("auto", DEVICE)
     precision: str = key("fp32", Choice(PRECISIONS))
     folds: Optional[list[int]] = key(None, hint="fold numbers like [0,2]")
+    backend: str = key("torch", Choice(("torch", "onnx")))
+    export_dir: Optional[str] = key(None, hint="backend=onnx: the folder `textclf export` wrote (null: "
+                                               "<run_dir>/export)")
+    chunk_rows: int = key(50000, Range(1), hint="rows read, predicted and written at a time")
 
 
-SCHEMAS = {"train": (TrainConfig, "invalid configuration"), "predict": (PredictConfig, "invalid options")}
+@dataclass
+class ExportConfig:
+    """conf/export.yaml."""
+
+    run_dir: str = key(MISSING, hint=EXPORT_USAGE, nonempty=f"required ({EXPORT_USAGE})")
+    format: str = key("onnx", Choice(("onnx",)))
+    quantize: Optional[str] = key(None, Choice(("int8",)),
+                                  hint="null: fp32 weights; int8: dynamic int8 quantization (ONNX Runtime)")
+    output: Optional[str] = key(None, hint="the folder to write (null: <run_dir>/export)")
+    folds: Optional[list[int]] = key(None, hint="fold numbers like [0,2]")
+    opset: Optional[int] = key(None, Range(14), hint="ONNX opset (null: torch.onnx's default)")
+
+
+SCHEMAS = {"train": (TrainConfig, "invalid configuration"), "predict": (PredictConfig, "invalid options"),
+           "export": (ExportConfig, "invalid options")}
 
 
 # ----------------------------------------------------------------------------- validate a composed config
@@ -275,6 +294,11 @@ def validate(cfg: DictConfig) -> None:
 def validate_predict(cfg: DictConfig) -> None:
     """The same all-at-once check for `textclf predict` options."""
     _raise("invalid options", problems(cfg, PredictConfig))
+
+
+def validate_export(cfg: DictConfig) -> None:
+    """The same all-at-once check for `textclf export` options."""
+    _raise("invalid options", problems(cfg, ExportConfig))
 
 
 def problems(cfg: DictConfig, schema: type, *, lenient: bool = False) -> list[Problem]:
