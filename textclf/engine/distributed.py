@@ -121,18 +121,18 @@ def all_gather(obj: Any) -> list:
 
 def max_over_ranks(value: int) -> int:
     """The largest of every rank's value, on every rank (a CPU tensor: no CUDA stream waits for it)."""
-    if not active():
-        return value
-    t = torch.tensor([int(value)], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return _reduce(value, "MAX")
 
 
 def sum_over_ranks(value: int) -> int:
+    return _reduce(value, "SUM")
+
+
+def _reduce(value: int, op: str) -> int:
     if not active():
         return value
     t = torch.tensor([int(value)], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return int(t.item())
 
 
