@@ -61,9 +61,10 @@ def graph_inputs(run) -> list[str]:
 
     model_class = AutoModel._model_mapping.get(type(run.backbone_config), None)
     takes = model_class is None or "token_type_ids" in inspect.signature(model_class.forward).parameters
+    from .data import marks_segments
+
     tokenizer = run.tokenizer
-    marks = any(tokenizer("hello world", return_token_type_ids=True).get("token_type_ids") or [0])
-    gives = "token_type_ids" in tokenizer.model_input_names or marks
+    gives = "token_type_ids" in tokenizer.model_input_names or marks_segments(tokenizer)
     return list(INPUTS if takes and gives else INPUTS[:2])
 
 
