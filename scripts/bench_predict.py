@@ -83,18 +83,24 @@ def train_and_export(args, train: Path) -> Path:
         run(["textclf", "train", "data=csv", f"data.train_file={train}", "kfold=none", "trainer.epochs=1",
              f"model.max_length={args.max_length}", "trainer.batch_size=32", "trainer.device=cpu", "plots=false",
              "logger=none", f"hydra.run.dir={run_dir}"], "train")
-    for extra in ([], ["quantize=int8", f"output={run_dir / 'export_int8'}"]):
-        run(["textclf", "export", f"run_dir={run_dir}", *extra], "export")
+    for folder, extra in ((run_dir / "export", []), (run_dir / "export_int8", ["quantize=int8",
+                                                                             f"output={run_dir / 'export_int8'}"])):
+        if not (folder / "export.json").exists():
+            run(["textclf", "export", f"run_dir={run_dir}", *extra], "export")
     return run_dir
 
 
 def hf_model(run_dir: Path, folder: Path, num_labels: int) -> Path:
     """The run's backbone with a sequence-classification head, as the pipeline loads it (the head's weights do not
-    change the speed)."""
+    change the speed; the run folder keeps the backbone's config and tokenizer, its weights are in the folds)."""
+    from omegaconf import OmegaConf
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from textclf.models.backbone import resolve_name_or_path
+
     if not folder.exists():
-        model = AutoModelForSequenceClassification.from_pretrained(str(run_dir / "backbone"), num_labels=num_labels)
+        source = resolve_name_or_path(str(OmegaConf.load(run_dir / "config.yaml").model.name_or_path))
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
         model.save_pretrained(str(folder))
         AutoTokenizer.from_pretrained(str(run_dir / "backbone")).save_pretrained(str(folder))
     return folder
