@@ -196,14 +196,6 @@ def _config_problem(command: str, args: list[str], seen: dict | None = None) -> 
     return None
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def _world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
 def _train_as_rank(args: list[str], seen: dict) -> int:
     """One process of a multi-process run (torchrun, trainer.devices=N, a submitit task): join the process
     group, take rank 0's run folder, and on the other ranks have Hydra write nothing (rank 0 writes)."""
@@ -253,10 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     seen: dict = {}
     problem = _config_problem(command, args[1:], seen)
     if problem:
-        if _rank() == 0:  # every process of a run finds the same problem: one says it
+        from .engine.callbacks import is_main
+
+        if is_main():  # every process of a run finds the same problem: one says it
             print(f"textclf: error: {problem}", file=sys.stderr)
         return 2
     if command == "train":
+        from .engine.callbacks import launched
         from .launch import processes_wanted, start_processes
 
         wanted = processes_wanted(seen)
@@ -265,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if wanted > 1:
             return start_processes(wanted, args[1:], seen)
-        if _world() > 1:
+        if launched():
             return _train_as_rank(args, seen)
     # @hydra.main reads sys.argv: drop the subcommand so Hydra sees only its own arguments
     extra = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", f"hydra.job.name={command}"] \

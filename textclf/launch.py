@@ -20,15 +20,13 @@ def _quote(path: str) -> str:
     return "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _launched() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-
-
 def processes_wanted(seen: dict) -> int | str:
     """How many processes `textclf train` should start itself for trainer.devices (1: none, run here), or the
     message refusing the combination."""
+    from .engine.callbacks import launched
+
     cfg, flags = seen.get("cfg"), seen.get("flags")
-    if cfg is None or flags is None or flags.cfg is not None or _launched():
+    if cfg is None or flags is None or flags.cfg is not None or launched():
         return 1  # --help/--cfg, or a launcher (torchrun, submitit) already decided
     tcfg = cfg.get("trainer") or {}
     devices, device = tcfg.get("devices", 1), str(tcfg.get("device", "auto"))

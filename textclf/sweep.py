@@ -103,7 +103,9 @@ def join_submitit_tasks() -> None:
     """A submitit job with several tasks (hydra.launcher.tasks_per_node / nodes) is one multi-process run: export
     the torch.distributed environment from submitit's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and join
     the process group. Other jobs: nothing."""
-    if "SUBMITIT_EXECUTOR" not in os.environ or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    from .engine.callbacks import launched
+
+    if "SUBMITIT_EXECUTOR" not in os.environ or launched():
         return
     try:
         import submitit

@@ -110,7 +110,8 @@ class TrainRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         checked = preflight(self.cfg)  # every check textclf validate makes, before anything heavy loads
         cfg = self.cfg = checked.cfg
-        self.checked, self.labels, self.monitor, self.device = checked, checked.labels, checked.monitor, checked.device
+        self.checked, self.labels, self.monitor = checked, checked.labels, checked.monitor
+        self.device = distributed.shared_device(checked.device)  # several processes on GPUs: each its own (LOCAL_RANK)
         # an earlier run in this folder with the same settings and data is continued (or, finished, kept and not
         # trained again); an unfinished one with others starts over; a finished one is replaced only by overwrite=true.
         # Several processes: rank 0 decides (and writes the run files), the others follow its decision

@@ -31,7 +31,26 @@ from typing import Any, Iterable
 
 def is_main() -> bool:
     """The one decision of which process writes files and logs: rank 0 of a distributed run, else this one."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return rank() == 0
+
+
+# which process this is, from the launcher's environment (torchrun and submitit's TorchDistributedEnvironment
+# export it); here rather than in engine.distributed so that reading it imports no torch
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def launched() -> bool:
+    """True in a process started by a distributed launcher for a run of more than one process."""
+    return world_size() > 1
 
 
 @dataclass

@@ -25,28 +25,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .callbacks import launched, local_rank, rank, world_size  # noqa: F401 - part of this module's interface
+
 log = logging.getLogger(__name__)
-
-# torchrun and submitit's TorchDistributedEnvironment both export these
-ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0") or 0)
-
-
-def launched() -> bool:
-    """True in a process started by a distributed launcher for a run of more than one process."""
-    return world_size() > 1
-
 
 def active() -> bool:
     """True once the process group of a multi-process run is up."""

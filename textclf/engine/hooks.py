@@ -91,10 +91,7 @@ class _Attack(Hook):
                 grads = torch._foreach_sub(grads, prev)
             else:
                 grads = [g if t is None else g - t for g, t in zip(grads, prev)]
-        average = getattr(trainer, "average_across_ranks", None)
-        if average is not None:
-            grads = average(grads)
-        return usable([p for _, p in pairs], grads)
+        return usable([p for _, p in pairs], averaged(trainer, grads))
 
     def _perturbed_backward(self, trainer, batch, perturb) -> None:
         """The frame of a one-shot attack (FGM, AWP): `perturb(params, grads, norms, originals)` moves the usable
@@ -120,6 +117,17 @@ class _Attack(Hook):
         copies = copy_of(have)
         it = iter(copies)
         self._prev = [None if g is None else next(it) for g in grads]
+
+
+def averaged(trainer, grads: list) -> list:
+    """The gradients averaged over a multi-process run's ranks (Trainer.average_across_ranks; the same tensors in
+    one process, or with a trainer that has no ranks); None entries (no gradient) stay None."""
+    average = getattr(trainer, "average_across_ranks", None)
+    present = [g for g in grads if g is not None]
+    if average is None or not present:
+        return grads
+    it = iter(average(present))
+    return [None if g is None else next(it) for g in grads]
 
 
 def usable(params: list, grads: list) -> tuple[list, list, list[float]]:
@@ -214,10 +222,7 @@ class PGD(_Attack):
                     trainer.backward(loss)
                     break
                 found = torch.autograd.grad(trainer.scaler.scale(loss), attacked, allow_unused=True)
-                average = getattr(trainer, "average_across_ranks", None)
-                if average is not None:
-                    averaged = iter(average([g for g in found if g is not None]))
-                    found = [None if g is None else next(averaged) for g in found]
+                found = averaged(trainer, list(found))
                 pairs = [(p, g) for p, g in zip(attacked, found) if g is not None]
                 moving, grads, norms = usable([p for p, _ in pairs], [g for _, g in pairs])
             restore(attacked, originals)
