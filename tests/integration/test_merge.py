@@ -37,3 +37,45 @@ def test_three_fold_jobs_merged_equal_one_sequential_run(tmp_path, tiny_bert):
     assert (tmp_path / "merged" / "run.json").exists()
     pred = run_textclf(["predict", f"run_dir={tmp_path / 'merged'}", "input=test.csv", "output=p.csv"], tmp_path)
     assert pred[0] == 0, describe(pred)
+
+
+def fake_job(folder, folds, *, lr=1e-4, split="row,fold\n0,0\n1,1\n2,2\n"):
+    from omegaconf import OmegaConf
+
+    folder.mkdir(parents=True)
+    cfg = {"kfold": {"n_splits": 3, "folds": folds}, "optimizer": {"lr": lr}, "resume": False}
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (folder / "folds.csv").write_text(split)
+    (folder / "inputs.json").write_text("{}")
+    for f in folds:
+        (folder / f"fold_{f}").mkdir()
+        (folder / f"fold_{f}" / "result.json").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("settings", r"trained with other settings than .* \(only kfold.folds may differ"),
+    ("split", r"validates on other splits or data than"),
+    ("not_a_run", r"holds no textclf run"),
+    ("no_output", r"2 runs to merge: say where the merged run goes \(--output <folder>\)"),
+])
+def test_merge_refuses_jobs_that_are_not_one_run(tmp_path, case, message):
+    import re
+
+    from textclf.merge import main
+
+    fake_job(tmp_path / "a", [0, 1])
+    other = {"settings": dict(lr=5e-5), "split": dict(split="row,fold\n0,1\n1,0\n2,2\n")}.get(case, {})
+    fake_job(tmp_path / "b", [2], **other)
+    (tmp_path / "empty").mkdir()
+    args = {"not_a_run": [str(tmp_path / "empty"), "-o", str(tmp_path / "m")],
+            "no_output": [str(tmp_path / "a"), str(tmp_path / "b")]}.get(
+        case, [str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "m")])
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(args) == 2
+    assert re.search(message, err.getvalue()), err.getvalue()
+    assert not (tmp_path / "m" / "run.json").exists()
