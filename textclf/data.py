@@ -852,10 +852,15 @@ def sorted_batches(rows: np.ndarray, lengths: np.ndarray, batch_size: int) -> li
 
 
 class EpochBatches:
-    """A batch sampler that regroups by length every epoch (different seed each epoch)."""
+    """A batch sampler that regroups by length every epoch (different seed each epoch).
 
-    def __init__(self, rows, lengths, batch_size: int, window: int, seed: int):
+    weights (trainer.sampler=balanced): each epoch draws as many rows as there are, with replacement, with these
+    probabilities (balanced_weights), then groups them by length as usual, so an epoch has the same number of
+    batches and length grouping is kept."""
+
+    def __init__(self, rows, lengths, batch_size: int, window: int, seed: int, weights: np.ndarray | None = None):
         self.rows, self.lengths, self.batch_size, self.window, self.seed = np.asarray(rows), lengths, batch_size, window, seed
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -863,7 +868,28 @@ class EpochBatches:
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
-        return iter(length_grouped_batches(self.rows, self.lengths, self.batch_size, self.window, rng))
+        rows = self.rows if self.weights is None else rng.choice(self.rows, size=len(self.rows), p=self.weights)
+        return iter(length_grouped_batches(rows, self.lengths, self.batch_size, self.window, rng))
 
     def __len__(self):
         return math.ceil(len(self.rows) / self.batch_size)
+
+
+def balanced_weights(y: np.ndarray, task: str) -> np.ndarray:
+    """Sampling weights that give every class the same expected share of an epoch: 1/count of the row's class.
+    Multilabel: the mean of 1/count over the row's labels (a row with none: the mean over labels). Rows are drawn
+    with replacement, so a rare class's rows repeat and a common one's are skipped. Regression has no classes:
+    refused."""
+    if task == "regression":
+        raise TextclfError("trainer.sampler=balanced needs classes; a regression task has none (use "
+                           "trainer.sampler=random)")
+    y = np.asarray(y)
+    if task == "multilabel":
+        counts = y.sum(axis=0).astype(np.float64)
+        inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+        n_labels = y.sum(axis=1)
+        w = (y * inv).sum(axis=1) / np.maximum(n_labels, 1)
+        w[n_labels == 0] = inv[inv > 0].mean() if (inv > 0).any() else 1.0
+        return w
+    classes, index, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return 1.0 / counts[index]

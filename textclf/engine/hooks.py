@@ -9,11 +9,14 @@ scaling and accumulation live in one place.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import torch
 
 from ..errors import TextclfError
+
+log = logging.getLogger(__name__)
 
 
 class Hook:
@@ -48,10 +51,15 @@ class _Attack(Hook):
     of the group follow (one copy of the attacked parameters' gradients, only when accumulating).
     """
 
-    def __init__(self, param_name: str):
+    #: start=auto: the share of the fold's optimizer steps trained plainly before the attack begins
+    AUTO_START = 0.1
+
+    def __init__(self, param_name: str, start="auto"):
         if not isinstance(param_name, str) or not param_name:
             raise TextclfError(f"adversarial.param_name must be a non-empty string, got {param_name!r}")
         self.param_name = param_name
+        self.start = check_start("adversarial.start", start)
+        self.start_step = 0  # resolved at on_fit_start from the fold's number of optimizer steps
         self.names: list[str] = []
         self.params: list[torch.nn.Parameter] = []
         self._prev: list[torch.Tensor | None] | None = None
@@ -72,12 +80,25 @@ class _Attack(Hook):
         self.names = [n for n, _ in trainable]
         self.params = [p for _, p in trainable]
         self._prev, self._seen = None, 0
+        self.start_step = start_step(self.start, self.AUTO_START, total_steps(trainer))
+        self.resolve(trainer)
+        log.info("adversarial=%s: %s; from optimizer step %d of %s", option, self.describe(), self.start_step,
+                 total_steps(trainer) or "?")
+
+    def resolve(self, trainer) -> None:
+        """Budget-aware values (`auto`) from the run the hook is in; explicit ones stay."""
+
+    def describe(self) -> str:
+        return ""
+
+    def active(self, trainer) -> bool:
+        return getattr(trainer, "global_step", 0) >= self.start_step
 
     def after_step(self, trainer) -> None:
         self._prev, self._seen = None, 0  # the optimizer step cleared the gradients
 
     def backwards_again(self, trainer) -> bool:
-        return True
+        return self.active(trainer)
 
     def _directions(self, trainer=None) -> tuple[list, list, list[float]]:
         """(parameters, this micro-batch's gradients, their norms) for the attacked parameters. With several
@@ -174,15 +195,30 @@ def _embedding_hint(model) -> str:
 class FGM(_Attack):
     """Fast gradient method (Miyato et al. 2017): after the plain backward, add r = ε·g/‖g‖ to the word
     embeddings, backward the loss at that point (gradients add up), restore the exact weights. One extra
-    forward and backward per micro-batch; none when the gradient is zero or not finite."""
+    forward and backward per micro-batch (from the start step on); none when the gradient is zero or not finite.
 
-    def __init__(self, epsilon: float = 1.0, param_name: str = "word_embeddings"):
-        super().__init__(param_name)
-        _positive("adversarial.epsilon", epsilon)
-        self.epsilon = float(epsilon)
+    epsilon=auto: AUTO_EPSILON·√(hidden/768), the embedding width of the model attacked (the literature's 1.0 is
+    for BERT-base's 768 and long fine-tunes; at a few hundred steps it costs accuracy, see the README's ablation).
+    start=auto: the attack begins after AUTO_START of the fold's optimizer steps (the head is random before)."""
+
+    AUTO_EPSILON = 0.3
+
+    def __init__(self, epsilon="auto", param_name: str = "word_embeddings", start="auto"):
+        super().__init__(param_name, start)
+        self.epsilon_setting = check_auto("adversarial.epsilon", epsilon)
+        self.epsilon = 0.0 if epsilon == "auto" else float(epsilon)
+
+    def resolve(self, trainer) -> None:
+        if self.epsilon_setting == "auto":
+            self.epsilon = auto_epsilon(self.AUTO_EPSILON, self.params)
+
+    def describe(self) -> str:
+        return f"epsilon={self.epsilon:.3g}" + (" (auto: scaled to the embedding width)"
+                                                if self.epsilon_setting == "auto" else "")
 
     def after_backward(self, trainer, batch) -> None:
-        self._perturbed_backward(trainer, batch, self._perturb)
+        if self.active(trainer):
+            self._perturbed_backward(trainer, batch, self._perturb)
 
     def _perturb(self, params, grads, norms, originals) -> None:
         for p, g, n in zip(params, grads, norms):  # usually one parameter: in place, no temporary
@@ -199,15 +235,34 @@ class PGD(_Attack):
     those backwards is skipped. The result equals the usual back-up/zero/restore loop: plain + last adversarial.
     """
 
-    def __init__(self, epsilon: float = 1.0, alpha: float = 0.3, steps: int = 3, param_name: str = "word_embeddings"):
-        super().__init__(param_name)
-        _positive("adversarial.epsilon", epsilon)
-        _positive("adversarial.alpha", alpha)
+    AUTO_EPSILON = 0.3  # as FGM's; alpha=auto is 0.3·epsilon (the common 1.0 / 0.3 ratio)
+
+    def __init__(self, epsilon="auto", alpha="auto", steps: int = 3, param_name: str = "word_embeddings",
+                 start="auto"):
+        super().__init__(param_name, start)
+        self.epsilon_setting = check_auto("adversarial.epsilon", epsilon)
+        self.alpha_setting = check_auto("adversarial.alpha", alpha)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise TextclfError(f"adversarial.steps must be an integer >= 1, got {steps!r}")
-        self.epsilon, self.alpha, self.steps = float(epsilon), float(alpha), steps
+        self.epsilon = 0.0 if epsilon == "auto" else float(epsilon)
+        self.alpha = 0.0 if alpha == "auto" else float(alpha)
+        self.steps = steps
+        if self.epsilon_setting != "auto" and self.alpha_setting == "auto":
+            self.alpha = 0.3 * self.epsilon
+
+    def resolve(self, trainer) -> None:
+        if self.epsilon_setting == "auto":
+            self.epsilon = auto_epsilon(self.AUTO_EPSILON, self.params)
+        if self.alpha_setting == "auto":
+            self.alpha = 0.3 * self.epsilon
+
+    def describe(self) -> str:
+        return (f"epsilon={self.epsilon:.3g}, alpha={self.alpha:.3g}, steps={self.steps}"
+                + (" (auto: scaled to the embedding width)" if self.epsilon_setting == "auto" else ""))
 
     def after_backward(self, trainer, batch) -> None:
+        if not self.active(trainer):
+            return
         moving, grads, norms = self._directions(trainer)
         if moving:
             attacked = list(moving)
@@ -236,23 +291,41 @@ class PGD(_Attack):
 
 
 class AWP(_Attack):
-    """Adversarial weight perturbation (Wu et al. 2020), as in the Feedback Prize solutions: from `start_epoch`
-    (0-based) on, move each matching weight w by lr·g/‖g‖·‖w‖, clamped to [w − ε|w|, w + ε|w|], backward the
-    loss there (gradients add up), restore the exact weights."""
+    """Adversarial weight perturbation (Wu et al. 2020), as in the Feedback Prize solutions: from the start step
+    on, move each matching weight w by lr·g/‖g‖·‖w‖, clamped to [w − ε|w|, w + ε|w|], backward the loss there
+    (gradients add up), restore the exact weights.
 
-    def __init__(self, lr: float = 1.0, epsilon: float = 0.001, start_epoch: int = 1, param_name: str = "weight"):
-        super().__init__(param_name)
+    start=auto: after AUTO_START of the fold's optimizer steps (the solutions start it once the validation score
+    is decent, an epoch or two into 3-5). start_epoch (0-based), when set, wins: the older way to say it."""
+
+    AUTO_START = 0.5
+
+    def __init__(self, lr: float = 1.0, epsilon: float = 0.001, start="auto", param_name: str = "weight",
+                 start_epoch: int | None = None):
+        super().__init__(param_name, start)
         _positive("adversarial.lr", lr)
         _positive("adversarial.epsilon", epsilon)
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise TextclfError(f"adversarial.start_epoch must be an integer >= 0, got {start_epoch!r}")
+        if start_epoch is not None and (isinstance(start_epoch, bool) or not isinstance(start_epoch, int)
+                                        or start_epoch < 0):
+            raise TextclfError(f"adversarial.start_epoch must be an integer >= 0 or null, got {start_epoch!r}")
         self.lr, self.epsilon, self.start_epoch = float(lr), float(epsilon), start_epoch
 
-    def backwards_again(self, trainer) -> bool:
-        return getattr(trainer, "epoch", 0) >= self.start_epoch
+    def on_fit_start(self, trainer) -> None:
+        super().on_fit_start(trainer)
+        if self.start_epoch is not None:
+            self.start_step = self.start_epoch * int(getattr(trainer, "steps_per_epoch", 0) or 0)
+
+    def active(self, trainer) -> bool:
+        if self.start_epoch is not None:
+            return getattr(trainer, "epoch", 0) >= self.start_epoch
+        return super().active(trainer)
+
+    def describe(self) -> str:
+        return f"lr={self.lr:g}, epsilon={self.epsilon:g}" + (
+            f", start_epoch={self.start_epoch}" if self.start_epoch is not None else "")
 
     def after_backward(self, trainer, batch) -> None:
-        if not self.backwards_again(trainer):
+        if not self.active(trainer):
             return
         self._perturbed_backward(trainer, batch, self._perturb)
 
@@ -265,6 +338,53 @@ class AWP(_Attack):
         torch._foreach_neg_(bound)
         torch._foreach_maximum_(step, bound)
         torch._foreach_add_(params, step)
+
+
+# ----------------------------------------------------------------------------- budget-aware values
+def total_steps(trainer) -> int | None:
+    """The fold's optimizer steps (Trainer.total_steps); None for a trainer that does not say."""
+    n = getattr(trainer, "total_steps", None)
+    return int(n) if n else None
+
+
+def check_start(name: str, value):
+    """auto, a share of the fold's optimizer steps in [0, 1), or a step number (an integer >= 1)."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
+            isinstance(value, float) and value >= 1):
+        raise TextclfError(f"{name} must be auto, a share of the optimizer steps in [0, 1) (0.2) or a step number "
+                           f"(an integer, 100), got {value!r}")
+    return value
+
+
+def start_step(value, auto_share: float, total: int | None) -> int:
+    """The optimizer step a trick starts at: a share of the fold's steps (auto: auto_share), or the step given."""
+    share = auto_share if value == "auto" else value
+    if isinstance(share, float) or value == "auto":
+        return int(math.ceil(float(share) * total)) if total else 0
+    return int(share)
+
+
+def check_auto(name: str, value):
+    if value == "auto":
+        return value
+    _positive(name, value)
+    return float(value)
+
+
+def auto_epsilon(base: float, params: list) -> float:
+    """base·√(width/768): the attacked embedding's width against BERT-base's, for which the common values were
+    found (the perturbation's norm grows with the square root of the width at equal per-coordinate size)."""
+    width = int(params[0].shape[-1]) if params else 768
+    return base * math.sqrt(width / 768)
+
+
+def auto_ema_decay(total: int | None, share: float) -> float:
+    """An EMA that averages over about `share` of the fold's steps: 1 − 1/(share·steps), in [0.9, 0.9999]."""
+    if not total:
+        return 0.999
+    return min(0.9999, max(0.9, 1.0 - 1.0 / max(1.0, share * total)))
 
 
 def _positive(name: str, value) -> None:
@@ -281,16 +401,23 @@ class EMA(Hook):
     warmup=true uses min(decay, (1 + n) / (10 + n)) for the n-th update (TensorFlow's num_updates rule): a short
     fine-tune of a few hundred steps would otherwise average mostly the pretrained weights at decay 0.999.
     The update is one fused lerp over all parameters; the shadow costs one copy of the trainable weights.
+
+    decay=auto: an average over about AUTO_SHARE of the fold's optimizer steps, 1 − 1/(AUTO_SHARE·steps) within
+    [0.9, 0.9999] (0.92 for a 126-step fold, 0.998 for 5,000 steps): a fixed 0.999 averages over 1,000 steps,
+    longer than most fine-tunes.
     """
 
-    def __init__(self, decay: float = 0.999, start_step: int = 0, warmup: bool = False):
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
-            raise TextclfError(f"ema.decay must be a number in [0, 1), got {decay!r}")
+    AUTO_SHARE = 0.1
+
+    def __init__(self, decay="auto", start_step: int = 0, warmup: bool = False):
+        if decay != "auto" and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1):
+            raise TextclfError(f"ema.decay must be auto or a number in [0, 1), got {decay!r}")
         if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
             raise TextclfError(f"ema.start_step must be an integer >= 0, got {start_step!r}")
         if not isinstance(warmup, bool):
             raise TextclfError(f"ema.warmup must be true or false, got {warmup!r}")
-        self.decay, self.start_step, self.warmup = float(decay), start_step, warmup
+        self.decay_setting = decay
+        self.decay, self.start_step, self.warmup = 0.999 if decay == "auto" else float(decay), start_step, warmup
         self.names: list[str] = []
         self.params: list[torch.nn.Parameter] = []
         self.shadow: list[torch.Tensor] = []
@@ -303,6 +430,11 @@ class EMA(Hook):
         self.params = [p for _, p in named]
         self.shadow = copy_of([p.detach() for p in self.params])
         self.updates, self._live = 0, None
+        if self.decay_setting == "auto":
+            self.decay = auto_ema_decay(total_steps(trainer), self.AUTO_SHARE)
+        log.info("ema: decay=%.4g%s, from step %d%s", self.decay,
+                 f" (auto: about {self.AUTO_SHARE:.0%} of the fold's {total_steps(trainer)} steps)"
+                 if self.decay_setting == "auto" else "", self.start_step, ", warmup" if self.warmup else "")
 
     def state_dict(self) -> dict:
         return {"shadow": [t.detach().cpu() for t in self.shadow], "updates": self.updates}

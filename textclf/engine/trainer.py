@@ -149,13 +149,17 @@ class Trainer:
                  precision: str = "fp32", monitor: str = "macro_f1", early_stopping_patience: int | None = None,
                  hooks: Sequence[Hook] = (), objective=None, log_every_steps: int = 10,
                  eval_every_steps: int | None = None, limit_train_batches: int | None = None,
-                 callbacks: Callback | None = None, fold: int = 0, desc: str = "train"):
+                 callbacks: Callback | None = None, fold: int = 0, desc: str = "train",
+                 steps_per_epoch: int | None = None):
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.device, self.epochs, self.accum = device, epochs, max(1, grad_accum_steps)
         self.max_grad_norm, self.precision, self.monitor = max_grad_norm, precision, monitor
         self.patience, self.hooks, self.desc = early_stopping_patience, list(hooks), desc
         self.log_every, self.eval_every, self.limit_train = int(log_every_steps or 0), eval_every_steps, limit_train_batches
         self.callbacks, self.fold = callbacks if callbacks is not None else Callbacks(), fold
+        # the fold's optimizer steps, which budget-aware defaults (hooks' `auto` values) are computed from
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = steps_per_epoch * epochs if steps_per_epoch else None
         # fp16 needs loss scaling on CUDA; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
         # several processes: forwards and backwards go through the DDP wrapper; `model` stays the module itself
