@@ -51,6 +51,7 @@ def preflight(cfg: DictConfig) -> Checked:
     labels, y, y_valid, y_test = encode_labels(cfg, splits)
     check_leakage(cfg.data, splits)
     cfg, monitor = check_objective(cfg, labels)
+    check_calibration(cfg, labels)
     device = check_device(cfg.trainer)
     valid = splits.get("valid")
     folds, folds_frame = make_folds(instantiate(cfg.kfold), labels, y, len(valid) if valid else 0, data_cfg=cfg.data)
@@ -96,6 +97,13 @@ def check_objective(cfg: DictConfig, labels: LabelSpace) -> tuple[DictConfig, st
                            f"(it fits: {', '.join(loss_cls.tasks)})")
     labels.single_logit = labels.task == "binary" and getattr(loss_cls, "single_logit_binary", False)
     return cfg, monitor
+
+
+def check_calibration(cfg: DictConfig, labels: LabelSpace) -> None:
+    """calibrate=temperature fits a temperature to probabilities: a regression task has none."""
+    if cfg.get("calibrate", "none") != "none" and labels.task == "regression":
+        raise TextclfError(f"calibrate={cfg.calibrate} applies to binary, multiclass and multilabel tasks; this task "
+                           f"is regression (its outputs are values, not probabilities): set calibrate=none")
 
 
 def option_named(group: str, target: str) -> str:

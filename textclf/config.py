@@ -240,6 +240,8 @@ class TrainConfig:
     task: str = key("auto", Choice(TASKS))
     threshold: float = key(0.5, Range(0, 1, open_low=True, open_high=True))
     tune_threshold: bool = False
+    calibrate: str = key("none", Choice((), ref="textclf.calibrate.CALIBRATIONS"),
+                         hint="temperature: logits scaled to calibrated probabilities; not for regression")
     positive_label: Optional[Union[str, int]] = key(None, hint="binary: the class F1 is about, as it appears in "
                                                         "the data; null: the second class in sorted order")
     resume: bool = key(False, hint="resume=<run folder> also works on the command line")

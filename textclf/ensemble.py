@@ -113,6 +113,7 @@ def blend(members: list[Member], weights: list[float] | None = None) -> dict:
     thresholds = {json.dumps(m.labels.threshold) for m in members}
     if labels.task in ("binary", "multilabel") and len(thresholds) > 1:
         labels.threshold = 0.5  # the runs tuned different thresholds: none of them fits the blend
+    labels.temperature = None  # the members' tables hold calibrated probabilities already; a blend has no logits
     cols = output_columns(labels)
     y = true_values(labels, members[0].oof)
     outs = [m.oof[cols].to_numpy(dtype=np.float64) for m in members]

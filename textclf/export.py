@@ -325,6 +325,8 @@ def readme(run, manifest: dict) -> str:
     if labels.single_logit:
         probs = "p1 = np.mean([1 / (1 + np.exp(-s.run(['logits'], feed)[0][:, 0])) for s in sessions], axis=0)\n" \
                 "    p = np.stack([1 - p1, p1], axis=1)"
+    if labels.temperature is not None:  # calibrate=temperature: logits / T, as predict does
+        probs = probs.replace("s.run(['logits'], feed)[0]", "(s.run(['logits'], feed)[0] / labels['temperature'])")
     if labels.task == "binary" and (labels.positive != 1 or float(labels.thresholds()[0]) != 0.5):
         pos, t = labels.positive, float(labels.thresholds()[0])
         decide = f"return [labels['classes'][i] for i in np.where(p[:, {pos}] >= {t}, {pos}, {1 - pos})], p"

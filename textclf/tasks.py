@@ -47,7 +47,8 @@ def infer_task(labels: list, sep: str, n_targets: int = 1) -> str:
 class LabelSpace:
     """Task, class (or target) names in output order, and the decision threshold(s): multilabel one per class
     (or one for all); binary one on the probability of the positive class (`positive`, an index into classes:
-    the class binary F1 is about, the second in sorted order unless positive_label names another)."""
+    the class binary F1 is about, the second in sorted order unless positive_label names another). `temperature`
+    (calibrate=temperature): every logit is divided by it before it becomes a probability; None: no calibration."""
 
     task: str
     classes: list
@@ -56,6 +57,7 @@ class LabelSpace:
     single_logit: bool = False
     target_names: list = field(default_factory=list)
     positive: int = 1
+    temperature: float | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -100,14 +102,16 @@ class LabelSpace:
     @classmethod
     def from_dict(cls, d: dict) -> "LabelSpace":
         space = cls(d["task"], d["classes"], sep=d.get("sep", "|"), threshold=d.get("threshold", 0.5),
-                    single_logit=d.get("single_logit", False), target_names=d.get("target_names", []))
+                    single_logit=d.get("single_logit", False), target_names=d.get("target_names", []),
+                    temperature=d.get("temperature"))  # labels.json before calibration existed has none
         space.set_positive(d.get("positive_label"))
         return space
 
     def to_dict(self) -> dict:
         return {"task": self.task, "classes": self.classes, "sep": self.sep, "threshold": self.threshold,
                 "single_logit": self.single_logit, "target_names": self.target_names,
-                "positive_label": self.classes[self.positive] if self.task == "binary" else None}
+                "positive_label": self.classes[self.positive] if self.task == "binary" else None,
+                "temperature": self.temperature}
 
     def set_positive(self, label) -> None:
         """positive_label: the binary class (as it appears in the data) whose F1 is reported and whose
@@ -178,10 +182,13 @@ class LabelSpace:
 
     # ------------------------------------------------------------------ logits -> outputs -> decisions
     def outputs(self, logits: np.ndarray) -> np.ndarray:
-        """Probabilities per class (binary: both columns, even from one logit), or regression values."""
+        """Probabilities per class (binary: both columns, even from one logit), or regression values; with a
+        temperature, of logits / temperature."""
         logits = logits.astype(np.float64)
         if self.task == "regression":
             return logits
+        if self.temperature is not None:
+            logits = logits / self.temperature
         if self.task == "multilabel":
             return sigmoid(logits)
         if self.single_logit:

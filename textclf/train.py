@@ -4,13 +4,14 @@
                one tokenization for the whole run, the loggers
   2. folds     per fold: build (model, loaders, optimizer, hooks), fit (the Trainer loop), keep its
                out-of-fold outputs; a fold finished by an earlier run into the same folder is kept
-  3. assemble  out-of-fold outputs and metrics, tuned thresholds, test predictions (the folds ensembled)
+  3. assemble  out-of-fold outputs and metrics, calibration, tuned thresholds, test predictions (the folds
+               ensembled)
   4. write     oof.csv, test_predictions.csv, plots, metrics.json, then run.json last
 
 Run folder (Hydra's output directory):
   config.yaml            the resolved config
   train.log              the log
-  labels.json            task and class names, in logit order
+  labels.json            task and class names, in logit order; thresholds and temperature (for predict)
   backbone/              backbone config + tokenizer files (predict rebuilds the model offline)
   fold_<k>/              model.safetensors (best weights), result.json + outputs.npz (the fold's outputs);
                          history.csv and steps.csv with logger=csv; checkpoint/ while the fold is in flight
@@ -259,8 +260,11 @@ class TrainRun:
 
     # ------------------------------------------------------------------------- 3. assemble
     def assemble(self, outputs: FoldOutputs) -> tuple[dict, np.ndarray]:
-        """Metrics of the folds and of the out-of-fold outputs; with tune_threshold, binary and multilabel
-        thresholds tuned on the latter and scored out of sample (tune_oof_threshold)."""
+        """Metrics of the folds and of the out-of-fold outputs (with their ECE); with calibrate=temperature, the
+        out-of-fold outputs calibrated first (calibrate_oof), so the oof metrics, oof.csv and tuned thresholds are
+        of calibrated probabilities; with tune_threshold, binary and multilabel thresholds tuned on them and scored
+        out of sample (tune_oof_threshold)."""
+        from .calibrate import expected_calibration_error
         from .metrics import compute_metrics, per_class_report, summarize
         from .tasks import THRESHOLD_TASKS
 
@@ -270,7 +274,11 @@ class TrainRun:
         summary = {"task": labels.task, "monitor": self.monitor, "folds": results}
         summary["mean"], summary["std"] = summarize(results)
         summary["score"] = summary["mean"][self.monitor]
+        if self.cfg.get("calibrate", "none") == "temperature":
+            oof = self.calibrate_oof(summary, y[scored], oof)
         summary["oof"] = compute_metrics(labels, y[scored], oof)
+        if labels.task != "regression":
+            summary["oof"]["ece"] = expected_calibration_error(oof, y[scored], labels.task)
         decided = None  # the report's decisions: the tuned ones, scored as the tuned metrics are
         if labels.task in THRESHOLD_TASKS and self.cfg.tune_threshold:
             decided = self.tune_oof_threshold(summary, y[scored], oof, self.threshold_groups(outputs, scored))
@@ -279,6 +287,22 @@ class TrainRun:
             summary["oof_report"] = report
         self.scored = scored
         return summary, oof
+
+    def calibrate_oof(self, summary: dict, y: np.ndarray, oof: np.ndarray) -> np.ndarray:
+        """One temperature fitted on the out-of-fold logits becomes the run's (labels.json: predict, and this run's
+        test predictions, divide each fold's logits by it before averaging); metrics.json's calibration records it.
+        Returns the calibrated out-of-fold outputs. With kfold.repeats the logits are those of the rows' mean
+        probabilities."""
+        from .calibrate import temperature_scaling
+
+        temperature, calibrated, record = temperature_scaling(self.labels, y, oof)
+        self.labels.temperature = temperature
+        summary["calibration"] = record
+        log.info("calibration: temperature T=%.2f fitted on %d out-of-fold rows; ECE %.3f -> %.3f", temperature,
+                 len(y), record["ece_before"], record["ece_after"])
+        if self.main:
+            write_json(self.run_dir / "labels.json", self.labels.to_dict())
+        return calibrated
 
     def tune_oof_threshold(self, summary: dict, y: np.ndarray, oof: np.ndarray, groups: np.ndarray) -> np.ndarray:
         """Thresholds chosen on every out-of-fold row become the run's (labels.json, for predict); the metrics
