@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from conftest import FILLER, SPECIAL_TOKENS, TINY, TOPICS, build_tiny_bert, make_frame, torch_seed
+from conftest import FILLER, SPECIAL_TOKENS, TINY, TOPICS, VOCAB, build_tiny_bert, make_frame, torch_seed
 
 ARCHS = ("bert", "roberta", "deberta", "electra", "xlnet", "bert_chinese")
 #: the textclf preset (conf/model/<preset>.yaml) each tiny architecture stands in for
@@ -239,3 +239,14 @@ class TinyBackbones:
         if arch not in self._built:
             self._built[arch] = build_tiny(arch, self._factory.mktemp(f"tiny_{arch}"))
         return self._built[arch]
+
+
+def build_tiny_masked_lm(folder: Path) -> Path:
+    """The tiny BERT's tokenizer with a BertForMaskedLM (random weights, its masked-LM head saved too): a
+    stand-in for augment.mlm_model."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    build_tiny_bert(folder)
+    torch_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(VOCAB), **TINY)).save_pretrained(str(folder))
+    return folder

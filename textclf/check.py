@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from .augment import build_augmenter
 from .data import LabelSpace, Split, check_leakage, conflicting_duplicates, load_splits
 from .errors import TextclfError
 
@@ -47,6 +48,7 @@ def preflight(cfg: DictConfig) -> Checked:
     from .engine.kfold import make_folds
 
     validate(cfg)
+    build_augmenter(cfg.get("augment"))  # its options' ranges and augment.mlm_model's folder; nothing loads yet
     splits = load_splits(cfg.data)
     labels, y, y_valid, y_test = encode_labels(cfg, splits)
     check_leakage(cfg.data, splits)

@@ -236,6 +236,7 @@ class TrainConfig:
     adversarial: Any = group(optional=True)
     ema: Any = group(optional=True)
     rdrop: Any = group("task", "single_logit", optional=True)
+    augment: Any = group(optional=True)
     logger: Any = group(optional=True, named=True)
     task: str = key("auto", Choice(TASKS))
     threshold: float = key(0.5, Range(0, 1, open_low=True, open_high=True))
@@ -452,7 +453,8 @@ def _check_target(label: str, cfg: DictConfig, runtime: tuple[str, ...], found: 
                 found.append(_unknown(label, name, accepted, target))
             continue
         if OmegaConf.is_missing(cfg, name):
-            found.append((where, "required"))
+            hint = getattr(obj, "required_hints", {}).get(name)  # what to give, where the target says
+            found.append((where, f"required ({hint})" if hint else "required"))
             continue
         ok, value = _get(cfg, name, where, found, lenient)
         tp = _param_type(obj, accepted[name])
@@ -462,7 +464,8 @@ def _check_target(label: str, cfg: DictConfig, runtime: tuple[str, ...], found: 
                 found.append((where, problem))
     if "_args_" not in cfg:
         for name, p in accepted.items():
-            if p.default is p.empty and p.kind is not p.POSITIONAL_ONLY and name not in cfg:
+            # cfg.keys(): a key set to ??? is not `in` cfg, and was reported as required above
+            if p.default is p.empty and p.kind is not p.POSITIONAL_ONLY and name not in cfg.keys():
                 found.append((f"{label}.{name}", f"required by {target}"))
 
 

@@ -19,6 +19,8 @@ Run folder (Hydra's output directory):
   inputs.json            size and SHA-256 of each data file read (a resume on changed data is refused)
   .textclf.lock          while a process runs in the folder: its pid, host and start time
   init_report.json       with model.init_from: which tensors loaded, missing, unexpected, mismatched (shapes)
+  augment.json           with augment=eda|mlm: the copies made, each fold's original and augmented training rows,
+                         a few examples
   oof.csv                out-of-fold predictions: probabilities per class and the predicted label
   metrics.json           every fold's metrics, mean and std across folds, out-of-fold metrics
   test_predictions.csv   when data.test_file is given: probabilities averaged over folds
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import random
@@ -39,7 +42,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .check import Checked, preflight
+from .augment import Augmented, build_augmenter
+from .check import Checked, option_named, preflight
 from .data import Collator, EpochBatches, Encoded, LabelSpace, sorted_batches, tokenize_with
 from .engine import distributed
 from .engine.callbacks import Callback, Callbacks, RunContext, is_main
@@ -60,12 +64,27 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
 
 @dataclass
 class RunData:
-    """The run's tokenized inputs: training and validation rows together (validation-file rows last)."""
+    """The run's tokenized inputs: training and validation rows together (validation-file rows after the training
+    file's), then the augmented copies of training-file rows (augment=eda|mlm), which only ever train."""
 
     encoded: Encoded
     y: np.ndarray
-    n_train_file: int  # rows from data.train_file; the rest came from data.valid_file
+    n_train_file: int  # rows from data.train_file; the rest came from data.valid_file (and augmentation)
     test: Encoded | None
+    #: for each augmented row (they sit at n_rows, n_rows + 1, ...), the training-file row it was made from
+    augmented_from: np.ndarray | None = None
+
+    @property
+    def n_rows(self) -> int:
+        """The original rows (training and validation files): the only ones validated and scored."""
+        return len(self.y) - (0 if self.augmented_from is None else len(self.augmented_from))
+
+    def with_copies(self, rows: np.ndarray) -> np.ndarray:
+        """A fold's training rows followed by the augmented copies of exactly those rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.augmented_from is None:
+            return rows
+        return np.concatenate([rows, self.n_rows + np.flatnonzero(np.isin(self.augmented_from, rows))])
 
 
 class TrainRun:
@@ -137,7 +156,10 @@ class TrainRun:
             save_run_files(self.run_dir, cfg, self.labels, checked.tokenizer, checked.backbone_config)
             write_json(self.run_dir / INPUTS_FILE, inputs)
             write_csv(self.run_dir / "folds.csv", folds_frame)
-        self.data = tokenize_run(checked)
+        augmented = augment_run(checked)
+        self.data = tokenize_run(checked, augmented)
+        if augmented is not None and self.main:
+            write_json(self.run_dir / "augment.json", augment_report(checked, augmented, self.data, self.folds))
         self.callbacks = build_callbacks(cfg) if self.main else Callbacks()
         self.callbacks.on_run_start(RunContext(self.run_dir, OmegaConf.to_container(cfg, resolve=True),
                                                self.labels.task, self.monitor, len(self.folds),
@@ -157,7 +179,10 @@ class TrainRun:
             log.info("fold %d: finished before, kept", fold.index)
             self.callbacks.on_fold_end(fold.index, kept.result)
             return kept
-        log.info("fold %d: %d training rows, %d validation rows", fold.index, len(fold.train_rows),
+        train_rows = self.data.with_copies(fold.train_rows)
+        copies = f" + {len(train_rows) - len(fold.train_rows)} augmented copies of them" if len(train_rows) > len(
+            fold.train_rows) else ""
+        log.info("fold %d: %d training rows%s, %d validation rows", fold.index, len(fold.train_rows), copies,
                  len(fold.valid_rows))
         import torch
 
@@ -167,7 +192,8 @@ class TrainRun:
         if not self.resuming and self.main:
             checkpoint.clear()
         distributed.barrier()
-        trainer, train_loader, valid_loader, eval_loss_fn = self.build_fold(fold)
+        trainer, train_loader, valid_loader, eval_loss_fn = self.build_fold(dataclasses.replace(fold,
+                                                                                                train_rows=train_rows))
         if distributed.active():  # the same initial weights everywhere (DDP checks), then each rank its own dropout
             torch.manual_seed(int(self.cfg.trainer.seed) + fold.index + 7919 * distributed.rank())
         labels, y = self.labels, self.data.y
@@ -384,14 +410,56 @@ class TrainRun:
 
 
 # ----------------------------------------------------------------------------- the pieces the stages use
-def tokenize_run(checked: Checked) -> RunData:
-    """One tokenization for the whole run (not per epoch or fold): training + validation rows, and the test file."""
+def augment_run(checked: Checked) -> Augmented | None:
+    """augment=eda|mlm: the augmented copies of the training file's rows (never data.valid_file's or the test
+    file's), made once per run; None for augment=none. With text pairs only the first text is changed."""
+    cfg = checked.cfg
+    augmenter = build_augmenter(cfg.get("augment"))
+    if augmenter is None:
+        return None
+    option = option_named("augment", str(cfg.augment._target_))
+    train_split = checked.splits["train"]
+    if train_split.pairs is not None:
+        log.info("augment=%s changes data.text_col only; each copy keeps its row's data.text_pair_col as is", option)
+    augmented = augmenter.augment(train_split.texts, seed=augment_seed(cfg), tokenizer=checked.tokenizer,
+                                  name_or_path=checked.name_or_path, device=checked.device)
+    log.info("augment=%s: %d copies of %d training rows -> %d augmented rows (tokenized once); each fold trains on "
+             "its own rows' copies", option, augmenter.copies, len(train_split), len(augmented.texts))
+    return augmented
+
+
+def augment_seed(cfg: DictConfig) -> int:
+    """augment.seed, or trainer.seed when it is null."""
+    seed = cfg.augment.get("seed")
+    return int(cfg.trainer.seed if seed is None else seed)
+
+
+def augment_report(checked: Checked, augmented: Augmented, data: RunData, folds: list[Fold]) -> dict:
+    """augment.json: what was made, how many rows each fold trains on, a few examples to read."""
+    node = OmegaConf.to_container(checked.cfg.augment, resolve=True)
+    texts = checked.splits["train"].texts
+    return {"augment": option_named("augment", str(node.pop("_target_"))), **node, "seed": augment_seed(checked.cfg),
+            "source_rows": len(texts), "augmented_rows": len(augmented.texts),
+            "folds": [{"fold": f.index, "train_rows": len(f.train_rows),
+                       "augmented_train_rows": len(data.with_copies(f.train_rows)) - len(f.train_rows),
+                       "valid_rows": len(f.valid_rows)} for f in folds],
+            "examples": [{"row": int(s), "text": texts[s], "augmented": t}
+                         for s, t in list(zip(augmented.source.tolist(), augmented.texts))[:5]]}
+
+
+def tokenize_run(checked: Checked, augmented: Augmented | None = None) -> RunData:
+    """One tokenization for the whole run (not per epoch or fold): training + validation rows, then the augmented
+    copies of training rows (each with its source row's label, copied exactly), and the test file."""
     mcfg, tokenizer, splits = checked.cfg.model, checked.tokenizer, checked.splits
     train_split, valid_split, test_split = splits["train"], splits.get("valid"), splits.get("test")
     texts = train_split.texts + (valid_split.texts if valid_split else [])
     pairs = (train_split.pairs + (valid_split.pairs if valid_split else [])) if train_split.pairs else None
-    encoded = tokenize_with(tokenizer, texts, pairs, mcfg, desc="tokenize")
     y = np.concatenate([checked.y, checked.y_valid]) if valid_split else checked.y
+    if augmented is not None:
+        texts = texts + augmented.texts
+        pairs = pairs + [train_split.pairs[s] for s in augmented.source] if pairs is not None else None
+        y = np.concatenate([y, checked.y[augmented.source]])
+    encoded = tokenize_with(tokenizer, texts, pairs, mcfg, desc="tokenize")
     lengths = encoded.lengths
     if encoded.doc is not None:
         log.info("tokenized %d texts once into %d windows of up to %d tokens (%.2f per text, at most %d); "
@@ -403,7 +471,7 @@ def tokenize_run(checked: Checked) -> RunData:
                  int(mcfg.max_length), mcfg.truncation)
     test = (tokenize_with(tokenizer, test_split.texts, test_split.pairs, mcfg, desc="tokenize test")
             if test_split else None)
-    return RunData(encoded, y, len(checked.y), test)
+    return RunData(encoded, y, len(checked.y), test, None if augmented is None else augmented.source)
 
 
 def log_processes(tcfg) -> None:

@@ -17,7 +17,7 @@ CONF = resources.files("textclf.conf")
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("__"))
 OPTIONS = [(g, f.name[:-5]) for g in GROUPS for f in sorted(CONF.joinpath(g).iterdir(), key=lambda f: f.name)
            if f.name.endswith(".yaml")]
-NEEDS = {("data", "csv"): ["data.train_file=train.csv"]}
+NEEDS = {("data", "csv"): ["data.train_file=train.csv"], ("augment", "mlm"): ["augment.mlm_model=models/mlm"]}
 
 
 def compose_train(overrides=()):

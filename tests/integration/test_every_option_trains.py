@@ -71,8 +71,15 @@ def test_every_group_is_exercised():
     assert {t for _, _, t in CASES} == {"binary", "multiclass", "multilabel", "regression"}
 
 
+@pytest.fixture(scope="module")
+def tiny_mlm(tmp_path_factory):
+    from tiny_models import build_tiny_masked_lm
+
+    return build_tiny_masked_lm(tmp_path_factory.mktemp("tiny_mlm"))
+
+
 @pytest.mark.parametrize("group, option, task", CASES, ids=[f"{g}={o}-{t}" for g, o, t in CASES])
-def test_option_trains_on_the_tiny_model(group, option, task, tiny_bert4, tmp_path, monkeypatch):
+def test_option_trains_on_the_tiny_model(group, option, task, tiny_bert4, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     frame = task_frame(task)
     overrides = ["data=csv", "data.train_file=train.csv", f"model.name_or_path={tiny_bert4}", "model.max_length=16",
@@ -80,6 +87,8 @@ def test_option_trains_on_the_tiny_model(group, option, task, tiny_bert4, tmp_pa
                  f"{group}={option}"]
     if group == "kfold" and option != "none":
         overrides.append("kfold.n_splits=2")
+    if group == "augment" and option == "mlm":
+        overrides.append(f"augment.mlm_model={request.getfixturevalue('tiny_mlm')}")
     if group == "kfold" and "group" in option:  # rows of one author stay in one fold
         frame["author"] = [f"a{i // 2}" for i in range(len(frame))]
         overrides.append("data.group_col=author")

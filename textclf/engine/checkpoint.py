@@ -138,7 +138,7 @@ PLOT_FILES = ("learning_curves.png", "confusion_matrix.png", "precision_recall.p
 #: it stays while the split settings and data are unchanged). Not removed: .hydra/ and train.log (Hydra writes
 #: them for the run in progress, the log appends), status.json (the job in progress), any file of the user's
 RUN_FILES = ("run.json", "metrics.json", "oof.csv", "test_predictions.csv", INPUTS_FILE, "labels.json", "config.yaml",
-             "init_report.json", "mlflow_run.json", "mlflow_run.json.tmp", *PLOT_FILES)
+             "init_report.json", "augment.json", "mlflow_run.json", "mlflow_run.json.tmp", *PLOT_FILES)
 #: what a run writes into fold_<k>/ (besides checkpoint/, wholly its own)
 FOLD_FILES = ("model.safetensors", "result.json", "outputs.npz", "history.csv", "steps.csv")
 
