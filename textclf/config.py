@@ -215,6 +215,8 @@ class TrainerConfig:
     compile: bool = False
     log_every_steps: int = key(10, Range(0))
     eval_every_steps: Optional[int] = key(None, Range(1))
+    evals_per_epoch: Optional[int] = key(None, Range(1), hint="evaluations per epoch (eval_every_steps wins)")
+    sampler: str = key("random", Choice(("random", "balanced")))
     limit_train_batches: Optional[Union[int, float]] = key(None, BATCH_LIMIT)
     limit_eval_batches: Optional[Union[int, float]] = key(None, BATCH_LIMIT)
     checkpoint_every_steps: int = key(200, Range(0))
@@ -240,7 +242,8 @@ class TrainConfig:
     logger: Any = group(optional=True, named=True)
     task: str = key("auto", Choice(TASKS))
     threshold: float = key(0.5, Range(0, 1, open_low=True, open_high=True))
-    tune_threshold: bool = False
+    tune_threshold: Union[bool, str] = key("auto", Check(lambda v: v in (True, False, "auto"),
+                                                          "true, false or auto (true for multilabel tasks)"))
     calibrate: str = key("none", Choice((), ref="textclf.calibrate.CALIBRATIONS"),
                          hint="temperature: logits scaled to calibrated probabilities; not for regression")
     positive_label: Optional[Union[str, int]] = key(None, hint="binary: the class F1 is about, as it appears in "

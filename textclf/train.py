@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .augment import Augmented, build_augmenter
 from .check import Checked, option_named, preflight
-from .data import Collator, EpochBatches, Encoded, LabelSpace, sorted_batches, tokenize_with
+from .data import Collator, EpochBatches, Encoded, LabelSpace, balanced_weights, sorted_batches, tokenize_with
 from .engine import distributed
 from .engine.callbacks import Callback, Callbacks, RunContext, is_main
 from .engine.checkpoint import (INPUTS_FILE, FoldCheckpoint, fault_point, finished_fold, finished_run_score,
@@ -235,6 +235,8 @@ class TrainRun:
         model = build_classifier(cfg.model, cfg.pooling, cfg.head, self.labels.num_outputs,
                                  name_or_path=self.checked.name_or_path, backbone_config=self.checked.backbone_config,
                                  init_from=self.init_weights())
+        if cfg.head.get("prior_bias", True) and not cfg.model.get("init_from"):
+            prior_bias(model, self.labels, data.y[fold.train_rows])
         collate = Collator.for_tokenizer(self.checked.tokenizer, data.encoded, data.y)
         # loaders draw their worker seeds from their own generator: each new iterator would otherwise take a number
         # from the global RNG (the dropout masks' source), and a resumed epoch, which makes its iterator after
@@ -244,8 +246,12 @@ class TrainRun:
                          generator=torch.Generator().manual_seed(seed))
         lengths, world = data.encoded.lengths, distributed.world_size() if distributed.active() else 1
         # trainer.batch_size is per process: the global batch (world x batch_size rows) is grouped, then dealt out
-        train_batches = EpochBatches(data.encoded.seq_rows(fold.train_rows), lengths, int(tcfg.batch_size) * world,
-                                     int(tcfg.length_window), seed=seed + 1000 * fold.index)
+        train_seqs = data.encoded.seq_rows(fold.train_rows)
+        weights = None
+        if str(tcfg.get("sampler", "random")) == "balanced":  # class-balanced draws, length grouping kept
+            weights = balanced_weights(data.encoded.seq_labels(data.y)[train_seqs], self.labels.task)
+        train_batches = EpochBatches(train_seqs, lengths, int(tcfg.batch_size) * world, int(tcfg.length_window),
+                                     seed=seed + 1000 * fold.index, weights=weights)
         valid_batches = sorted_batches(data.encoded.seq_rows(fold.valid_rows), lengths, int(tcfg.eval_batch_size))
         valid_batches = valid_batches[:limit_batches(tcfg.limit_eval_batches, len(valid_batches))]
         if world > 1:
@@ -267,9 +273,10 @@ class TrainRun:
                           grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
                           precision=str(tcfg.precision), monitor=self.monitor,
                           early_stopping_patience=tcfg.early_stopping_patience, hooks=hooks, objective=objective,
-                          log_every_steps=int(tcfg.log_every_steps), eval_every_steps=tcfg.eval_every_steps,
+                          log_every_steps=int(tcfg.log_every_steps),
+                          eval_every_steps=eval_every(tcfg, steps_per_epoch),
                           limit_train_batches=n_train, callbacks=self.callbacks, fold=fold.index,
-                          desc=f"fold {fold.index}")
+                          desc=f"fold {fold.index}", steps_per_epoch=steps_per_epoch)
         return (trainer, loader(batch_sampler=train_batches), loader(batch_sampler=valid_batches), eval_loss_fn)
 
     def init_weights(self):
@@ -306,7 +313,7 @@ class TrainRun:
         if labels.task != "regression":
             summary["oof"]["ece"] = expected_calibration_error(oof, y[scored], labels.task)
         decided = None  # the report's decisions: the tuned ones, scored as the tuned metrics are
-        if labels.task in THRESHOLD_TASKS and self.cfg.tune_threshold:
+        if labels.task in THRESHOLD_TASKS and tunes_threshold(self.cfg, labels.task):
             decided = self.tune_oof_threshold(summary, y[scored], oof, self.threshold_groups(outputs, scored))
         report = per_class_report(labels, y[scored], oof, decided)
         if report is not None:
@@ -396,7 +403,7 @@ class TrainRun:
         n_file = self.data.n_train_file
         source = np.array(["train"] * n_file + ["valid"] * (len(y) - n_file))
         row_in_file = np.concatenate([np.arange(n_file), np.arange(len(y) - n_file)])
-        if labels.task == "multilabel" and self.cfg.tune_threshold:
+        if labels.task == "multilabel" and tunes_threshold(self.cfg, labels.task):
             write_json(run_dir / "labels.json", labels.to_dict())
         write_csv(run_dir / "oof.csv", labels.table(oof, y_true=y[scored],
                                                     extra={"source": source[scored], "row": row_in_file[scored]}))
@@ -484,6 +491,37 @@ def log_processes(tcfg) -> None:
     log.info("%d processes (DistributedDataParallel, %s): trainer.batch_size=%d per process, global batch %d rows"
              "%s", world, dist.get_backend(), b, b * world,
              f" x {accum} accumulation steps = {b * world * accum} per optimizer step" if accum > 1 else "")
+
+
+def tunes_threshold(cfg, task: str) -> bool:
+    """tune_threshold: true / false, or auto: on for multilabel tasks. Briefly trained, a ten-label model's
+    probabilities rank well long before rare labels reach 0.5: at a fixed 0.5 only the most frequent labels are
+    ever predicted (macro-F1 0.07 on a ten-label table after one epoch, README)."""
+    value = cfg.get("tune_threshold", "auto")
+    return task == "multilabel" if value == "auto" else bool(value)
+
+
+def prior_bias(model, labels, y_train) -> None:
+    """Multilabel: the output layer's bias starts at each label's log-odds in the fold's training rows (head.prior_bias,
+    default true), so the first steps do not spend themselves pushing every label's probability down from 0.5."""
+    import torch
+
+    out = getattr(getattr(model, "head", None), "out", None)
+    if labels.task != "multilabel" or not isinstance(out, torch.nn.Linear) or out.bias is None:
+        return
+    rate = np.clip(np.asarray(y_train, dtype=np.float64).mean(axis=0), 1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        out.bias.copy_(torch.as_tensor(np.log(rate / (1 - rate)), dtype=out.bias.dtype))
+
+
+def eval_every(tcfg, steps_per_epoch: int) -> int | None:
+    """trainer.eval_every_steps, or from trainer.evals_per_epoch: every ceil(steps per epoch / N) steps."""
+    if tcfg.eval_every_steps is not None:
+        return int(tcfg.eval_every_steps)
+    n = tcfg.get("evals_per_epoch")
+    if not n or int(n) <= 1 or steps_per_epoch <= 1:
+        return None
+    return max(1, -(-steps_per_epoch // int(n)))
 
 
 def limit_batches(limit, n: int) -> int:

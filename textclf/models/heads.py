@@ -14,11 +14,17 @@ class ClassificationHead(nn.Module):
 
     multi_sample_dropout=k draws k dropout masks on the vector that feeds the output layer and averages the
     k logits (Inoue 2019); in eval mode dropout is the identity, so the logits are computed once.
+    prior_bias (multilabel): the output bias starts at each label's log-odds in the training rows (set by the
+    run, textclf.train.prior_bias); the head only records the setting.
     """
 
     def __init__(self, in_features: int, num_labels: int, dropout: float = 0.1, multi_sample_dropout: int = 1,
-                 hidden_dim: int | None = None, activation: str = "gelu", layer_norm: bool = False):
+                 hidden_dim: int | None = None, activation: str = "gelu", layer_norm: bool = False,
+                 prior_bias: bool = True):
         super().__init__()
+        if not isinstance(prior_bias, bool):
+            raise TextclfError(f"head.prior_bias must be true or false, got {prior_bias!r}")
+        self.prior_bias = prior_bias
         _check_head(dropout, multi_sample_dropout, hidden_dim, activation, layer_norm)
         self.norm = nn.LayerNorm(in_features) if layer_norm else nn.Identity()
         self.hidden = None
