@@ -326,8 +326,10 @@ def write_predictions(out: Path, source: InputTable, run: RunModel, folds: list[
     from tqdm.auto import tqdm
 
     from .data import Collator, tokenize_with
-    from .io import atomic_path
+    from .io import atomic_path, remove_stale_temps
 
+    for stale in remove_stale_temps(out):  # an earlier predict into `out` that was killed outright
+        log.info("removed %s, the partial output of a predict that was killed", stale.name)
     mcfg, labels, kept = run.cfg.model, run.labels, []
     aggregate = str(mcfg.get("window_aggregate", "mean"))
     with interrupt_as_exit(out), atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f, \

@@ -85,3 +85,23 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.umask(umask)
     write_text(tmp_path / "a.txt", "x")
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_killed_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from textclf.io import atomic_path, remove_stale_temps
+
+    out = tmp_path / "preds.csv"
+    # a writer that is killed outright: its temporary file stays, named with its pid
+    code = ("import os, sys\nfrom textclf.io import atomic_path\n"
+            f"with atomic_path({str(out)!r}) as tmp:\n    tmp.write_text('partial')\n    os._exit(9)\n")
+    subprocess.run([sys.executable, "-c", code], check=False)
+    stale = list(tmp_path.glob(".preds.csv.*.tmp"))
+    assert len(stale) == 1 and not out.exists()
+    with atomic_path(out) as mine:  # this process's own file, in flight, is not touched
+        mine.write_text("x")
+        assert remove_stale_temps(out) == stale
+        assert mine.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv"]
