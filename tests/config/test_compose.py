@@ -177,3 +177,22 @@ def test_task_and_training_switches_are_checked_before_anything_loads():
     for name in ("threshold: must be a number between 0 and 1", "data.label_sep", "trainer.compile",
                  "tune_threshold", "model.freeze_embeddings", "trainer.monitor"):
         assert name in message, message
+
+
+def test_preset_competition_sets_its_combination_and_every_part_can_be_overridden():
+    cfg = compose_train(["preset=competition"])
+    validate(cfg)
+    assert cfg.optimizer.layer_decay == 0.9 and cfg.optimizer.head_lr == 1e-3
+    assert cfg.rdrop._target_.endswith("RDrop") and cfg.ema._target_.endswith("EMA")
+    assert (cfg.trainer.epochs, cfg.trainer.evals_per_epoch) == (3, 3)
+    mine = compose_train(["preset=competition", "rdrop=none", "trainer.epochs=2", "optimizer.layer_decay=0.8"])
+    assert not mine.get("rdrop") and mine.trainer.epochs == 2 and mine.optimizer.layer_decay == 0.8
+    assert mine.ema._target_.endswith("EMA")  # the rest of the preset stays
+
+
+def test_preset_fast_is_one_short_epoch_without_tricks():
+    cfg = compose_train(["preset=fast", "ema=default"])
+    validate(cfg)
+    assert (cfg.trainer.epochs, cfg.model.max_length, cfg.plots) == (1, 64, False)
+    assert not cfg.get("adversarial") and not cfg.get("rdrop")
+    assert cfg.ema._target_.endswith("EMA")  # an explicit choice wins over the preset's
