@@ -117,3 +117,18 @@ def test_a_subset_of_folds_still_records_every_rows_fold(tiny_bert, tmp_path, mo
     assert [p.name for p in (tmp_path / "run").glob("fold_*")] == ["fold_1"]
     oof = pd.read_csv(tmp_path / "run" / "oof.csv")
     assert sorted(oof["row"]) == sorted(folds.loc[folds["fold"] == 1, "row"])  # out-of-fold only where it ran
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_balanced_sampler_trains_an_imbalanced_table(task, tiny_bert, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    frame = task_frame(task, n=60)
+    frame = frame.iloc[[i for i in range(60) if i % 3 != 2 or i < 12]]  # the third topic rare
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    overrides = ["data=csv", "data.train_file=train.csv", f"model.name_or_path={tiny_bert}", "model.max_length=16",
+                 "trainer.epochs=1", "trainer.batch_size=8", "trainer.device=cpu", "trainer.sampler=balanced"]
+    with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    score = train(cfg, run_dir=tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["task"] == task and math.isfinite(score)
