@@ -49,6 +49,7 @@ def preflight(cfg: DictConfig) -> Checked:
 
     validate(cfg)
     build_augmenter(cfg.get("augment"))  # its options' ranges and augment.mlm_model's folder; nothing loads yet
+    check_tricks(cfg)
     splits = load_splits(cfg.data)
     labels, y, y_valid, y_test = encode_labels(cfg, splits)
     check_leakage(cfg.data, splits)
@@ -61,6 +62,14 @@ def preflight(cfg: DictConfig) -> Checked:
     name_or_path, tokenizer, backbone_config = check_backbone(cfg.model)
     return Checked(cfg, splits, labels, y, y_valid, y_test, monitor, device, name_or_path, tokenizer,
                    backbone_config, folds, folds_frame)
+
+
+def check_tricks(cfg: DictConfig) -> None:
+    """The hooks' values (adversarial.start=1.5, ema.decay=fast) are refused here, before data or weights load:
+    building them checks their options and nothing else (the folds build their own)."""
+    from .engine.hooks import build_hooks
+
+    build_hooks(cfg.get("adversarial"), cfg.get("ema"))
 
 
 def encode_labels(cfg: DictConfig, splits: dict[str, Split]):

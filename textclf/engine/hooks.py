@@ -54,7 +54,7 @@ class _Attack(Hook):
     #: start=auto: the share of the fold's optimizer steps trained plainly before the attack begins
     AUTO_START = 0.1
 
-    def __init__(self, param_name: str, start="auto"):
+    def __init__(self, param_name: str, start: float | str = "auto"):
         if not isinstance(param_name, str) or not param_name:
             raise TextclfError(f"adversarial.param_name must be a non-empty string, got {param_name!r}")
         self.param_name = param_name
@@ -203,7 +203,8 @@ class FGM(_Attack):
 
     AUTO_EPSILON = 0.3
 
-    def __init__(self, epsilon="auto", param_name: str = "word_embeddings", start="auto"):
+    def __init__(self, epsilon: float | str = "auto", param_name: str = "word_embeddings",
+                 start: float | str = "auto"):
         super().__init__(param_name, start)
         self.epsilon_setting = check_auto("adversarial.epsilon", epsilon)
         self.epsilon = 0.0 if epsilon == "auto" else float(epsilon)
@@ -237,8 +238,8 @@ class PGD(_Attack):
 
     AUTO_EPSILON = 0.3  # as FGM's; alpha=auto is 0.3·epsilon (the common 1.0 / 0.3 ratio)
 
-    def __init__(self, epsilon="auto", alpha="auto", steps: int = 3, param_name: str = "word_embeddings",
-                 start="auto"):
+    def __init__(self, epsilon: float | str = "auto", alpha: float | str = "auto", steps: int = 3,
+                 param_name: str = "word_embeddings", start: float | str = "auto"):
         super().__init__(param_name, start)
         self.epsilon_setting = check_auto("adversarial.epsilon", epsilon)
         self.alpha_setting = check_auto("adversarial.alpha", alpha)
@@ -300,7 +301,7 @@ class AWP(_Attack):
 
     AUTO_START = 0.5
 
-    def __init__(self, lr: float = 1.0, epsilon: float = 0.001, start="auto", param_name: str = "weight",
+    def __init__(self, lr: float = 1.0, epsilon: float = 0.001, start: float | str = "auto", param_name: str = "weight",
                  start_epoch: int | None = None):
         super().__init__(param_name, start)
         _positive("adversarial.lr", lr)
@@ -369,7 +370,8 @@ def start_step(value, auto_share: float, total: int | None) -> int:
 def check_auto(name: str, value):
     if value == "auto":
         return value
-    _positive(name, value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise TextclfError(f"{name} must be auto or a positive number, got {value!r}")
     return float(value)
 
 
@@ -409,7 +411,7 @@ class EMA(Hook):
 
     AUTO_SHARE = 0.1
 
-    def __init__(self, decay="auto", start_step: int = 0, warmup: bool = False):
+    def __init__(self, decay: float | str = "auto", start_step: int = 0, warmup: bool = False):
         if decay != "auto" and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1):
             raise TextclfError(f"ema.decay must be auto or a number in [0, 1), got {decay!r}")
         if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
