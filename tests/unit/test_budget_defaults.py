@@ -64,13 +64,13 @@ def test_explicit_values_win_over_auto():
     assert ema.decay == 0.99
 
 
-@pytest.mark.parametrize("steps_per_epoch,epochs,fgm_start,awp_start", [(63, 2, 13, 63), (1000, 3, 300, 1500),
-                                                                        (3, 1, 1, 2)])
+@pytest.mark.parametrize("steps_per_epoch,epochs,fgm_start,awp_start", [(63, 2, 63, 63), (1000, 3, 1500, 1500),
+                                                                        (3, 1, 2, 2)])
 def test_attacks_start_after_their_share_of_the_fold(steps_per_epoch, epochs, fgm_start, awp_start):
     fgm, awp = FGM(), AWP()
     for hook in (fgm, awp):
         hook.on_fit_start(trainer_for(tiny_model(), [hook], steps_per_epoch=steps_per_epoch, epochs=epochs))
-    assert fgm.start_step == fgm_start == math.ceil(0.1 * steps_per_epoch * epochs)
+    assert fgm.start_step == fgm_start == math.ceil(0.5 * steps_per_epoch * epochs)
     assert awp.start_step == awp_start == math.ceil(0.5 * steps_per_epoch * epochs)
     share, step = FGM(start=0.25), FGM(start=7)
     for hook in (share, step):
