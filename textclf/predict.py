@@ -89,7 +89,7 @@ def _check_folds(run_dir: Path, folds) -> None:
 
 #: files of a run folder that predictions must never overwrite (besides backbone/ and fold_<k>/)
 RUN_FILES = {"config.yaml", "labels.json", "folds.csv", "oof.csv", "metrics.json", "test_predictions.csv", "run.json",
-             "train.log", "status.json"}
+             "train.log", "status.json", "augment.json", "init_report.json", "inputs.json"}
 #: output names that say another format: predict writes CSV
 NOT_CSV = {".parquet", ".json", ".jsonl", ".xlsx", ".xls", ".tsv", ".gz", ".bz2", ".xz", ".zip", ".zst", ".pkl",
            ".pickle", ".feather", ".arrow", ".npy", ".npz"}
