@@ -13,9 +13,9 @@ the per-seed differences), and the mean wall seconds of a run.
 
 Configurations (textclf's own defaults unless named; every one at the same trainer.epochs):
   plain, fgm, pgd, awp, ema, rdrop, eda (augment=eda), competition (preset=competition), and
-  hf: the Hugging Face Trainer with its own defaults (AutoModelForSequenceClassification, lr 5e-5, linear
-  schedule, no warmup, batch 8 as TrainingArguments gives them... see run_hf), best epoch by valid macro-F1
-  (load_best_model_at_end), scored on the same test rows.
+  hf: the Hugging Face Trainer with its own defaults (AutoModelForSequenceClassification; TrainingArguments'
+  lr 5e-5, linear schedule, no warmup, batch 8, no weight decay), dynamic padding, the same epochs, the best epoch
+  by valid macro-F1 (load_best_model_at_end), multilabel decided at probability 0.5; scored on the same test rows.
 
 Results go to <workdir>/results.jsonl (one line per run; a rerun skips what is there, so more seeds or
 configurations add to it) and the table to <workdir>/ablation.md.
@@ -263,11 +263,10 @@ def report(results: list[dict], args) -> str:
             f1 = np.array([100 * by[config][s]["macro_f1"] for s in seeds])
             paired = [s for s in seeds if s in plain]
             diff = np.array([100 * (by[config][s]["macro_f1"] - plain[s]["macro_f1"]) for s in paired])
-            delta = (f"{diff.mean():+.2f} ± {diff.std(ddof=1) if len(diff) > 1 else 0:.2f}"
-                     if config != "plain" and len(diff) else "")
+            spread = lambda a: f" ± {a.std(ddof=1):.2f}" if len(a) > 1 else ""  # noqa: E731 - one seed: no std
+            delta = f"{diff.mean():+.2f}{spread(diff)}" if config != "plain" and len(diff) else ""
             wall = np.mean([by[config][s]["wall_s"] for s in seeds])
-            lines.append(f"| {config} | {len(seeds)} | {f1.mean():.2f} ± {f1.std(ddof=1) if len(f1) > 1 else 0:.2f} "
-                         f"| {delta} | {wall:.0f} |")
+            lines.append(f"| {config} | {len(seeds)} | {f1.mean():.2f}{spread(f1)} | {delta} | {wall:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
