@@ -311,9 +311,8 @@ class AWP(_Attack):
             raise TextclfError(f"adversarial.start_epoch must be an integer >= 0 or null, got {start_epoch!r}")
         self.lr, self.epsilon, self.start_epoch = float(lr), float(epsilon), start_epoch
 
-    def on_fit_start(self, trainer) -> None:
-        super().on_fit_start(trainer)
-        if self.start_epoch is not None:
+    def resolve(self, trainer) -> None:
+        if self.start_epoch is not None:  # before the start is logged, so the log says the step it starts at
             self.start_step = self.start_epoch * int(getattr(trainer, "steps_per_epoch", 0) or 0)
 
     def active(self, trainer) -> bool:
