@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from .augment import build_augmenter
-from .data import LabelSpace, Split, check_leakage, conflicting_duplicates, load_splits
+from .data import LabelSpace, Split, balanced_weights, check_leakage, conflicting_duplicates, load_splits
 from .errors import TextclfError
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def preflight(cfg: DictConfig) -> Checked:
     check_leakage(cfg.data, splits)
     cfg, monitor = check_objective(cfg, labels)
     check_calibration(cfg, labels)
+    if str(cfg.trainer.get("sampler", "random")) == "balanced":
+        balanced_weights(np.asarray(y), labels.task)  # regression has no classes to balance: refused here
     device = check_device(cfg.trainer)
     valid = splits.get("valid")
     folds, folds_frame = make_folds(instantiate(cfg.kfold), labels, y, len(valid) if valid else 0, data_cfg=cfg.data)

@@ -184,3 +184,21 @@ def test_multilabel_output_bias_starts_at_the_labels_log_odds():
     multiclass = tiny_model()
     prior_bias(multiclass, LabelSpace(task="multiclass", classes=["a", "b", "c"]), np.array([0, 1, 2]))
     assert torch.equal(multiclass.head.out.bias.detach(), before)  # softmax tasks keep their initialisation
+
+
+def test_validate_refuses_bad_trick_values_and_a_balanced_regression_before_data_loads(tmp_path):
+    import pandas as pd
+    from hydra import compose, initialize_config_module
+
+    from textclf.check import check_tricks, preflight
+
+    with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
+        bad = compose(config_name="train", overrides=["adversarial=fgm", "adversarial.start=1.5"])
+        pd.DataFrame({"text": ["a b", "c d", "e f", "g h"] * 5, "label": [0.5, 1.5, 2.5, 3.5] * 5}).to_csv(
+            tmp_path / "r.csv", index=False)
+        regression = compose(config_name="train", overrides=["data=csv", f"data.train_file={tmp_path / 'r.csv'}",
+                                                             "trainer.sampler=balanced"])
+    with pytest.raises(TextclfError, match=r"adversarial.start must be auto, a share .* got 1.5"):
+        check_tricks(bad)
+    with pytest.raises(TextclfError, match="trainer.sampler=balanced needs classes.*trainer.sampler=random"):
+        preflight(regression)

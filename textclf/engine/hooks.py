@@ -37,7 +37,10 @@ def build_hooks(*nodes) -> list[Hook]:
     """Instantiate the config nodes that name a `_target_`; an empty node (a group's `none`) builds nothing."""
     from hydra.utils import instantiate
 
-    return [instantiate(node) for node in nodes if node is not None and node.get("_target_")]
+    from ..errors import own_errors
+
+    with own_errors():  # a hook's own TextclfError, not Hydra's InstantiationException around it
+        return [instantiate(node) for node in nodes if node is not None and node.get("_target_")]
 
 
 # ----------------------------------------------------------------------------- adversarial training
