@@ -199,7 +199,9 @@ class TrainRun:
         labels, y = self.labels, self.data.y
         aggregate = str(self.cfg.model.window_aggregate)
         fit = trainer.fit(train_loader, valid_loader,
-                          lambda rows, logits: score_logits(labels, y[rows], logits, eval_loss_fn),
+                          lambda rows, logits: score_logits(labels, y[rows], logits, eval_loss_fn,
+                                                            tuned=self.selects_tuned(),
+                                                            default=float(self.cfg.threshold)),
                           on_improve=(lambda state: save_weights(fold_dir / "model.safetensors", state))
                           if self.main else None,
                           reduce=lambda rows, logits: self.data.encoded.aggregate(rows, logits, aggregate),
@@ -215,8 +217,11 @@ class TrainRun:
             save_fold_outputs(fold_dir, result)
             checkpoint.clear()
         fault_point(f"fold:{fold.index}")
-        log.info("fold %d: best at step %d (epoch %d), %s=%.4f", fold.index, result.result["best_step"],
-                 fit.best_epoch, self.monitor, best[self.monitor])
+        chosen = self.selection_metric()
+        log.info("fold %d: best at step %d (epoch %d), %s=%.4f%s", fold.index, result.result["best_step"],
+                 fit.best_epoch, self.monitor, best[self.monitor],
+                 f" (chosen by {chosen}={best[chosen]:.4f}, at thresholds tuned on the validation rows)"
+                 if chosen != self.monitor else "")
         self.callbacks.on_fold_end(fold.index, result.result)
         return result
 
@@ -271,7 +276,7 @@ class TrainRun:
                      if cfg.get("rdrop") else None)
         trainer = Trainer(model, loss_fn.to(device), optimizer, scheduler, device=device, epochs=int(tcfg.epochs),
                           grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
-                          precision=str(tcfg.precision), monitor=self.monitor,
+                          precision=str(tcfg.precision), monitor=self.selection_metric(),
                           early_stopping_patience=tcfg.early_stopping_patience, hooks=hooks, objective=objective,
                           log_every_steps=int(tcfg.log_every_steps),
                           eval_every_steps=eval_every(tcfg, steps_per_epoch),
@@ -336,6 +341,19 @@ class TrainRun:
         if self.main:
             write_json(self.run_dir / "labels.json", self.labels.to_dict())
         return calibrated
+
+    def selects_tuned(self) -> bool:
+        """Multilabel with tune_threshold on: the run's decisions will be at tuned thresholds, so each evaluation
+        also scores tuned_<metric> and the best evaluation is chosen by it (selection_metric)."""
+        return self.labels.task == "multilabel" and tunes_threshold(self.cfg, self.labels.task)
+
+    def selection_metric(self) -> str:
+        """The metric that chooses a fold's best evaluation: trainer.monitor, or its tuned_ twin (selects_tuned).
+        At 0.5 a briefly trained ten-label model's macro-F1 is ~0.1 at every evaluation (only the frequent labels
+        cross it), so choosing by it is choosing by noise; at tuned thresholds it tracks what the run delivers."""
+        from .metrics import TUNED_METRICS
+
+        return f"tuned_{self.monitor}" if self.selects_tuned() and self.monitor in TUNED_METRICS else self.monitor
 
     def tune_oof_threshold(self, summary: dict, y: np.ndarray, oof: np.ndarray, groups: np.ndarray) -> np.ndarray:
         """Thresholds chosen on every out-of-fold row become the run's (labels.json, for predict); the metrics
@@ -590,11 +608,22 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def score_logits(labels: LabelSpace, y_true: np.ndarray, logits: np.ndarray, loss_fn=None) -> dict:
-    """The task's metrics from raw logits, plus the loss (the training objective) when loss_fn is given."""
-    from .metrics import compute_metrics
+def score_logits(labels: LabelSpace, y_true: np.ndarray, logits: np.ndarray, loss_fn=None,
+                 tuned: bool = False, default: float = 0.5) -> dict:
+    """The task's metrics from raw logits, plus the loss (the training objective) when loss_fn is given. With
+    `tuned` (multilabel, tune_threshold on) also tuned_<metric> for each decision metric: decided at per-label
+    thresholds tuned on these same rows, which is what the run's decisions will be after tuning (an evaluation's
+    model is chosen by them; the thresholds themselves are tuned again, out of sample, on the out-of-fold rows)."""
+    from .metrics import TUNED_METRICS, compute_metrics
+    from .tasks import tune_class_thresholds
 
-    out = compute_metrics(labels, y_true, labels.outputs(logits))
+    outputs = labels.outputs(logits)
+    out = compute_metrics(labels, y_true, outputs)
+    if tuned and labels.task == "multilabel":
+        thresholds, _ = tune_class_thresholds(y_true, outputs, default=default)
+        decided = dataclasses.replace(labels, threshold=thresholds).decide(outputs)
+        at = compute_metrics(labels, y_true, outputs, decided=decided)
+        out.update({f"tuned_{k}": at[k] for k in TUNED_METRICS if k in at})
     if loss_fn is not None:
         import torch
 

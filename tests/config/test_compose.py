@@ -183,11 +183,14 @@ def test_preset_competition_sets_its_combination_and_every_part_can_be_overridde
     cfg = compose_train(["preset=competition"])
     validate(cfg)
     assert cfg.optimizer.layer_decay == 0.9 and cfg.optimizer.head_lr == 1e-3
-    assert cfg.rdrop._target_.endswith("RDrop") and cfg.ema._target_.endswith("EMA")
+    assert cfg.augment._target_.endswith("EDA") and cfg.adversarial._target_.endswith("FGM")
+    assert not cfg.get("rdrop") and not cfg.get("ema")  # left out after the ablation
     assert (cfg.trainer.epochs, cfg.trainer.evals_per_epoch) == (3, 3)
-    mine = compose_train(["preset=competition", "rdrop=none", "trainer.epochs=2", "optimizer.layer_decay=0.8"])
-    assert not mine.get("rdrop") and mine.trainer.epochs == 2 and mine.optimizer.layer_decay == 0.8
-    assert mine.ema._target_.endswith("EMA")  # the rest of the preset stays
+    mine = compose_train(["preset=competition", "adversarial=none", "trainer.epochs=2", "optimizer.layer_decay=0.8",
+                          "ema=default"])
+    assert not mine.get("adversarial") and mine.trainer.epochs == 2 and mine.optimizer.layer_decay == 0.8
+    assert mine.ema._target_.endswith("EMA")
+    assert mine.augment._target_.endswith("EDA")  # the rest of the preset stays
 
 
 def test_preset_fast_is_one_short_epoch_without_tricks():
