@@ -448,8 +448,9 @@ def augment_run(checked: Checked) -> Augmented | None:
         log.info("augment=%s changes data.text_col only; each copy keeps its row's data.text_pair_col as is", option)
     augmented = augmenter.augment(train_split.texts, seed=augment_seed(cfg), tokenizer=checked.tokenizer,
                                   name_or_path=checked.name_or_path, device=checked.device)
-    log.info("augment=%s: %d copies of %d training rows -> %d augmented rows (tokenized once); each fold trains on "
-             "its own rows' copies", option, augmenter.copies, len(train_split), len(augmented.texts))
+    log.info("augment=%s: %d %s of %d training rows -> %d augmented rows (tokenized once); each fold trains on "
+             "its own rows' copies", option, augmenter.copies, "copy" if augmenter.copies == 1 else "copies",
+             len(train_split), len(augmented.texts))
     return augmented
 
 
