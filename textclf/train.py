@@ -616,12 +616,12 @@ def score_logits(labels: LabelSpace, y_true: np.ndarray, logits: np.ndarray, los
     thresholds tuned on these same rows, which is what the run's decisions will be after tuning (an evaluation's
     model is chosen by them; the thresholds themselves are tuned again, out of sample, on the out-of-fold rows)."""
     from .metrics import TUNED_METRICS, compute_metrics
-    from .tasks import tune_class_thresholds
+    from .tasks import tune_space
 
     outputs = labels.outputs(logits)
     out = compute_metrics(labels, y_true, outputs)
     if tuned and labels.task == "multilabel":
-        thresholds, _ = tune_class_thresholds(y_true, outputs, default=default)
+        thresholds, _ = tune_space(labels, y_true, outputs, default)
         decided = dataclasses.replace(labels, threshold=thresholds).decide(outputs)
         at = compute_metrics(labels, y_true, outputs, decided=decided)
         out.update({f"tuned_{k}": at[k] for k in TUNED_METRICS if k in at})
