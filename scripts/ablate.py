@@ -287,8 +287,17 @@ def main(argv=None) -> int:
     ap.add_argument("--news-max-length", type=int, default=128)
     ap.add_argument("--kaomoji-max-length", type=int, default=32)
     ap.add_argument("--extra", default="", help="more overrides for every textclf run")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                    help="one more configuration to try, e.g. --variant 'pgd_half=adversarial=pgd "
+                         "adversarial.epsilon=0.1' (repeatable; name it in --only to run just it)")
     ap.add_argument("--report", action="store_true", help="only print the table of what has run")
     args = ap.parse_args(argv)
+    for spec in args.variant:
+        name, sep, overrides = spec.partition("=")
+        if not sep or not name.isidentifier() or name in CONFIGS or not overrides.strip():
+            sys.exit(f"--variant {spec!r}: expected NAME=OVERRIDES with a new name, e.g. 'pgd_small=adversarial=pgd "
+                     f"adversarial.epsilon=0.1'")
+        CONFIGS[name] = shlex.split(overrides)
     args.workdir.mkdir(parents=True, exist_ok=True)
     results_path = args.workdir / "results.jsonl"
     if not args.report:
