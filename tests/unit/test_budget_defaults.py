@@ -91,6 +91,14 @@ def test_ema_auto_decay_averages_over_a_tenth_of_the_steps(steps, decay):
     assert ema.decay == pytest.approx(decay)
 
 
+@pytest.mark.parametrize("setting,steps,expected", [("auto", 126, math.ceil(EMA.AUTO_START * 126)),
+                                                     (0.5, 126, 63), (0.25, 10, 3), (7, 126, 7), (0, 126, 0)])
+def test_ema_start_step_is_a_share_of_the_fold_or_a_step(setting, steps, expected):
+    ema = EMA(start_step=setting)
+    ema.on_fit_start(trainer_for(tiny_model(), [ema], steps_per_epoch=steps, epochs=1))
+    assert ema.start_step == expected
+
+
 def test_the_attack_adds_no_backward_before_its_start_step():
     model = tiny_model()
     fgm = FGM(start=2)
@@ -109,7 +117,7 @@ def test_the_attack_adds_no_backward_before_its_start_step():
 
 
 @pytest.mark.parametrize("make", [lambda: FGM(start=1.5), lambda: FGM(start=-1), lambda: FGM(epsilon="big"),
-                                  lambda: EMA(decay="fast"), lambda: AWP(start_epoch=-1)])
+                                  lambda: EMA(decay="fast"), lambda: EMA(start_step=1.0), lambda: EMA(start_step=-2), lambda: AWP(start_epoch=-1)])
 def test_bad_budget_values_are_refused_with_the_key(make):
     with pytest.raises(TextclfError, match="adversarial|ema"):
         make()

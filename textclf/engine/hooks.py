@@ -412,16 +412,18 @@ class EMA(Hook):
     """
 
     AUTO_SHARE = 0.1
+    #: start_step=auto: the share of the fold's optimizer steps before the average begins
+    AUTO_START = 0.0
 
-    def __init__(self, decay: float | str = "auto", start_step: int = 0, warmup: bool = False):
+    def __init__(self, decay: float | str = "auto", start_step: int | float | str = 0, warmup: bool = False):
         if decay != "auto" and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1):
             raise TextclfError(f"ema.decay must be auto or a number in [0, 1), got {decay!r}")
-        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-            raise TextclfError(f"ema.start_step must be an integer >= 0, got {start_step!r}")
+        self.start = check_start("ema.start_step", start_step)
         if not isinstance(warmup, bool):
             raise TextclfError(f"ema.warmup must be true or false, got {warmup!r}")
         self.decay_setting = decay
-        self.decay, self.start_step, self.warmup = 0.999 if decay == "auto" else float(decay), start_step, warmup
+        self.decay, self.warmup = 0.999 if decay == "auto" else float(decay), warmup
+        self.start_step = 0 if start_step == "auto" or isinstance(start_step, float) else int(start_step)
         self.names: list[str] = []
         self.params: list[torch.nn.Parameter] = []
         self.shadow: list[torch.Tensor] = []
@@ -434,6 +436,7 @@ class EMA(Hook):
         self.params = [p for _, p in named]
         self.shadow = copy_of([p.detach() for p in self.params])
         self.updates, self._live = 0, None
+        self.start_step = start_step(self.start, self.AUTO_START, total_steps(trainer))
         if self.decay_setting == "auto":
             self.decay = auto_ema_decay(total_steps(trainer), self.AUTO_SHARE)
         log.info("ema: decay=%.4g%s, from step %d%s", self.decay,
