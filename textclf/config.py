@@ -200,7 +200,9 @@ class TrainerConfig:
     """The `trainer` node of conf/train.yaml."""
 
     epochs: int = key(2, Range(1))
-    batch_size: int = key(16, Range(1))
+    batch_size: Union[int, str] = key("auto", Check(
+        lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+        "auto or an integer >= 1"))
     eval_batch_size: int = key(64, Range(1))
     grad_accum_steps: int = key(1, Range(1))
     max_grad_norm: Optional[float] = key(1.0, Range(0, open_low=True))

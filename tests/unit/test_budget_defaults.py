@@ -211,3 +211,25 @@ def test_validate_refuses_bad_trick_values_and_a_balanced_regression_before_data
         check_tricks(bad)
     with pytest.raises(TextclfError, match="trainer.sampler=balanced needs classes.*trainer.sampler=random"):
         preflight(regression)
+
+
+# ----------------------------------------------------------------------------- batch size
+@pytest.mark.parametrize("rows,epochs,accum,world,expected", [
+    (400, 2, 1, 1, 8),      # the news table: 50 steps at 16, 100 at 8
+    (1000, 2, 1, 1, 16),    # 126 steps at 16: kept
+    (800, 2, 1, 1, 16),     # exactly 100 steps at 16
+    (784, 2, 1, 1, 8),      # 49 x 2 = 98 steps at 16
+    (40, 1, 1, 1, 8),       # never below 8
+    (1000, 2, 2, 1, 8),     # accumulation counts: 32 optimizer steps per epoch at 16 x 2
+    (1600, 2, 1, 2, 16),    # per process: 2 processes x 16 rows = 50 steps per epoch
+    (1500, 2, 1, 2, 8),
+])
+def test_auto_batch_size_gives_a_small_fold_at_least_100_optimizer_steps(rows, epochs, accum, world, expected):
+    from omegaconf import OmegaConf
+
+    from textclf.train import fold_batch_size
+
+    tcfg = OmegaConf.create({"batch_size": "auto", "epochs": epochs, "grad_accum_steps": accum})
+    assert fold_batch_size(tcfg, rows, world) == expected
+    tcfg.batch_size = 16  # a number set wins, however small the fold
+    assert fold_batch_size(tcfg, rows, world) == 16
