@@ -5,11 +5,14 @@ and loaded by textclf through the same `from_pretrained` path as a real model.
 """
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import random
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -143,14 +146,138 @@ def textclf_executable() -> str:
     return exe
 
 
-def run_textclf(args, cwd: Path, timeout: float = 300) -> tuple[int, str, str]:
-    """Run the installed `textclf` with args in cwd, offline; (returncode, stdout, stderr)."""
+def cli_env(**extra) -> dict:
+    """The environment the tests run `textclf` in: offline, no progress bars; extra=None removes a variable."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1",
                TOKENIZERS_PARALLELISM="false", PYTHONIOENCODING="utf-8")
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([textclf_executable(), *map(str, args)], cwd=str(cwd), env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    for key, value in extra.items():
+        env.pop(key, None)
+        if value is not None:
+            env[key] = str(value)
+    return env
+
+
+def run_textclf(args, cwd: Path, timeout: float = 300, env: dict | None = None) -> tuple[int, str, str]:
+    """Run the installed `textclf` with args in cwd, offline; (returncode, stdout, stderr), as subprocess.run with
+    capture_output=True and text=True gives them. A process of its own, forked from a server that has already
+    imported what a run imports (tests/forkrun.py), or started afresh where that cannot stand in for it."""
+    argv = [textclf_executable(), *map(str, args)]
+    env = cli_env() if env is None else env
+    server = _fork_server(argv[0], env)
+    if server is not None:
+        return server.run(argv, Path(cwd), env, timeout)
+    proc = subprocess.run(argv, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+class _ForkServer:
+    """The client side of tests/forkrun.py (one server per test worker and environment)."""
+
+    def __init__(self, exe: str, env: dict):
+        import tempfile
+
+        self.env = env
+        self.folder = Path(tempfile.mkdtemp(prefix="textclf-forkrun-"))
+        with open(self.folder / "server.log", "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("forkrun.py")), exe],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                         env=env, cwd=str(self.folder))
+        hello = json.loads(self.proc.stdout.readline() or "{}")
+        self.ok = hello.get("ready") is True and hello.get("threads") == 1
+        self.lock = threading.Lock()
+        self.calls: dict[int, dict] = {}
+        self.count = 0
+        if self.ok:
+            threading.Thread(target=self._read, daemon=True).start()
+        else:
+            self.close()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            call = self.calls.get(message["id"])
+            if call is None:
+                continue
+            if "pid" in message:
+                call["pid"] = message["pid"]
+                call["forked"].set()
+            if "rc" in message:
+                call["rc"] = message["rc"]
+                call["done"].set()
+        self.ok = False  # the server is gone: wake every caller still waiting
+        for call in list(self.calls.values()):
+            call["forked"].set()
+            call["done"].set()
+
+    def run(self, argv, cwd: Path, env: dict, timeout: float):
+        import signal
+
+        with self.lock:
+            self.count += 1
+            ident = self.count
+        out, err = self.folder / f"{ident}.out", self.folder / f"{ident}.err"
+        call = self.calls[ident] = {"forked": threading.Event(), "done": threading.Event(), "pid": None, "rc": None}
+        request = {"id": ident, "argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+        try:
+            with self.lock:
+                self.proc.stdin.write((json.dumps(request) + "\n").encode())
+                self.proc.stdin.flush()
+            finished = call["done"].wait(timeout)
+            if not finished and call["forked"].wait(10) and call["pid"]:
+                os.kill(call["pid"], signal.SIGKILL)
+                call["done"].wait(30)
+            if call["rc"] is None:
+                stdout, stderr = _read_text(out), _read_text(err)
+                if not finished:
+                    raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
+                raise RuntimeError(f"the test fork server (tests/forkrun.py) ended; its log: {self.folder}/server.log")
+            return call["rc"], _read_text(out), _read_text(err)
+        finally:
+            self.calls.pop(ident, None)
+            for path in (out, err):
+                path.unlink(missing_ok=True)
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _read_text(path: Path) -> str:
+    """A captured stream as subprocess.run(text=True) decodes it (locale encoding, universal newlines)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+_SERVERS: dict = {}
+
+
+def _fork_server(exe: str, env: dict):
+    """The fork server for runs in env, started on first use; None where a fresh process is needed (no fork on
+    this platform, TEXTCLF_TESTS_NO_FORK=1, or env sets a variable read at start-up differently from it)."""
+    if not hasattr(os, "fork") or os.environ.get("TEXTCLF_TESTS_NO_FORK") == "1":
+        return None
+    from forkrun import sensitive
+
+    key = (exe, tuple(sorted(sensitive(env).items())))
+    with _SERVERS_LOCK:
+        server = _SERVERS.get(key)
+        if server is None:
+            if any(s.ok for s in _SERVERS.values()):
+                return None  # one server per worker: a run in another start-up environment starts afresh
+            server = _SERVERS[key] = _ForkServer(exe, env)
+            atexit.register(server.close)
+    return server if server.ok else None
+
+
+_SERVERS_LOCK = threading.Lock()
 
 
 @pytest.fixture

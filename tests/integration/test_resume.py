@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 
 import pandas as pd
 import pytest
-from conftest import describe, make_frame, textclf_executable, tiny_overrides, write_frame
+from conftest import cli_env, describe, make_frame, run_textclf, tiny_overrides, write_frame
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +21,8 @@ KILL_POINTS = {
 
 
 def run(args, cwd, kill_at=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1",
-               TOKENIZERS_PARALLELISM="false")
-    env.pop("TEXTCLF_KILL_AT", None)
-    if kill_at:
-        env["TEXTCLF_KILL_AT"] = kill_at
-    proc = subprocess.run([textclf_executable(), *map(str, args)], cwd=str(cwd), env=env, capture_output=True,
-                          text=True, timeout=600)
-    return proc.returncode, proc.stdout, proc.stderr
+    """`textclf <args>` in cwd; kill_at="step:0:5" kills the process (SIGKILL) at that fault point."""
+    return run_textclf(args, cwd, timeout=600, env=cli_env(TEXTCLF_KILL_AT=kill_at or None))
 
 
 @pytest.fixture(scope="module")

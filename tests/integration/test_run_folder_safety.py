@@ -16,7 +16,7 @@ import threading
 
 import pandas as pd
 import pytest
-from conftest import describe, make_frame, textclf_executable, tiny_overrides, write_frame
+from conftest import cli_env, describe, make_frame, run_textclf, textclf_executable, tiny_overrides, write_frame
 from test_resume import outputs  # metrics minus timings, oof.csv, test_predictions.csv
 
 pytestmark = pytest.mark.slow
@@ -25,21 +25,12 @@ LOCK = ".textclf.lock"
 
 
 def env_for(kill_at=None, signal_at=None) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1",
-               TOKENIZERS_PARALLELISM="false")
-    for key, value in (("TEXTCLF_KILL_AT", kill_at), ("TEXTCLF_SIGNAL_AT", signal_at)):
-        env.pop(key, None)
-        if value:
-            env[key] = value
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
+    return cli_env(TEXTCLF_KILL_AT=kill_at or None, TEXTCLF_SIGNAL_AT=signal_at or None)
 
 
 def run(args, cwd, kill_at=None, signal_at=None):
     """`textclf <args>` in cwd; signal_at="TERM@step:0:5" sends the process SIGTERM at that fault point."""
-    proc = subprocess.run([textclf_executable(), *map(str, args)], cwd=str(cwd), env=env_for(kill_at, signal_at),
-                          capture_output=True, text=True, timeout=600)
-    return proc.returncode, proc.stdout, proc.stderr
+    return run_textclf(args, cwd, timeout=600, env=env_for(kill_at, signal_at))
 
 
 def hashes(folder) -> dict:
