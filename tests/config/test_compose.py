@@ -184,11 +184,12 @@ def test_preset_competition_sets_its_combination_and_every_part_can_be_overridde
     validate(cfg)
     assert cfg.optimizer.layer_decay == 0.9 and cfg.optimizer.head_lr == 1e-3
     assert cfg.augment._target_.endswith("EDA") and cfg.adversarial._target_.endswith("FGM")
-    assert not cfg.get("rdrop") and not cfg.get("ema")  # left out after the ablation
+    assert cfg.rdrop._target_.endswith("RDrop") and not cfg.get("ema")  # EMA left out after the ablation
     assert (cfg.trainer.epochs, cfg.trainer.evals_per_epoch) == (3, 3)
     mine = compose_train(["preset=competition", "adversarial=none", "trainer.epochs=2", "optimizer.layer_decay=0.8",
-                          "ema=default"])
+                          "ema=default", "rdrop=none"])
     assert not mine.get("adversarial") and mine.trainer.epochs == 2 and mine.optimizer.layer_decay == 0.8
+    assert not mine.get("rdrop")
     assert mine.ema._target_.endswith("EMA")
     assert mine.augment._target_.endswith("EDA")  # the rest of the preset stays
 
