@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import TextclfError
+from .io import bar_off
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class EDA:
                                       "synonym": lambda w, n, r: replace_synonyms(w, n, r, synonyms)}
         out, source = [], []
         with tqdm(total=self.copies * len(split), desc="augment (eda)", unit="text", leave=False,
-                  disable=self.copies * len(split) < PROGRESS_FROM) as bar:
+                  **bar_off(self.copies * len(split) < PROGRESS_FROM)) as bar:
             for _ in range(self.copies):
                 for i, words in enumerate(split):
                     op = self.ops[int(rng.integers(len(self.ops)))]
@@ -170,7 +171,7 @@ class MaskedLM:
         batches = range(0, len(order), self.batch_size)
         with torch.inference_mode():
             for start in tqdm(batches, desc="augment (mlm)", unit="batch", leave=False,
-                              disable=len(masked) < PROGRESS_FROM):
+                              **bar_off(len(masked) < PROGRESS_FROM)):
                 rows = [int(r) for r in order[start:start + self.batch_size] if originals[r]]
                 if not rows:
                     continue

@@ -652,6 +652,8 @@ def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, tru
     """
     from tqdm.auto import tqdm
 
+    from .io import bar_off
+
     if truncation not in TRUNCATIONS:
         raise TextclfError(f"model.truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
     manual = truncation in ("head_tail", "window")
@@ -678,8 +680,8 @@ def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, tru
     want_types = pairs is not None or marks_segments(tokenizer)
     ids, type_ids, lengths, docs = [], [], [], []
     any_types = pairs is not None and takes_types
-    for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", disable=desc is None or len(texts) <= chunk,
-                      leave=False):
+    for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", leave=False,
+                      **bar_off(desc is None or len(texts) <= chunk)):
         a = texts[start:start + chunk]
         b = pairs[start:start + chunk] if pairs is not None else None
         if template is None:

@@ -24,7 +24,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from .errors import TextclfError
-from .io import atomic_path, write_json, write_text
+from .io import atomic_path, bar_off, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +435,7 @@ class OnnxFold:
         from tqdm.auto import tqdm
 
         rows, outs = [], []
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None):
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False, **bar_off(desc is None)):
             ids = batch["input_ids"].numpy()
             feed = {n: batch[n].numpy() if n in batch else np.zeros_like(ids) for n in self.names}
             outs.append(self.session.run(["logits"], feed)[0].astype(np.float32, copy=False))

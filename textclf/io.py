@@ -96,3 +96,9 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def bar_off(off: bool) -> dict:
+    """tqdm's `disable` for a bar that is off in some cases: True when off, else left unset, so that tqdm's own
+    TQDM_DISABLE (and its other TQDM_* settings) still apply; disable=False would override them."""
+    return {"disable": True} if off else {}

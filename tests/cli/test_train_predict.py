@@ -151,3 +151,9 @@ def test_predict_bad_option_is_a_clear_error(kfold_run, cli, override, key):
     assert rc != 0
     assert "Traceback" not in out + err, describe((rc, out, err))
     assert key in err
+
+
+def test_tqdm_disable_turns_every_progress_bar_off(kfold_run):
+    # the tests run textclf with TQDM_DISABLE=1: no bar may override it (training, evaluation, tokenizing)
+    _, out, err = kfold_run.result
+    assert "batch/s" not in err + out and "chunk/s" not in err + out, err[-2000:]

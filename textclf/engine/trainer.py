@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import TextclfError
+from ..io import bar_off
 from ..metrics import better
 from . import distributed
 from .callbacks import Callback, Callbacks, is_main
@@ -61,7 +62,7 @@ def predict_logits(model, loader, device: torch.device, precision: str = "fp32",
     in the order one process would have produced them."""
     model.eval()
     rows, outs = [], []
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None or not is_main(),
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, **bar_off(desc is None or not is_main()),
                       mininterval=BAR_INTERVAL):
         batch = to_device(batch, device)
         with autocast(device, precision):
