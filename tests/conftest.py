@@ -177,7 +177,6 @@ class _ForkServer:
     def __init__(self, exe: str, env: dict):
         import tempfile
 
-        self.env = env
         self.folder = Path(tempfile.mkdtemp(prefix="textclf-forkrun-"))
         with open(self.folder / "server.log", "wb") as log:
             self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("forkrun.py")), exe],

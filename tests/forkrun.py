@@ -102,13 +102,18 @@ def _become(request: dict) -> None:
         os.dup2(out, fd)
         os.close(out)
     encoding = os.environ.get("PYTHONIOENCODING", "utf-8").split(":")[0] or "utf-8"
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))  # as Python's -u: what is written reaches the file at once,
+    # so a run killed outright (SIGKILL) leaves the same output a fresh process would
+
+    def writer(fd, **kw):
+        raw = io.FileIO(fd, "w", closefd=False)
+        return io.TextIOWrapper(raw if unbuffered else io.BufferedWriter(raw), encoding=encoding,
+                                write_through=unbuffered, **kw)
+
     sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
                                                  encoding=encoding)
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
-                                                   encoding=encoding)
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
-                                                   encoding=encoding, errors="backslashreplace",
-                                                   line_buffering=True)
+    sys.stdout = sys.__stdout__ = writer(1)
+    sys.stderr = sys.__stderr__ = writer(2, errors="backslashreplace", line_buffering=True)
     sys.argv = list(request["argv"])
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import describe, make_frame, run_textclf, write_frame
+from conftest import cli_env, describe, make_frame, run_textclf, write_frame
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +41,7 @@ def train(data, tiny_bert, run_dir, *extra, env=None):
 
 
 def _run_env(args, cwd, env_extra):
-    env = dict(os.environ, TQDM_DISABLE="1", **env_extra)
-    proc = subprocess.run([shutil.which("textclf"), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
-    return proc.returncode, proc.stdout, proc.stderr
+    return run_textclf(args, cwd, env=cli_env(**env_extra))
 
 
 def weights(run_dir: Path) -> dict:

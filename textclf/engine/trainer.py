@@ -265,9 +265,7 @@ class Trainer:
             self.meter.start_epoch()
         self._row_t0 = time.perf_counter()
         bar = tqdm(total=n_batches, initial=start, desc=f"{self.desc} epoch {epoch + 1}/{self.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True, mininterval=BAR_INTERVAL,
-                   # other ranks: no bar; rank 0 leaves `disable` unset, so tqdm's TQDM_DISABLE still applies
-                   **({} if self.main else {"disable": True}))
+                   leave=False, dynamic_ncols=True, mininterval=BAR_INTERVAL, **bar_off(not self.main))
         # a resumed epoch skips the batches it had done: the epoch's batch order is the same as before
         batches = itertools.islice(loader, start, n_batches)
         scales = getattr(loader.batch_sampler, "scales", None)  # set by iterating: after islice starts it
