@@ -280,7 +280,7 @@ class TrainRun:
                           precision=str(tcfg.precision), monitor=self.selection_metric(),
                           early_stopping_patience=tcfg.early_stopping_patience, hooks=hooks, objective=objective,
                           log_every_steps=int(tcfg.log_every_steps),
-                          eval_every_steps=eval_every(tcfg, steps_per_epoch),
+                          eval_every_steps=tcfg.eval_every_steps, evals_per_epoch=tcfg.get("evals_per_epoch"),
                           limit_train_batches=n_train, callbacks=self.callbacks, fold=fold.index,
                           desc=f"fold {fold.index}", steps_per_epoch=steps_per_epoch)
         return (trainer, loader(batch_sampler=train_batches), loader(batch_sampler=valid_batches), eval_loss_fn)
@@ -538,16 +538,6 @@ def prior_bias(model, labels, y_train) -> None:
     rate = np.clip(np.asarray(y_train, dtype=np.float64).mean(axis=0), 1e-4, 1 - 1e-4)
     with torch.no_grad():
         out.bias.copy_(torch.as_tensor(np.log(rate / (1 - rate)), dtype=out.bias.dtype))
-
-
-def eval_every(tcfg, steps_per_epoch: int) -> int | None:
-    """trainer.eval_every_steps, or from trainer.evals_per_epoch: every ceil(steps per epoch / N) steps."""
-    if tcfg.eval_every_steps is not None:
-        return int(tcfg.eval_every_steps)
-    n = tcfg.get("evals_per_epoch")
-    if not n or int(n) <= 1 or steps_per_epoch <= 1:
-        return None
-    return max(1, -(-steps_per_epoch // int(n)))
 
 
 #: trainer.batch_size=auto: AUTO_BATCH rows per process, halved (not below AUTO_MIN_BATCH) while the fold would take

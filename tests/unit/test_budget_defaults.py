@@ -12,9 +12,8 @@ from torch import nn
 
 from textclf.data import EpochBatches, balanced_weights
 from textclf.engine.hooks import AWP, EMA, FGM, PGD
-from textclf.engine.trainer import Trainer
+from textclf.engine.trainer import Trainer, eval_positions
 from textclf.errors import TextclfError
-from textclf.train import eval_every
 
 
 def tiny_model(hidden: int = 32) -> nn.Module:
@@ -124,15 +123,46 @@ def test_bad_budget_values_are_refused_with_the_key(make):
         make()
 
 
-def test_evals_per_epoch_gives_the_step_interval():
-    from omegaconf import OmegaConf
+def test_evals_per_epoch_spreads_the_evaluations_inside_each_epoch():
+    assert eval_positions(63, 3) == {21, 42}
+    assert eval_positions(10, 3) == {4, 7}
+    assert eval_positions(223, 3) == {75, 149}
+    assert eval_positions(2, 3) == {1}  # fewer steps than evaluations: one per step, the epoch's end included
+    assert eval_positions(63, 1) == frozenset()
 
-    cfg = lambda **kw: OmegaConf.create({"eval_every_steps": None, "evals_per_epoch": None, **kw})  # noqa: E731
-    assert eval_every(cfg(evals_per_epoch=3), 63) == 21
-    assert eval_every(cfg(evals_per_epoch=3), 10) == 4
-    assert eval_every(cfg(), 63) is None
-    assert eval_every(cfg(evals_per_epoch=1), 63) is None
-    assert eval_every(cfg(evals_per_epoch=3, eval_every_steps=5), 63) == 5
+
+def sized_loaders(n_train: int, batch_size: int = 4):
+    from textclf.data import Collator, Encoded, sorted_batches
+
+    rng = np.random.default_rng(0)
+    n = n_train + 8
+    lengths = rng.integers(3, 10, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    encoded = Encoded(rng.integers(5, 100, offsets[-1]).astype(np.int32), offsets)
+    collate = Collator(encoded, rng.integers(0, 3, n).astype(np.int64), pad_id=0)
+    loader = torch.utils.data.DataLoader
+    train = loader(range(n), batch_sampler=EpochBatches(np.arange(n_train), encoded.lengths, batch_size, 2, seed=0),
+                   collate_fn=collate)
+    valid = loader(range(n), batch_sampler=sorted_batches(np.arange(n_train, n), encoded.lengths, batch_size),
+                   collate_fn=collate)
+    return train, valid
+
+
+@pytest.mark.parametrize("accum, expected", [(1, [4, 8, 11, 15, 19, 22]), (2, [2, 4, 6, 8, 10, 12])])
+def test_evals_per_epoch_evaluates_n_times_in_every_epoch(accum, expected):
+    """11 batches an epoch, 3 evaluations each: a steady interval (every 4 steps) would evaluate at 12 right after
+    the first epoch's end at 11, 7 times in 2 epochs; and trainer.eval_every_steps still wins."""
+    train, valid = sized_loaders(44)
+    optimizer = torch.optim.SGD((model := tiny_model()).parameters(), lr=0.01)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                      device=torch.device("cpu"), epochs=2, evals_per_epoch=3, grad_accum_steps=accum)
+    result = trainer.fit(train, valid, lambda rows, logits: {"macro_f1": 0.5})
+    assert [row["step"] for row in result.history] == expected
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                      device=torch.device("cpu"), epochs=2, evals_per_epoch=3, eval_every_steps=5)
+    assert [row["step"] for row in trainer.fit(train, valid, lambda rows, logits: {"macro_f1": 0.5}).history] == \
+        [5, 10, 11, 15, 20, 22]
 
 
 # ----------------------------------------------------------------------------- balanced sampler

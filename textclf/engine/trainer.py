@@ -144,12 +144,19 @@ class FitResult:
     eval_samples_per_s: float = 0.0
 
 
+def eval_positions(steps_in_epoch: int, n: int) -> frozenset[int]:
+    """The optimizer steps of an epoch (1-based, within it) after which evals_per_epoch=n evaluates before the
+    epoch's end: ceil(j * steps / n) for j = 1 .. n - 1, fewer when the epoch has fewer steps than that."""
+    return frozenset(p for p in (-(-j * steps_in_epoch // n) for j in range(1, n)) if 0 < p < steps_in_epoch)
+
+
 class Trainer:
     def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer, scheduler, *,
                  device: torch.device, epochs: int, grad_accum_steps: int = 1, max_grad_norm: float | None = 1.0,
                  precision: str = "fp32", monitor: str = "macro_f1", early_stopping_patience: int | None = None,
                  hooks: Sequence[Hook] = (), objective=None, log_every_steps: int = 10,
-                 eval_every_steps: int | None = None, limit_train_batches: int | None = None,
+                 eval_every_steps: int | None = None, evals_per_epoch: int | None = None,
+                 limit_train_batches: int | None = None,
                  callbacks: Callback | None = None, fold: int = 0, desc: str = "train",
                  steps_per_epoch: int | None = None):
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
@@ -157,6 +164,9 @@ class Trainer:
         self.max_grad_norm, self.precision, self.monitor = max_grad_norm, precision, monitor
         self.patience, self.hooks, self.desc = early_stopping_patience, list(hooks), desc
         self.log_every, self.eval_every, self.limit_train = int(log_every_steps or 0), eval_every_steps, limit_train_batches
+        # N evaluations per epoch (N - 1 inside it, at evenly spread optimizer steps, and the epoch's end); unused
+        # when eval_every_steps is set
+        self.evals_per_epoch = None if eval_every_steps else evals_per_epoch
         self.callbacks, self.fold = callbacks if callbacks is not None else Callbacks(), fold
         # the fold's optimizer steps, which budget-aware defaults (hooks' `auto` values) are computed from
         self.steps_per_epoch = steps_per_epoch
@@ -295,7 +305,8 @@ class Trainer:
         """Step rows, step-level evaluation and checkpoints after an optimizer step; True to stop early."""
         step, ckpt, mid_epoch = self.global_step, self.checkpoint, done < n_batches
         row_due = bool(self.log_every) and step % self.log_every == 0
-        eval_due = bool(self.eval_every) and step % self.eval_every == 0 and mid_epoch
+        eval_due = mid_epoch and (bool(self.eval_every) and step % self.eval_every == 0
+                                  or self._evaluation_inside_epoch(done, n_batches))
         ckpt_due = ckpt is not None and ckpt.due(step) and mid_epoch
         # the loss is read back (and checked) every 10 batches, and before anything that reports it
         if row_due or eval_due or ckpt_due or not mid_epoch or done % 10 == 0:
@@ -313,6 +324,12 @@ class Trainer:
         if mid_epoch and not stop:  # an epoch's last step stops after the epoch's evaluation instead
             self._stop_if_asked(epoch, done, saved=ckpt_due)
         return stop
+
+    def _evaluation_inside_epoch(self, done: int, n_batches: int) -> bool:
+        """evals_per_epoch=N: True at the optimizer steps that split this epoch into N even parts (the epoch's end
+        evaluates anyway). Counted within the epoch, so an epoch whose steps N does not divide evaluates N times too."""
+        return bool(self.evals_per_epoch) and -(-done // self.accum) in eval_positions(
+            -(-n_batches // self.accum), int(self.evals_per_epoch))
 
     def _stop_if_asked(self, epoch: int, batch_index: int, saved: bool) -> None:
         """A safe point: when a signal asked the run to stop, checkpoint here (unless just done) and stop. With
