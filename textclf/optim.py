@@ -81,6 +81,18 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
 
 
 # ----------------------------------------------------------------------------- optimizers
+def describe_learning_rates(optimizer: torch.optim.Optimizer) -> str | None:
+    """The learning rate of each named parameter group, in the optimizer's order ("head 0.001, layer_5 0.0001,
+    ..."), or None when every group shares one (nothing to report beyond optimizer.lr). The base rates, before
+    any schedule's factor (a scheduler keeps them as initial_lr)."""
+    lrs: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        lrs.setdefault(str(group.get("name", f"group_{len(lrs)}")), float(group.get("initial_lr", group["lr"])))
+    if len(set(lrs.values())) <= 1:
+        return None
+    return ", ".join(f"{name} {lr:.3g}" for name, lr in lrs.items())
+
+
 def _fused(model: nn.Module) -> dict:
     """The fused (single-kernel) Adam/AdamW step, on CPU and CUDA: about 6x faster than the per-tensor loop
     for a 22M-parameter model on a CPU (scripts/bench_train.py). The trainer moves the model to its device

@@ -50,6 +50,9 @@ def write_run_plots(run_dir: Path, labels, y_true: np.ndarray, outputs: np.ndarr
     except ImportError:
         log.warning("plots: matplotlib is not installed, no plots written (pip install matplotlib)")
         return []
+    mpl_log = logging.getLogger("matplotlib")
+    if mpl_log.level == logging.NOTSET:  # its first use on a machine logs font-cache INFO lines into train.log
+        mpl_log.setLevel(logging.WARNING)
     run_dir = Path(run_dir)
     task = labels.task
     plots: list[tuple[str, Callable]] = [("learning_curves.png", lambda: _learning_curves(curves, monitor))]

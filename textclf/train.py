@@ -53,6 +53,7 @@ from .engine.interrupt import StopSignals
 from .engine.kfold import Fold, FoldOutputs, FoldResult, free_memory, make_folds
 from .engine.runlock import RunLock
 from .io import save_weights, write_csv, write_json, write_text
+from .optim import describe_learning_rates
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,13 @@ class TrainRun:
         hooks = build_hooks(cfg.get("adversarial"), cfg.get("ema"))  # fresh per fold; `none` ({}) builds nothing
         objective = (instantiate(cfg.rdrop, task=self.labels.task, single_logit=self.labels.single_logit)
                      if cfg.get("rdrop") else None)
+        if self.main and not getattr(self, "_recipe_logged", False):  # once a run: the same for every fold
+            self._recipe_logged = True
+            lrs = describe_learning_rates(optimizer)
+            if lrs:
+                log.info("optimizer: learning rate by parameter group: %s", lrs)
+            if objective is not None:
+                log.info("rdrop: %s", objective.describe())
         trainer = Trainer(model, loss_fn.to(device), optimizer, scheduler, device=device, epochs=int(tcfg.epochs),
                           grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
                           precision=str(tcfg.precision), monitor=self.selection_metric(),

@@ -132,3 +132,41 @@ def test_balanced_sampler_trains_an_imbalanced_table(task, tiny_bert, tmp_path, 
     score = train(cfg, run_dir=tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["task"] == task and math.isfinite(score)
+
+
+def test_the_log_states_the_learning_rates_and_r_drop_of_preset_competition(tiny_bert, tmp_path, monkeypatch, caplog):
+    """preset=competition's layer-wise rates and R-Drop change every step but show nowhere else in the run's log:
+    each is stated once a run, not once a fold, with the rates the optimizer was built with (before warmup)."""
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    task_frame("multiclass", n=30).to_csv(tmp_path / "train.csv", index=False)
+    overrides = ["data=csv", "data.train_file=train.csv", f"model.name_or_path={tiny_bert}", "model.max_length=16",
+                 "trainer.device=cpu", "kfold=stratified", "kfold.n_splits=2", "preset=competition",
+                 "trainer.epochs=1", "trainer.evals_per_epoch=1", "augment=none", "optimizer.head_lr=0.002"]
+    with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with caplog.at_level(logging.INFO, logger="textclf"):
+        train(cfg, run_dir=tmp_path / "run")
+    rates = [r.getMessage() for r in caplog.records if "learning rate by parameter group" in r.getMessage()]
+    assert rates == ["optimizer: learning rate by parameter group: layer_1 0.0001, layer_0 9e-05, embeddings 8.1e-05, "
+                     "backbone_other 0.0001, head 0.002"]
+    rdrop = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rdrop:")]
+    assert len(rdrop) == 1 and "alpha=1:" in rdrop[0] and "symmetric KL" in rdrop[0]
+    assert (tmp_path / "run" / "fold_1" / "model.safetensors").exists()  # both folds ran; the lines came once
+
+
+def test_plain_training_states_no_learning_rates_or_r_drop(tiny_bert, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    task_frame("multiclass", n=30).to_csv(tmp_path / "train.csv", index=False)
+    overrides = ["data=csv", "data.train_file=train.csv", f"model.name_or_path={tiny_bert}", "model.max_length=16",
+                 "trainer.device=cpu", "trainer.epochs=1"]
+    with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with caplog.at_level(logging.INFO, logger="textclf"):
+        train(cfg, run_dir=tmp_path / "run")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("done:") for m in messages)
+    assert not any("learning rate by parameter group" in m or m.startswith("rdrop:") for m in messages)

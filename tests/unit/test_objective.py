@@ -279,3 +279,11 @@ def test_the_none_option_is_an_empty_mapping():
 def test_bad_arguments_are_reported(kwargs):
     with pytest.raises(TextclfError):
         RDrop(**kwargs)
+
+
+@pytest.mark.parametrize("task, single_logit, divergence", [
+    ("multiclass", False, "their symmetric KL"), ("binary", True, "their per-label symmetric KL"),
+    ("multilabel", False, "their per-label symmetric KL"), ("regression", False, "their mean squared difference")])
+def test_rdrop_describes_the_divergence_its_task_uses(task, single_logit, divergence):
+    text = RDrop(alpha=0.5, task=task, single_logit=single_logit).describe()
+    assert text.startswith("alpha=0.5: each batch runs twice") and text.endswith(f"+ 0.5 x {divergence}")

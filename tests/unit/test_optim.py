@@ -11,8 +11,8 @@ from textclf.errors import TextclfError
 from textclf.models.classifier import TextClassifier
 from textclf.models.heads import ClassificationHead
 from textclf.models.pooling import MeanPooling
-from textclf.optim import (adam, adamw, constant, constant_warmup, cosine, linear_schedule, param_groups, sgd,
-                           warmup_steps_for)
+from textclf.optim import (adam, adamw, constant, constant_warmup, cosine, describe_learning_rates, linear_schedule,
+                           param_groups, sgd, warmup_steps_for)
 
 LAYERS = 4
 
@@ -253,3 +253,17 @@ def test_warmup_steps_from_ratio():
         warmup_steps_for(10, 1.5)
     with pytest.raises(TextclfError, match="warmup_steps"):
         warmup_steps_for(10, 0.1, warmup_steps=-1)
+
+
+def test_describe_learning_rates_names_each_group_once_at_its_base_rate_before_warmup_scales_them():
+    optimizer = adamw(tiny_classifier(), lr=1e-4, head_lr=1e-3, layer_decay=0.5)
+    linear_schedule(optimizer, total_steps=10, warmup_steps=5)  # scales every group's lr down for the first step
+    assert all(g["lr"] < g["initial_lr"] for g in optimizer.param_groups)
+    assert describe_learning_rates(optimizer) == ("layer_3 0.0001, layer_2 5e-05, layer_1 2.5e-05, layer_0 1.25e-05, "
+                                                  "embeddings 6.25e-06, backbone_other 0.0001, head 0.001")
+
+
+def test_describe_learning_rates_is_none_when_every_group_shares_the_rate():
+    assert describe_learning_rates(adamw(tiny_classifier(), lr=1e-4)) is None
+    assert describe_learning_rates(adamw(tiny_classifier(), lr=1e-4, head_lr=1e-4)) is None
+    assert describe_learning_rates(adamw(tiny_classifier(), lr=1e-4, head_lr=2e-4)) == "backbone 0.0001, head 0.0002"

@@ -69,6 +69,13 @@ class RDrop:
         y = batch["labels"]
         return 0.5 * (loss_fn(l1, y) + loss_fn(l2, y)) + self.alpha * self.divergence(l1, l2)
 
+    def describe(self) -> str:
+        """One line for the run's log: what a step now computes."""
+        kind = {"regression": "mean squared difference", "multilabel": "per-label symmetric KL"}.get(
+            self.task, "per-label symmetric KL" if self.single_logit else "symmetric KL")
+        return (f"alpha={self.alpha:g}: each batch runs twice (two dropout masks a row); loss = the passes' mean "
+                f"task loss + {self.alpha:g} x their {kind}")
+
     def __repr__(self) -> str:
         return f"RDrop(alpha={self.alpha}, task={self.task!r}, single_logit={self.single_logit})"
 
