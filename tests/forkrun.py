@@ -28,11 +28,12 @@ import threading
 PRELOAD = ("textclf.cli", "textclf.train", "textclf.predict", "transformers.models.bert.modeling_bert",
            "transformers.models.bert.tokenization_bert", "matplotlib.backends.backend_agg")
 
-#: environment variables read while Python starts or those modules load: a run that sets them differently from
-#: the server's environment is run as a plain subprocess instead
+#: environment variables read while Python starts or those modules load (tqdm reads TQDM_* when imported): a run
+#: that sets them differently from the server's environment is run as a plain subprocess instead
 FORK_SENSITIVE = ("PYTHON", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "CUDA", "NVIDIA", "PYTORCH",
                   "TORCH", "HF_", "HUGGINGFACE", "TRANSFORMERS", "TOKENIZERS", "SKLEARN", "JOBLIB", "LOKY",
-                  "MPLBACKEND", "MPLCONFIGDIR", "LANG", "LC_", "LD_", "MALLOC", "TZ", "HOME", "XDG_", "TMP", "TEMP")
+                  "MPLBACKEND", "MPLCONFIGDIR", "TQDM_", "LANG", "LC_", "LD_", "MALLOC", "TZ", "HOME", "XDG_", "TMP",
+                  "TEMP")
 
 
 def sensitive(env: dict) -> dict:

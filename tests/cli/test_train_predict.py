@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import VOCAB, describe, write_frame
+from conftest import VOCAB, cli_env, describe, make_frame, run_textclf, tiny_overrides, write_frame
 
 pytestmark = pytest.mark.slow
 
@@ -157,3 +157,19 @@ def test_tqdm_disable_turns_every_progress_bar_off(kfold_run):
     # the tests run textclf with TQDM_DISABLE=1: no bar may override it (training, evaluation, tokenizing)
     _, out, err = kfold_run.result
     assert "batch/s" not in err + out and "chunk/s" not in err + out, err[-2000:]
+
+
+def test_progress_bars_written_to_a_log_file_hold_no_cursor_movements(tmp_path, tiny_bert, cli_env_bars_on):
+    """Output captured to a file (nohup, CI, a SLURM job's log): an evaluation inside an epoch would draw its bar one
+    line down and climb back with '\\x1b[A', which a file keeps as litter. The bars still appear."""
+    write_frame(make_frame(60), tmp_path / "train.csv")
+    rc, out, err = run_textclf(["train", "data=csv", "data.train_file=train.csv", "trainer.evals_per_epoch=2",
+                                *tiny_overrides(tiny_bert, tmp_path / "run")], cwd=tmp_path, env=cli_env_bars_on)
+    assert rc == 0, describe((rc, out, err))
+    assert "fold 0 eval" in err and "batch" in err  # the evaluation bar was drawn, mid-epoch
+    assert "\x1b[A" not in err + out, repr(err[-1500:])
+
+
+@pytest.fixture
+def cli_env_bars_on():
+    return cli_env(TQDM_DISABLE=None)

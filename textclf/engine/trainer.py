@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # a terminal gets a live bar; a log file or CI gets a line every 30 s instead of thousands of redraws
 BAR_INTERVAL = 0.1 if sys.stderr.isatty() else 30.0
+# an evaluation inside an epoch draws its bar below the epoch's in a terminal; a log file cannot move the cursor, so
+# there it shares the epoch bar's line, instead of leaving cursor-up escapes ("\x1b[A") in the file
+EVAL_BAR_PLACE = {} if sys.stderr.isatty() else {"position": 0}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -63,7 +66,7 @@ def predict_logits(model, loader, device: torch.device, precision: str = "fp32",
     model.eval()
     rows, outs = [], []
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False, **bar_off(desc is None or not is_main()),
-                      mininterval=BAR_INTERVAL):
+                      mininterval=BAR_INTERVAL, **EVAL_BAR_PLACE):
         batch = to_device(batch, device)
         with autocast(device, precision):
             logits = model(**model_inputs(batch))
