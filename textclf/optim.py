@@ -82,8 +82,8 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
 
 # ----------------------------------------------------------------------------- optimizers
 def describe_learning_rates(optimizer: torch.optim.Optimizer) -> str | None:
-    """The learning rate of each named parameter group, in the optimizer's order ("head 0.001, layer_5 0.0001,
-    ..."), or None when every group shares one (nothing to report beyond optimizer.lr). The base rates, before
+    """The learning rate of each named parameter group, in the optimizer's order ("layer_5 0.0001, ..., head
+    0.001"), or None when every group shares one (nothing to report beyond optimizer.lr). The base rates, before
     any schedule's factor (a scheduler keeps them as initial_lr)."""
     lrs: dict[str, float] = {}
     for group in optimizer.param_groups:

@@ -50,9 +50,6 @@ def write_run_plots(run_dir: Path, labels, y_true: np.ndarray, outputs: np.ndarr
     except ImportError:
         log.warning("plots: matplotlib is not installed, no plots written (pip install matplotlib)")
         return []
-    mpl_log = logging.getLogger("matplotlib")
-    if mpl_log.level == logging.NOTSET:  # its first use on a machine logs font-cache INFO lines into train.log
-        mpl_log.setLevel(logging.WARNING)
     run_dir = Path(run_dir)
     task = labels.task
     plots: list[tuple[str, Callable]] = [("learning_curves.png", lambda: _learning_curves(curves, monitor))]
@@ -95,6 +92,10 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def new_figure(width: float, height: float):
+    """Every figure textclf draws (the run's plots, report.png) starts here."""
+    mpl_log = logging.getLogger("matplotlib")
+    if mpl_log.level == logging.NOTSET:  # its first use on a machine logs font-cache INFO lines into train.log
+        mpl_log.setLevel(logging.WARNING)
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained", facecolor="white")

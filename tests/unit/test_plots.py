@@ -230,3 +230,19 @@ def test_odd_class_names_draw_without_warnings(tmp_path):
     space, y, probs = class_case(["$100 and up", "_other", "体育", "a\nb"], 40)
     written = write_run_plots(tmp_path, space, y, probs, {}, "macro_f1")
     assert {p.name for p in written} == {"confusion_matrix.png", "reliability.png"}
+
+
+def test_figures_keep_matplotlibs_info_lines_out_of_the_log_unless_its_level_was_set():
+    """matplotlib's first use on a machine logs 'generated new fontManager' at INFO; a run's log (root at INFO) would
+    keep it after the run's last line. A level the user set for matplotlib's logger stays."""
+    logger = logging.getLogger("matplotlib")
+    before = logger.level
+    try:
+        logger.setLevel(logging.NOTSET)
+        plots.new_figure(2, 2)
+        assert logger.level == logging.WARNING
+        logger.setLevel(logging.DEBUG)
+        plots.new_figure(2, 2)
+        assert logger.level == logging.DEBUG
+    finally:
+        logger.setLevel(before)

@@ -71,8 +71,7 @@ class RDrop:
 
     def describe(self) -> str:
         """One line for the run's log: what a step now computes."""
-        kind = {"regression": "mean squared difference", "multilabel": "per-label symmetric KL"}.get(
-            self.task, "per-label symmetric KL" if self.single_logit else "symmetric KL")
+        kind = DIVERGENCE_NAMES[self.divergence]
         return (f"alpha={self.alpha:g}: each batch runs twice (two dropout masks a row); loss = the passes' mean "
                 f"task loss + {self.alpha:g} x their {kind}")
 
@@ -105,3 +104,8 @@ def symmetric_bernoulli_kl(l1: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
 def mse_between(l1: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between the two passes' outputs (regression)."""
     return F.mse_loss(l1.float(), l2.float())
+
+
+#: how the run's log names each divergence R-Drop can use
+DIVERGENCE_NAMES = {symmetric_softmax_kl: "symmetric KL", symmetric_bernoulli_kl: "per-label symmetric KL",
+                    mse_between: "mean squared difference"}
