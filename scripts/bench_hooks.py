@@ -59,7 +59,7 @@ def build(cfg, batches, labels_n: int, name_or_path, backbone_config, device):
 
     from textclf.engine.hooks import build_hooks
     from textclf.engine.trainer import Trainer
-    from textclf.losses import CrossEntropyLoss
+    from textclf.models.losses import CrossEntropyLoss
     from textclf.models import build_classifier
 
     torch.manual_seed(0)
@@ -107,7 +107,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from textclf.data import Collator, load_splits, tokenize
+    from textclf.data.tables import Collator, load_splits, tokenize
     from textclf.engine.trainer import resolve_device
     from textclf.models.backbone import load_backbone_config, load_tokenizer, resolve_name_or_path
 

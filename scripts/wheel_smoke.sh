@@ -19,7 +19,7 @@ textclf="$work/venv/bin/textclf"
 where=$("$work/venv/bin/python" -c "import textclf.conf, pathlib; print(pathlib.Path(textclf.conf.__file__).parent)")
 case "$where" in "$work/venv/"*) ;; *) echo "wheel smoke: textclf.conf came from $where, not the wheel" >&2; exit 1 ;; esac
 "$textclf" train --cfg job >job.yaml
-grep -q "^pooling:" job.yaml && grep -q "_target_: textclf.loggers.CSVLogger" job.yaml
+grep -q "^pooling:" job.yaml && grep -q "_target_: textclf.observe.loggers.CSVLogger" job.yaml
 export HF_HUB_OFFLINE=1
 "$textclf" train debug=fast hydra.run.dir=run
 test -f run/run.json && test -f run/metrics.json && test -f run/fold_0/history.csv

@@ -25,7 +25,7 @@ import sys
 import threading
 
 #: what a training run imports that costs time (imported here once, in the order a run imports them)
-PRELOAD = ("textclf.cli", "textclf.train", "textclf.predict", "transformers.models.bert.modeling_bert",
+PRELOAD = ("textclf.cli", "textclf.commands.train", "textclf.commands.predict", "transformers.models.bert.modeling_bert",
            "transformers.models.bert.tokenization_bert", "matplotlib.backends.backend_agg")
 
 #: environment variables read while Python starts or those modules load (tqdm reads TQDM_* when imported): a run

@@ -50,7 +50,7 @@ def _dirname(overrides: str) -> str:
 
 
 def _direction(monitor: str) -> str:
-    from .sweep import sweeper_direction
+    from textclf.commands.sweep import sweeper_direction
 
     return sweeper_direction(str(monitor))
 
@@ -60,13 +60,13 @@ OmegaConf.register_new_resolver("textclf_direction", _direction, replace=True)
 
 
 def _run(fn, cfg: DictConfig):
-    from .errors import TextclfError, own_errors
+    from textclf.errors import TextclfError, own_errors
 
     try:
         with own_errors():
             return fn(cfg)
     except TextclfError as e:
-        from .sweep import log_to_files
+        from textclf.commands.sweep import log_to_files
 
         log_to_files(f"error: {e}")  # the run's log file; the console gets it once, on stderr
         print(f"textclf: error: {e}", file=sys.stderr)
@@ -75,54 +75,54 @@ def _run(fn, cfg: DictConfig):
 
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
 def train_app(cfg: DictConfig) -> float | None:
-    from .sweep import run_job
-    from .train import train
+    from textclf.commands.sweep import run_job
+    from textclf.commands.train import train
 
     return run_job(train, cfg)  # the CV score; in a multirun a failed job is recorded and returns None
 
 
 @hydra.main(config_path=CONF, config_name="predict", version_base="1.3")
 def predict_app(cfg: DictConfig) -> None:
-    from .predict import predict
+    from textclf.commands.predict import predict
 
     return _run(predict, cfg)
 
 
 @hydra.main(config_path=CONF, config_name="export", version_base="1.3")
 def export_app(cfg: DictConfig) -> None:
-    from .export import export
+    from textclf.commands.export import export
 
     return _run(export, cfg)
 
 
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
 def info_app(cfg: DictConfig) -> None:
-    from .info import info
+    from textclf.commands.info import info
 
     _run(info, cfg)
 
 
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
 def validate_app(cfg: DictConfig) -> None:
-    from .check import validate_run_inputs
+    from textclf.commands.validate import validate_run_inputs
 
     _run(validate_run_inputs, cfg)
 
 
 def report_command(argv: list[str]) -> int:
-    from .report import main as report_main
+    from textclf.commands.report import main as report_main
 
     return report_main(argv)
 
 
 def merge_command(argv: list[str]) -> int:
-    from .merge import main as merge_main
+    from textclf.commands.merge import main as merge_main
 
     return merge_main(argv)
 
 
 def ensemble_command(argv: list[str]) -> int:
-    from .ensemble import main as ensemble_main
+    from textclf.commands.ensemble import main as ensemble_main
 
     return ensemble_main(argv)
 
@@ -183,8 +183,8 @@ def _config_problem(command: str, args: list[str], seen: dict | None = None) -> 
     if (flags.help or flags.hydra_help or flags.info or flags.shell_completion or flags.experimental_rerun
             or flags.config_path or flags.config_name):
         return None
-    from .config import check_command_line  # late, as every import here: `textclf --help` needs none
-    from .errors import TextclfError
+    from textclf.config.schema import check_command_line  # late, as every import here: `textclf --help` needs none
+    from textclf.errors import TextclfError
 
     try:
         check_command_line(command if command in ("predict", "export") else "train", flags.overrides, multirun=flags.multirun,
@@ -199,7 +199,7 @@ def _config_problem(command: str, args: list[str], seen: dict | None = None) -> 
 def _train_as_rank(args: list[str], seen: dict) -> int:
     """One process of a multi-process run (torchrun, trainer.devices=N, a submitit task): join the process
     group, take rank 0's run folder, and on the other ranks have Hydra write nothing (rank 0 writes)."""
-    from .launch import join_processes
+    from textclf.engine.launch import join_processes
 
     try:
         extra = join_processes(seen)
@@ -209,7 +209,7 @@ def _train_as_rank(args: list[str], seen: dict) -> int:
     try:
         COMMANDS["train"]()
     finally:
-        from .engine.distributed import shutdown
+        from textclf.engine.distributed import shutdown
 
         shutdown()
     return 0
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
-        from . import __version__
+        from textclf import __version__
 
         print(f"textclf {__version__}")
         return 0
@@ -245,14 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     seen: dict = {}
     problem = _config_problem(command, args[1:], seen)
     if problem:
-        from .engine.callbacks import is_main
+        from textclf.engine.callbacks import is_main
 
         if is_main():  # every process of a run finds the same problem: one says it
             print(f"textclf: error: {problem}", file=sys.stderr)
         return 2
     if command == "train":
-        from .engine.callbacks import launched
-        from .launch import processes_wanted, start_processes
+        from textclf.engine.callbacks import launched
+        from textclf.engine.launch import processes_wanted, start_processes
 
         wanted = processes_wanted(seen)
         if isinstance(wanted, str):

@@ -102,3 +102,11 @@ def bar_off(off: bool) -> dict:
     """tqdm's `disable` for a bar that is off in some cases: True when off, else left unset, so that tqdm's own
     TQDM_DISABLE (and its other TQDM_* settings) still apply; disable=False would override them."""
     return {"disable": True} if off else {}
+
+
+def quiet_transformers() -> None:
+    """transformers' own warnings (unused pooler weights, ...) and download bars add noise to a run's log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

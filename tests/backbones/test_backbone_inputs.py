@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_models import ARCHS
 
-from textclf.data import Collator, tokenize
+from textclf.data.tables import Collator, tokenize
 from textclf.models.backbone import load_tokenizer
 
 MAX_LENGTH = 12

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from tiny_models import ARCHS
 
-from textclf.config import validate
+from textclf.config.schema import validate
 from textclf.errors import TextclfError
 from textclf.models.backbone import load_backbone_config, load_tokenizer
 

@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_module
 
 from conftest import describe, make_frame, textclf_executable, write_frame
 from textclf.errors import TextclfError
-from textclf.predict import predict
+from textclf.commands.predict import predict
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow
@@ -119,7 +119,7 @@ def test_streaming_messages_name_the_row_in_the_file(exported, tmp_path):
 
 
 def test_interrupted_predict_removes_its_partial_output(exported, tmp_path, monkeypatch):
-    import textclf.predict as predict_module
+    import textclf.commands.predict as predict_module
 
     table = write_frame(make_frame(40, seed=4, labels=False), tmp_path / "new.csv")
     calls = []

@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from textclf.config import validate
+from textclf.config.schema import validate
 from textclf.errors import TextclfError
 
 CONF = resources.files("textclf.conf")
@@ -60,8 +60,8 @@ def build(group, node):
         backbone = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                         intermediate_size=64))
         return instantiate(node)(TextClassifier(backbone, MeanPooling(32), ClassificationHead(32, 3)))
-    if group == "loss" and node._target_ == "textclf.losses.auto":
-        from textclf.losses import default_loss_for
+    if group == "loss" and node._target_ == "textclf.models.losses.auto":
+        from textclf.models.losses import default_loss_for
 
         return [instantiate(default_loss_for(task)) for task in ("binary", "multiclass", "multilabel", "regression")]
     if group == "scheduler":

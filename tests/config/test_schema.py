@@ -1,4 +1,4 @@
-"""The config schema (textclf.config): its defaults are the YAML's, and every key, type, range and option it
+"""The config schema (textclf.config.schema): its defaults are the YAML's, and every key, type, range and option it
 declares is enforced with one message naming the key and the nearest valid name."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import textclf.cli  # noqa: F401  (registers the textclf_* resolvers the presets use)
-from textclf.config import (DataConfig, ModelConfig, PredictConfig, TrainConfig, TrainerConfig, check_command_line,
+from textclf.config.schema import (DataConfig, ModelConfig, PredictConfig, TrainConfig, TrainerConfig, check_command_line,
                             validate, validate_predict)
 from textclf.errors import TextclfError
 
@@ -64,7 +64,7 @@ def test_top_level_and_predict_defaults_are_the_yaml_defaults():
     ("+trainer.epochz=1", "trainer.epochz: unknown key; did you mean trainer.epochs?"),
     ("+data.text_column=review", "data.text_column: unknown key; did you mean data.text_col?"),
     ("+trainr.epochs=3", "trainr: unknown key; did you mean trainer?"),
-    ("+optimizer.weight_decy=0.1", "optimizer.weight_decy: unknown key for textclf.optim.adamw; did you mean "
+    ("+optimizer.weight_decy=0.1", "optimizer.weight_decy: unknown key for textclf.engine.optim.adamw; did you mean "
                                    "optimizer.weight_decay?"),
 ])
 def test_an_unknown_key_names_the_nearest_one(override, message):
@@ -106,7 +106,7 @@ def test_a_runtime_argument_cannot_come_from_the_config():
     (["adversarial=pgd", "adversarial.steps=2.5"], "adversarial.steps: must be an integer, got 2.5"),
     (["ema=default", "ema.warmup=yes please"], "ema.warmup: must be true or false, got 'yes please'"),
     (["head.hidden_dim=big"], "head.hidden_dim: must be null or an integer, got 'big'"),
-    (["optimizer=sgd", "~optimizer.lr"], "optimizer.lr: required by textclf.optim.sgd"),
+    (["optimizer=sgd", "~optimizer.lr"], "optimizer.lr: required by textclf.engine.optim.sgd"),
     (["logger=tensorboard", "logger.tensorboard.flush_secs=soon"],
      "logger.tensorboard.flush_secs: must be an integer, got 'soon'"),
 ])
@@ -137,7 +137,7 @@ GOOD = [
 BAD = [
     ("plots=maybe", "plots: must be true or false, got 'maybe'"),
     ("resume=2", "resume: must be true or false (resume=<run folder> also works on the command line), got 2"),
-    ("+logger.csv.every=2", "logger.csv.every: unknown key for textclf.loggers.CSVLogger"),
+    ("+logger.csv.every=2", "logger.csv.every: unknown key for textclf.observe.loggers.CSVLogger"),
     ("trainer.eval_every_steps=0", "trainer.eval_every_steps: must be null or an integer >= 1, got 0"),
     ("trainer.eval_every_steps=often", "trainer.eval_every_steps: must be null or an integer >= 1, got 'often'"),
     ("trainer.limit_train_batches=0", "trainer.limit_train_batches: must be null, a fraction in (0, 1] or a number "
@@ -164,9 +164,9 @@ def test_logger_targets_are_checked_but_a_missing_optional_package_is_not_a_conf
         "import textclf_test_package_that_is_not_installed\n\nclass FakeLogger:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     validate(compose_cfg(["+logger.fake._target_=textclf_test_fake_logger.FakeLogger"]))
-    message = refusal(["+logger.mine._target_=textclf.loggers.CSVLoger"])
-    assert ("logger.mine._target_: cannot import 'textclf.loggers.CSVLoger' (textclf.loggers has no 'CSVLoger'; "
-            "did you mean textclf.loggers.CSVLogger?)") in message
+    message = refusal(["+logger.mine._target_=textclf.observe.loggers.CSVLoger"])
+    assert ("logger.mine._target_: cannot import 'textclf.observe.loggers.CSVLoger' (textclf.observe.loggers has no 'CSVLoger'; "
+            "did you mean textclf.observe.loggers.CSVLogger?)") in message
     assert "logger.x: must be a mapping with a _target_" in refusal(["+logger.x=3"])
 
 

@@ -11,7 +11,7 @@ from conftest import make_frame, write_frame
 from hydra import compose, initialize_config_module
 from tiny_models import build_tiny_masked_lm
 
-from textclf.train import TrainRun, train
+from textclf.commands.train import TrainRun, train
 
 
 def run(tmp_path, monkeypatch, overrides):

@@ -13,9 +13,9 @@ import pytest
 from conftest import describe, make_frame, run_textclf, tiny_overrides, write_frame
 from hydra import compose, initialize_config_module
 
-from textclf.manifest import write_manifest
-from textclf.predict import predict
-from textclf.tasks import softmax
+from textclf.run.manifest import write_manifest
+from textclf.commands.predict import predict
+from textclf.data.tasks import softmax
 
 pytestmark = pytest.mark.slow
 PROBS = ["prob_business", "prob_politics", "prob_sport"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from textclf.data import Collator
-from textclf.predict import predict
-from textclf.train import train
+from textclf.data.tables import Collator
+from textclf.commands.predict import predict
+from textclf.commands.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.utils import get_class
 
-from textclf.train import train
+from textclf.commands.train import train
 
 pytestmark = pytest.mark.slow
 

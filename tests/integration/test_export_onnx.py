@@ -21,7 +21,7 @@ from textclf.models.pooling import Pooling
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from textclf.export import check_inputs, export_graph, graph_inputs, session, verify  # noqa: E402
+from textclf.commands.export import check_inputs, export_graph, graph_inputs, session, verify  # noqa: E402
 
 CONF = resources.files("textclf.conf")
 POOLINGS = sorted(f.name[:-5] for f in CONF.joinpath("pooling").iterdir() if f.name.endswith(".yaml"))
@@ -97,7 +97,7 @@ def test_a_graph_that_differs_from_pytorch_is_refused(tiny_backbones, tmp_path):
 
     class Off:
         def run(self, outputs, feed):
-            from textclf.export import torch_logits
+            from textclf.commands.export import torch_logits
 
             return [torch_logits(model, feed) + 0.1]
 
@@ -121,7 +121,7 @@ def test_an_architecture_that_cannot_be_exported_gets_a_clear_message(tmp_path):
 def test_missing_extra_names_it(monkeypatch):
     import sys
 
-    from textclf.export import require
+    from textclf.commands.export import require
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     with pytest.raises(TextclfError, match=r"predict backend=onnx needs onnxruntime .*pip install 'textclf\[onnx\]'"):

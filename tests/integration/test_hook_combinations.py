@@ -8,7 +8,7 @@ import math
 import pytest
 from hydra import compose, initialize_config_module
 
-from textclf.train import train
+from textclf.commands.train import train
 
 pytestmark = pytest.mark.slow
 

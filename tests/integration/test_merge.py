@@ -62,7 +62,7 @@ def fake_job(folder, folds, *, lr=1e-4, split="row,fold\n0,0\n1,1\n2,2\n"):
 def test_merge_refuses_jobs_that_are_not_one_run(tmp_path, case, message):
     import re
 
-    from textclf.merge import main
+    from textclf.commands.merge import main
 
     fake_job(tmp_path / "a", [0, 1])
     other = {"settings": dict(lr=5e-5), "split": dict(split="row,fold\n0,1\n1,0\n2,2\n")}.get(case, {})

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_module
 
-from textclf.metrics import compute_metrics
-from textclf.tasks import LabelSpace
-from textclf.train import score_logits, train
+from textclf.data.metrics import compute_metrics
+from textclf.data.tasks import LabelSpace
+from textclf.commands.train import score_logits, train
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def small_multilabel(n: int = 60) -> pd.DataFrame:
 def test_best_evaluation_is_chosen_at_tuned_thresholds(tune, tiny_bert, tmp_path, monkeypatch):
     """Scripted scores (a tiny model's barely move): at 0.5 the first evaluation is best, at tuned thresholds the
     third; the fold keeps the third only when thresholds are tuned."""
-    import textclf.train as train_module
+    import textclf.commands.train as train_module
 
     monkeypatch.chdir(tmp_path)
     real, calls = train_module.score_logits, []

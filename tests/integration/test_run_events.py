@@ -10,7 +10,7 @@ from conftest import describe, make_frame, run_textclf, tiny_overrides, write_fr
 from hydra import compose, initialize_config_module
 
 from textclf.engine.callbacks import Callback
-from textclf.train import train
+from textclf.commands.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -259,7 +259,7 @@ def test_an_interrupted_job_stops_the_sweep(tiny_bert, data_dir, tmp_path):
 
 
 def test_signal_handlers_are_installed_only_in_the_main_thread_and_restored():
-    from textclf.engine.interrupt import Interrupted, StopSignals
+    from textclf.run.signals import Interrupted, StopSignals
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with StopSignals() as stop:
@@ -324,7 +324,7 @@ def test_a_resume_on_a_data_file_edited_in_place_is_refused_or_starts_over(tiny_
 
 # ----------------------------------------------------------------------------- what overwrite removes
 def test_only_the_files_textclf_writes_are_removed(tmp_path):
-    from textclf.engine.checkpoint import PLOT_FILES, RUN_FILES, remove_run_outputs
+    from textclf.run.checkpoint import PLOT_FILES, RUN_FILES, remove_run_outputs
 
     run_dir = tmp_path / "run"
     ours = [*RUN_FILES, "folds.csv", ".oof.csv.abc123.tmp", "backbone/config.json", "backbone/vocab.txt",
@@ -336,7 +336,7 @@ def test_only_the_files_textclf_writes_are_removed(tmp_path):
     for name in ours + kept:
         (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / name).write_text(name)
-    config = {"logger": {"tensorboard": {"_target_": "textclf.loggers.TensorBoardLogger", "subdir": "tb"}}}
+    config = {"logger": {"tensorboard": {"_target_": "textclf.observe.loggers.TensorBoardLogger", "subdir": "tb"}}}
     remove_run_outputs(run_dir, [config], keep_folds_csv=False)
     left = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     assert left == sorted(kept)
@@ -347,8 +347,8 @@ def test_plot_files_names_every_plot_a_run_writes():
     import inspect
     import re
 
-    from textclf.engine.checkpoint import PLOT_FILES
-    from textclf.plots import write_run_plots
+    from textclf.run.checkpoint import PLOT_FILES
+    from textclf.observe.plots import write_run_plots
 
     written = set(re.findall(r'"(\w+\.png)"', inspect.getsource(write_run_plots)))
     assert written and written <= set(PLOT_FILES), "a new plot must be listed in checkpoint.PLOT_FILES"
@@ -357,7 +357,7 @@ def test_plot_files_names_every_plot_a_run_writes():
 def test_what_a_run_folder_holds_decides_how_a_run_starts(tmp_path):
     from omegaconf import OmegaConf
 
-    from textclf.engine.checkpoint import prepare_run_dir
+    from textclf.run.checkpoint import prepare_run_dir
     from textclf.errors import TextclfError
 
     run_dir = tmp_path / "run"

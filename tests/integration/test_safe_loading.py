@@ -67,7 +67,7 @@ def test_weights_from_another_run_are_refused(cli, kfold_run, run_copy, tmp_path
 
 
 def test_a_pickle_planted_as_a_checkpoint_is_refused_on_resume(tmp_path):
-    from textclf.engine.checkpoint import FoldCheckpoint
+    from textclf.run.checkpoint import FoldCheckpoint
     from textclf.errors import TextclfError
 
     marker = tmp_path / "PWNED"

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from textclf.ensemble import main as ensemble_main
-from textclf.tasks import LabelSpace
+from textclf.commands.ensemble import main as ensemble_main
+from textclf.data.tasks import LabelSpace
 
 
 def fake_run(folder: Path, probs: np.ndarray, y: np.ndarray, *, classes=("neg", "neu", "pos"), task="multiclass",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from textclf.report import collect
-from textclf.report import main as report_main
+from textclf.commands.report import collect
+from textclf.commands.report import main as report_main
 
 
 def write_job(sweep: Path, num: int, overrides: list[str], *, status: str = "ok", monitor: str = "macro_f1",
@@ -107,7 +107,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @pytest.mark.filterwarnings("error::UserWarning")
 def test_report_draws_every_ranked_job_best_first_and_marks_the_failed_one(sweep, capsys):
-    from textclf.report import report_figure
+    from textclf.commands.report import report_figure
 
     assert report_main([str(sweep)]) == 0
     assert "report.png" in capsys.readouterr().out
@@ -122,7 +122,7 @@ def test_report_draws_every_ranked_job_best_first_and_marks_the_failed_one(sweep
 
 
 def test_report_png_follows_a_lower_is_better_metric_and_skips_a_sweep_without_scores(tmp_path):
-    from textclf.report import report_figure
+    from textclf.commands.report import report_figure
 
     sweep = tmp_path / "sweep"
     write_job(sweep, 0, ["optimizer.lr=1e-4"], monitor="rmse", folds=[0.5, 0.52])

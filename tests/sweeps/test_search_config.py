@@ -7,8 +7,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import textclf.cli  # noqa: F401  (registers the textclf_* resolvers the presets use)
-from textclf.config import validate
-from textclf.sweep import conditional_params, direction_of
+from textclf.config.schema import validate
+from textclf.commands.sweep import conditional_params, direction_of
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
@@ -27,7 +27,7 @@ def test_optuna_preset_direction_follows_the_monitor(monitor, direction):
     assert sweeper._target_.endswith("OptunaSweeper")
     assert sweeper.direction == direction
     assert {"optimizer.lr", "pooling", "loss", "ema", "adversarial"} <= set(sweeper.params)
-    assert sweeper.custom_search_space == "textclf.sweep.conditional_params"
+    assert sweeper.custom_search_space == "textclf.commands.sweep.conditional_params"
 
 
 def test_presets_leave_the_training_config_valid():

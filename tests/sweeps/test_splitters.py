@@ -12,7 +12,7 @@ from sklearn.model_selection import KFold
 from textclf.engine.kfold import (GroupKFoldSplit, Holdout, MultilabelStratifiedKFoldSplit, StratifiedGroupKFoldSplit,
                                   StratifiedKFoldSplit, make_folds)
 from textclf.errors import TextclfError
-from textclf.tasks import LabelSpace
+from textclf.data.tasks import LabelSpace
 
 
 def rare_label_matrix(n: int = 200) -> np.ndarray:

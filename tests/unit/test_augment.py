@@ -13,11 +13,11 @@ from conftest import VOCAB, make_frame
 from omegaconf import OmegaConf
 from tiny_models import build_tiny_masked_lm
 
-from textclf.augment import (EDA, MaskedLM, build_augmenter, delete_words, insert_words, nearest_words,
+from textclf.data.augment import (EDA, MaskedLM, build_augmenter, delete_words, insert_words, nearest_words,
                              swap_words, whole_words)
-from textclf.data import Split
+from textclf.data.tables import Split
 from textclf.errors import TextclfError
-from textclf.train import tokenize_run
+from textclf.commands.train import tokenize_run
 
 TEXTS = list(make_frame(30, seed=3)["text"])
 WORDS = "the big team scored a goal in the match today".split()
@@ -156,15 +156,15 @@ def test_a_folder_without_a_masked_lm_head_is_refused_clearly(tiny_bert, tmp_pat
 ])
 def test_bad_options_are_named(options, message):
     with pytest.raises(TextclfError, match=message):
-        build_augmenter(OmegaConf.create({"_target_": "textclf.augment.EDA", **options}))
+        build_augmenter(OmegaConf.create({"_target_": "textclf.data.augment.EDA", **options}))
 
 
 def test_masked_lm_needs_its_folder(tmp_path):
     with pytest.raises(TextclfError, match=r"augment\.mlm_model 'nowhere' is not a folder"):
-        build_augmenter(OmegaConf.create({"_target_": "textclf.augment.MaskedLM", "mlm_model": "nowhere"}))
+        build_augmenter(OmegaConf.create({"_target_": "textclf.data.augment.MaskedLM", "mlm_model": "nowhere"}))
     from hydra import compose, initialize_config_module
 
-    from textclf.config import validate
+    from textclf.config.schema import validate
 
     with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=["augment=mlm"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from textclf.data import EpochBatches, balanced_weights
+from textclf.data.tables import EpochBatches, balanced_weights
 from textclf.engine.hooks import AWP, EMA, FGM, PGD
 from textclf.engine.trainer import Trainer, eval_positions
 from textclf.errors import TextclfError
@@ -132,7 +132,7 @@ def test_evals_per_epoch_spreads_the_evaluations_inside_each_epoch():
 
 
 def sized_loaders(n_train: int, batch_size: int = 4):
-    from textclf.data import Collator, Encoded, sorted_batches
+    from textclf.data.tables import Collator, Encoded, sorted_batches
 
     rng = np.random.default_rng(0)
     n = n_train + 8
@@ -200,7 +200,7 @@ def test_balanced_weights_multilabel_and_regression():
 def test_tune_threshold_auto_is_on_for_multilabel_only():
     from omegaconf import OmegaConf
 
-    from textclf.train import tunes_threshold
+    from textclf.commands.train import tunes_threshold
 
     auto = OmegaConf.create({"tune_threshold": "auto"})
     assert tunes_threshold(auto, "multilabel") and not tunes_threshold(auto, "binary")
@@ -209,8 +209,8 @@ def test_tune_threshold_auto_is_on_for_multilabel_only():
 
 
 def test_multilabel_output_bias_starts_at_the_labels_log_odds():
-    from textclf.tasks import LabelSpace
-    from textclf.train import prior_bias
+    from textclf.data.tasks import LabelSpace
+    from textclf.commands.train import prior_bias
 
     model = tiny_model()
     labels = LabelSpace(task="multilabel", classes=["a", "b", "c"])
@@ -229,7 +229,7 @@ def test_validate_refuses_bad_trick_values_and_a_balanced_regression_before_data
     import pandas as pd
     from hydra import compose, initialize_config_module
 
-    from textclf.check import check_tricks, preflight
+    from textclf.commands.validate import check_tricks, preflight
 
     with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
         bad = compose(config_name="train", overrides=["adversarial=fgm", "adversarial.start=1.5"])
@@ -257,7 +257,7 @@ def test_validate_refuses_bad_trick_values_and_a_balanced_regression_before_data
 def test_auto_batch_size_gives_a_small_fold_at_least_100_optimizer_steps(rows, epochs, accum, world, expected):
     from omegaconf import OmegaConf
 
-    from textclf.train import fold_batch_size
+    from textclf.commands.train import fold_batch_size
 
     tcfg = OmegaConf.create({"batch_size": "auto", "epochs": epochs, "grad_accum_steps": accum})
     assert fold_batch_size(tcfg, rows, world) == expected

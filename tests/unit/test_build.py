@@ -7,14 +7,14 @@ import torch
 from omegaconf import OmegaConf
 
 from textclf.errors import TextclfError
-from textclf.tasks import LabelSpace
-from textclf.losses import build_loss
+from textclf.data.tasks import LabelSpace
+from textclf.models.losses import build_loss
 
 
 def test_balanced_class_weights_come_from_the_training_fold_counts():
     labels = LabelSpace("multiclass", ["a", "b", "c"])
     y = np.array([0] * 6 + [1] * 3 + [2] * 1)
-    loss = build_loss(OmegaConf.create({"_target_": "textclf.losses.CrossEntropyLoss", "class_weights": "balanced"}),
+    loss = build_loss(OmegaConf.create({"_target_": "textclf.models.losses.CrossEntropyLoss", "class_weights": "balanced"}),
                       labels, y)
     expected = [10 / (3 * 6), 10 / (3 * 3), 10 / (3 * 1)]
     assert loss.weight.tolist() == pytest.approx(expected)
@@ -23,7 +23,7 @@ def test_balanced_class_weights_come_from_the_training_fold_counts():
 def test_class_weights_of_the_wrong_length_are_a_clear_error():
     labels = LabelSpace("multiclass", ["a", "b", "c"])
     with pytest.raises(TextclfError, match="class_weights has 2 values but there are 3 classes"):
-        build_loss(OmegaConf.create({"_target_": "textclf.losses.CrossEntropyLoss", "class_weights": [1.0, 2.0]}),
+        build_loss(OmegaConf.create({"_target_": "textclf.models.losses.CrossEntropyLoss", "class_weights": [1.0, 2.0]}),
                    labels, np.array([0, 1, 2]))
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from textclf.calibrate import (apply_temperature, expected_calibration_error, fit_temperature, logits_from_outputs,
+from textclf.engine.calibrate import (apply_temperature, expected_calibration_error, fit_temperature, logits_from_outputs,
                                negative_log_likelihood, temperature_scaling)
 from textclf.errors import TextclfError
-from textclf.tasks import LabelSpace, softmax
+from textclf.data.tasks import LabelSpace, softmax
 
 
 def overconfident(n=2000, k=4, seed=0):
@@ -85,7 +85,7 @@ def test_assemble_calibrates_before_tuning_and_saves_the_temperature(tmp_path, c
     from types import SimpleNamespace
 
     from textclf.engine.kfold import FoldOutputs, FoldResult
-    from textclf.train import TrainRun
+    from textclf.commands.train import TrainRun
 
     logits, y = overconfident(600, 3)
     labels = LabelSpace("multiclass", ["a", "b", "c"])
@@ -131,8 +131,8 @@ def test_calibrate_is_a_checked_config_key(value, task, ok):
     from hydra import compose, initialize_config_module
 
     import textclf.cli  # noqa: F401  (the resolvers the presets use)
-    from textclf.check import check_calibration
-    from textclf.config import validate
+    from textclf.commands.validate import check_calibration
+    from textclf.config.schema import validate
 
     with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"calibrate={value}"])

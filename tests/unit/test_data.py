@@ -1,4 +1,4 @@
-"""textclf.data: reading tables, labels, tokenizing once, dynamic padding, batch order."""
+"""textclf.data.tables: reading tables, labels, tokenizing once, dynamic padding, batch order."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from textclf.data import (Collator, Encoded, EpochBatches, LabelSpace, length_grouped_batches, load_split,
+from textclf.data.tables import (Collator, Encoded, EpochBatches, LabelSpace, length_grouped_batches, load_split,
                           read_table, sorted_batches, tokenize)
 from textclf.errors import TextclfError
 
@@ -309,7 +309,7 @@ def test_label_space_needs_two_classes_and_rejects_binary_with_three():
 def test_compressed_tables_are_read_by_their_inner_extension(tmp_path, name):
     import pandas as pd
 
-    from textclf.data import read_table
+    from textclf.data.tables import read_table
 
     frame = pd.DataFrame({"text": ["héllo wörld", "b c"], "label": [["x", "y"], ["z"]] if "jsonl" in name else
                           ["x", "z"]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textclf.data import EpochBatches
+from textclf.data.tables import EpochBatches
 from textclf.engine.distributed import ShardedBatches, ShardedList, merge_small
 from textclf.errors import TextclfError
 

@@ -344,7 +344,7 @@ def test_ema_starts_fresh_on_each_fit():
 
 
 def tiny_loaders(n_train: int = 16, n_valid: int = 8, batch_size: int = 4):
-    from textclf.data import Collator, Encoded, EpochBatches, sorted_batches
+    from textclf.data.tables import Collator, Encoded, EpochBatches, sorted_batches
 
     rng = np.random.default_rng(0)
     n = n_train + n_valid

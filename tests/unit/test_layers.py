@@ -10,7 +10,7 @@ from textclf.models.classifier import TextClassifier
 from textclf.models.heads import ClassificationHead
 from textclf.models.layers import find_layers, freeze, reinit_top_layers
 from textclf.models.pooling import MeanPooling
-from textclf.optim import adamw
+from textclf.engine.optim import adamw
 
 LAYERS = 4
 

@@ -1,4 +1,4 @@
-"""The loggers (textclf.loggers) driven with synthetic events: CSV files, TensorBoard event files read back with
+"""The loggers (textclf.observe.loggers) driven with synthetic events: CSV files, TensorBoard event files read back with
 TensorBoard's own reader, MLflow runs read back with MlflowClient; missing optional packages; the logger group's
 options compose and instantiate."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from textclf.engine.callbacks import Callbacks, RunContext
 from textclf.errors import TextclfError
-from textclf.loggers import (CSVLogger, flatten_config, resolve_tracking_uri, stamp_name, summary_metrics)
+from textclf.observe.loggers import (CSVLogger, flatten_config, resolve_tracking_uri, stamp_name, summary_metrics)
 
 CONFIG = {"task": "auto", "resume": False, "model": {"name_or_path": "tiny-bert", "max_length": 16},
           "trainer": {"epochs": 2, "batch_size": 8, "monitor": "auto", "early_stopping_patience": None},
@@ -123,7 +123,7 @@ def test_tracking_uri_relative_paths_resolve_against_the_launch_folder(tmp_path)
 # ----------------------------------------------------------------------------- missing packages
 @pytest.mark.parametrize("name, module", [("tensorboard", "tensorboard"), ("mlflow", "mlflow")])
 def test_a_missing_package_names_its_extra(monkeypatch, name, module):
-    import textclf.loggers as loggers
+    import textclf.observe.loggers as loggers
 
     monkeypatch.setitem(sys.modules, module, None)  # `import <module>` now fails as for a missing package
     cls = loggers.TensorBoardLogger if name == "tensorboard" else loggers.MLflowLogger
@@ -144,7 +144,7 @@ def accumulator(folder: Path):
 def test_tensorboard_logger_writes_a_run_per_fold_and_the_hparams_session(tmp_path):
     from tensorboard.plugins.hparams import metadata
 
-    from textclf.loggers import TensorBoardLogger
+    from textclf.observe.loggers import TensorBoardLogger
 
     run_dir = tmp_path / "run"
     drive([TensorBoardLogger(flush_secs=1)], run_dir)
@@ -173,7 +173,7 @@ def test_tensorboard_logger_writes_a_run_per_fold_and_the_hparams_session(tmp_pa
 
 
 def test_tensorboard_resumed_fold_purges_points_after_the_checkpoint(tmp_path):
-    from textclf.loggers import TensorBoardLogger
+    from textclf.observe.loggers import TensorBoardLogger
 
     run_dir = tmp_path / "run"
     # the first process logged steps 1..6 (evaluations at 3 and 6) and was killed; its checkpoint was at step 4
@@ -190,7 +190,7 @@ def test_tensorboard_resumed_fold_purges_points_after_the_checkpoint(tmp_path):
 
 
 def test_tensorboard_run_started_over_drops_stale_fold_runs(tmp_path):
-    from textclf.loggers import TensorBoardLogger
+    from textclf.observe.loggers import TensorBoardLogger
 
     run_dir = tmp_path / "run"
     drive([TensorBoardLogger()], run_dir)  # fold_0/ and fold_1/ of the run folder do not exist: started over
@@ -220,7 +220,7 @@ def runs_of(client, experiment: str):
 
 
 def test_mlflow_logger_logs_a_parent_run_with_nested_fold_runs(tmp_path, tracking):
-    from textclf.loggers import MLflowLogger
+    from textclf.observe.loggers import MLflowLogger
 
     logger = MLflowLogger()
     assert logger.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
@@ -254,7 +254,7 @@ def test_mlflow_logger_logs_a_parent_run_with_nested_fold_runs(tmp_path, trackin
 
 @pytest.mark.parametrize("status, want", [("failed", "FAILED"), ("interrupted", "KILLED")])
 def test_mlflow_run_ends_failed_or_killed(tmp_path, tracking, status, want):
-    from textclf.loggers import MLflowLogger
+    from textclf.observe.loggers import MLflowLogger
 
     drive([MLflowLogger(experiment="mine")], tmp_path / "run", folds=(0,), end=False, status=status)
     parents, children = runs_of(tracking, "mine")
@@ -262,7 +262,7 @@ def test_mlflow_run_ends_failed_or_killed(tmp_path, tracking, status, want):
 
 
 def test_mlflow_sweep_jobs_share_an_experiment_named_after_the_sweep(tmp_path, tracking):
-    from textclf.loggers import MLflowLogger
+    from textclf.observe.loggers import MLflowLogger
 
     sweep_dir = tmp_path / "multirun" / "2026-12-02" / "10-00-00"
     for job, override in enumerate(["pooling=mean", "pooling=cls"]):
@@ -274,7 +274,7 @@ def test_mlflow_sweep_jobs_share_an_experiment_named_after_the_sweep(tmp_path, t
 
 
 def test_mlflow_resumed_run_logs_into_the_same_runs(tmp_path, tracking):
-    from textclf.loggers import MLflowLogger
+    from textclf.observe.loggers import MLflowLogger
 
     run_dir = tmp_path / "run"
     drive([MLflowLogger()], run_dir, folds=(0,), end=False, status="interrupted")
@@ -293,7 +293,7 @@ def test_mlflow_resumed_run_logs_into_the_same_runs(tmp_path, tracking):
 
 def test_mlflow_file_store_needs_mlflow_allow_file_store(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
-    from textclf.loggers import MLflowLogger
+    from textclf.observe.loggers import MLflowLogger
 
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     with pytest.raises(TextclfError, match="MLFLOW_ALLOW_FILE_STORE=true"):
@@ -314,7 +314,7 @@ def test_logger_options_compose_and_instantiate(tmp_path, monkeypatch, override,
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
-    import textclf.loggers as loggers
+    import textclf.observe.loggers as loggers
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
@@ -335,7 +335,7 @@ def test_mlflow_parallel_sweep_jobs_share_a_new_sqlite_store(tmp_path):
 
     script = (
         "import sys; sys.path.insert(0, sys.argv[3]); from pathlib import Path; from test_loggers import drive\n"
-        "from textclf.loggers import MLflowLogger\n"
+        "from textclf.observe.loggers import MLflowLogger\n"
         "job, sweep = int(sys.argv[1]), Path(sys.argv[2]); logger = MLflowLogger()\n"
         "drive([logger], sweep / f'{job}_x={job}', folds=(0,), sweep={'dir': str(sweep), 'job': job, 'overrides': []})\n"
         "assert logger.failures == [], logger.failures\n")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from textclf.data import Collator, Encoded, head_tail, sorted_batches, special_template, tokenize, windows
+from textclf.data.tables import Collator, Encoded, head_tail, sorted_batches, special_template, tokenize, windows
 from textclf.errors import TextclfError
 
 # the tiny vocabulary holds single letters: "a b c ..." is one token per letter, so positions are easy to check
@@ -168,7 +168,7 @@ def test_training_with_windows_gives_one_oof_row_per_text(tiny_bert, tmp_path, m
     from conftest import make_frame, write_frame
     from hydra import compose, initialize_config_module
 
-    from textclf.train import train
+    from textclf.commands.train import train
 
     monkeypatch.chdir(tmp_path)
     frame = make_frame(40, seed=3)
@@ -179,7 +179,7 @@ def test_training_with_windows_gives_one_oof_row_per_text(tiny_bert, tmp_path, m
             "data=csv", "data.train_file=train.csv", f"model.name_or_path={tiny_bert}", "model.max_length=16",
             "model.truncation=window", "model.window_stride=7", "model.window_aggregate=max", "kfold=stratified",
             "kfold.n_splits=2", "trainer.epochs=1", "trainer.batch_size=8", "trainer.device=cpu"])
-    with caplog.at_level("INFO", logger="textclf.train"):
+    with caplog.at_level("INFO", logger="textclf.commands.train"):
         train(cfg, run_dir=tmp_path / "run")
     assert re.search(r"tokenized 40 texts once into (\d+) windows", caplog.text)
     assert int(re.search(r"into (\d+) windows", caplog.text).group(1)) > 40  # the long texts were split

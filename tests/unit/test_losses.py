@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from textclf import losses
+from textclf.models import losses
 from textclf.errors import TextclfError
 
 LOSS_DIR = resources.files("textclf.conf").joinpath("loss")

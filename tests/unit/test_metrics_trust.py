@@ -14,8 +14,8 @@ from torch import nn
 
 from textclf.engine.kfold import Fold, FoldOutputs, FoldResult
 from textclf.errors import TextclfError
-from textclf.metrics import better, compute_metrics, per_class_report
-from textclf.tasks import LabelSpace, tune_class_thresholds, tuned_threshold_metrics, tune_thresholds
+from textclf.data.metrics import better, compute_metrics, per_class_report
+from textclf.data.tasks import LabelSpace, tune_class_thresholds, tuned_threshold_metrics, tune_thresholds
 
 
 def one_hot(ids, k):
@@ -149,7 +149,7 @@ def test_one_holdout_fold_is_labelled_in_sample():
 
 def fake_run(labels, y, groups, probs, tune=True, main=False, run_dir=None):
     """A TrainRun after its folds: what assemble reads, without training anything."""
-    from textclf.train import TrainRun
+    from textclf.commands.train import TrainRun
 
     run = TrainRun.__new__(TrainRun)
     run.cfg = OmegaConf.create({"tune_threshold": tune, "threshold": 0.5})
@@ -274,7 +274,7 @@ def test_positive_label_is_a_checked_config_key(value, ok):
     from hydra import compose, initialize_config_module
 
     import textclf.cli  # noqa: F401  (the resolvers the presets use)
-    from textclf.config import validate
+    from textclf.config.schema import validate
 
     with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"positive_label={value}"])

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textclf.losses import CrossEntropyLoss
+from textclf.models.losses import CrossEntropyLoss
 from textclf.models.pooling import ClsPooling, MeanPooling
-from textclf.optim import linear_schedule, param_groups
+from textclf.engine.optim import linear_schedule, param_groups
 
 LENGTHS = [5, 2, 7, 1]
 WIDTH = 7
@@ -121,7 +121,7 @@ def test_param_groups_on_a_bert_backbone(tiny_bert):
 
 # ----------------------------------------------------------------------------- schedule
 def expected_factor(step: int, total: int, warm: int) -> float:
-    """The formula of textclf.optim.linear_schedule."""
+    """The formula of textclf.engine.optim.linear_schedule."""
     if step < warm:
         return (step + 1) / (warm + 1)
     return max(0.0, (total - step) / max(1, total - warm))

@@ -14,7 +14,7 @@ from transformers import BertConfig, BertModel
 from textclf.engine.objective import (RDrop, StandardObjective, mse_between, symmetric_bernoulli_kl,
                                       symmetric_softmax_kl)
 from textclf.errors import TextclfError
-from textclf.losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from textclf.models.losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from textclf.models.classifier import TextClassifier
 from textclf.models.heads import ClassificationHead
 from textclf.models.pooling import MeanPooling

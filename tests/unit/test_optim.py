@@ -11,7 +11,7 @@ from textclf.errors import TextclfError
 from textclf.models.classifier import TextClassifier
 from textclf.models.heads import ClassificationHead
 from textclf.models.pooling import MeanPooling
-from textclf.optim import (adam, adamw, constant, constant_warmup, cosine, describe_learning_rates, linear_schedule,
+from textclf.engine.optim import (adam, adamw, constant, constant_warmup, cosine, describe_learning_rates, linear_schedule,
                            param_groups, sgd, warmup_steps_for)
 
 LAYERS = 4

@@ -1,4 +1,4 @@
-"""Run plots (textclf.plots): every task gets its PNGs, degenerate inputs write or skip cleanly, never raise."""
+"""Run plots (textclf.observe.plots): every task gets its PNGs, degenerate inputs write or skip cleanly, never raise."""
 from __future__ import annotations
 
 import logging
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from textclf import plots
-from textclf.plots import short, write_run_plots
-from textclf.tasks import LabelSpace, sigmoid, softmax
+from textclf.observe import plots
+from textclf.observe.plots import short, write_run_plots
+from textclf.data.tasks import LabelSpace, sigmoid, softmax
 
 # matplotlib or numpy complaining (clipped layout, missing glyphs, 0/0) fails the test
 pytestmark = [pytest.mark.filterwarnings("error::UserWarning"), pytest.mark.filterwarnings("error::RuntimeWarning")]
@@ -137,7 +137,7 @@ def test_a_single_class_present_and_a_class_never_predicted(tmp_path):
 def test_nan_rows_are_left_out_with_a_warning(tmp_path, caplog):
     space, y, probs = class_case(["neg", "pos"], 80, task="binary")
     probs[:7] = np.nan
-    with caplog.at_level(logging.WARNING, logger="textclf.plots"):
+    with caplog.at_level(logging.WARNING, logger="textclf.observe.plots"):
         written = write_run_plots(tmp_path, space, y, probs, curves(), "f1")
     assert "7 of 80" in caplog.text
     assert len(written) == 4
@@ -147,7 +147,7 @@ def test_every_output_nan_and_no_curves_writes_nothing_and_says_why(tmp_path, ca
     space, y, probs = class_case(BBC, 30)
     empty = {0: {"step": np.array([], dtype=np.int64), "loss": np.array([]),
                  "eval_step": np.array([], dtype=np.int64), "eval_value": np.array([])}}
-    with caplog.at_level(logging.WARNING, logger="textclf.plots"):
+    with caplog.at_level(logging.WARNING, logger="textclf.observe.plots"):
         written = write_run_plots(tmp_path, space, y, np.full_like(probs, np.nan), empty, "macro_f1")
     assert written == []
     assert "no out-of-fold row with finite outputs" in caplog.text
@@ -190,7 +190,7 @@ def test_a_single_row_and_constant_predictions(tmp_path, task):
 
 def test_a_binary_run_without_positives_skips_precision_recall(tmp_path, caplog):
     space, _, probs = class_case(["neg", "pos"], 40, task="binary")
-    with caplog.at_level(logging.WARNING, logger="textclf.plots"):
+    with caplog.at_level(logging.WARNING, logger="textclf.observe.plots"):
         written = write_run_plots(tmp_path, space, np.zeros(40, dtype=np.int64), probs, curves(1), "f1")
     assert "precision_recall.png" not in {p.name for p in written} and len(written) == 3
     assert "precision_recall.png skipped" in caplog.text and "'pos'" in caplog.text
@@ -198,7 +198,7 @@ def test_a_binary_run_without_positives_skips_precision_recall(tmp_path, caplog)
 
 def test_outputs_that_do_not_match_the_classes_only_draw_curves(tmp_path, caplog):
     space, y, probs = class_case(BBC, 40)
-    with caplog.at_level(logging.WARNING, logger="textclf.plots"):
+    with caplog.at_level(logging.WARNING, logger="textclf.observe.plots"):
         written = write_run_plots(tmp_path, space, y, probs[:, :3], curves(1), "macro_f1")
     assert [p.name for p in written] == ["learning_curves.png"]
     assert "3 column(s) for 5 class(es)" in caplog.text
@@ -210,7 +210,7 @@ def test_a_plot_that_fails_is_skipped_with_a_warning_and_the_rest_are_written(tm
 
     monkeypatch.setattr(plots, "_reliability", broken)
     space, y, probs = class_case(BBC, 40)
-    with caplog.at_level(logging.WARNING, logger="textclf.plots"):
+    with caplog.at_level(logging.WARNING, logger="textclf.observe.plots"):
         written = write_run_plots(tmp_path, space, y, probs, curves(1), "macro_f1")
     assert {p.name for p in written} == {"confusion_matrix.png", "learning_curves.png"}
     assert "reliability.png not written: ValueError: boom" in caplog.text

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from textclf.errors import TextclfError
-from textclf.metrics import compute_metrics
-from textclf.tasks import LabelSpace, infer_task, tune_thresholds
+from textclf.data.metrics import compute_metrics
+from textclf.data.tasks import LabelSpace, infer_task, tune_thresholds
 
 
 @pytest.mark.parametrize("labels, expected", [

@@ -1,6 +1,6 @@
 """Run events and the listeners that receive them (loggers, progress writers).
 
-The run recipe (textclf.train) and the fold loop (textclf.engine.trainer) emit events; every callback gets
+The run recipe (textclf.commands.train) and the fold loop (textclf.engine.trainer) emit events; every callback gets
 each of them, in this order per run:
 
   on_run_start(run)                         once, after the data and folds are known

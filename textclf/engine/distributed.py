@@ -2,7 +2,7 @@
 
 One process per device (NCCL on CUDA, gloo on CPU). The processes come from `torchrun` (one machine or several),
 from `trainer.devices=N` (textclf starts torchrun's launcher itself, textclf.cli) or from a submitit job with
-several tasks (textclf.sweep exports the torch.distributed environment from submitit's). Every process runs the
+several tasks (textclf.commands.sweep exports the torch.distributed environment from submitit's). Every process runs the
 same recipe on the same config and run folder; what differs per rank:
 
   - data: each global batch (trainer.batch_size x world size rows, length-grouped from the shared seed) is dealt
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .callbacks import launched, local_rank, rank, world_size  # noqa: F401 - part of this module's interface
+from textclf.engine.callbacks import launched, local_rank, rank, world_size  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def on_main(fn) -> Any:
     otherwise wait for rank 0 until the timeout)."""
     if not active():
         return fn()
-    from ..errors import TextclfError
+    from textclf.errors import TextclfError
 
     outcome = None
     if rank() == 0:

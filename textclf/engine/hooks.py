@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..errors import TextclfError
+from textclf.errors import TextclfError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def build_hooks(*nodes) -> list[Hook]:
     """Instantiate the config nodes that name a `_target_`; an empty node (a group's `none`) builds nothing."""
     from hydra.utils import instantiate
 
-    from ..errors import own_errors
+    from textclf.errors import own_errors
 
     with own_errors():  # a hook's own TextclfError, not Hydra's InstantiationException around it
         return [instantiate(node) for node in nodes if node is not None and node.get("_target_")]

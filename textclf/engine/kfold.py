@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import TextclfError
+from textclf.errors import TextclfError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -260,7 +260,7 @@ def read_groups(data_cfg, n: int, splitter=None) -> np.ndarray:
     """data.group_col of the training table as integer group ids (one per row, in file order)."""
     import pandas as pd
 
-    from ..data import read_table
+    from textclf.data.tables import read_table
 
     kind = f"kfold={splitter.name if splitter is not None else 'group'}"
     col = data_cfg.get("group_col") if data_cfg is not None else None

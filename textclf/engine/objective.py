@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..errors import TextclfError
+from textclf.errors import TextclfError
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 TASKS = ("binary", "multiclass", "multilabel", "regression")

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import TextclfError
-from ..io import bar_off
-from ..metrics import better
-from . import distributed
-from .callbacks import Callback, Callbacks, is_main
-from .checkpoint import fault_point, rng_state, set_rng_state
-from .hooks import Hook
-from .objective import StandardObjective, model_inputs
+from textclf.errors import TextclfError
+from textclf.io import bar_off
+from textclf.data.metrics import better
+from textclf.engine import distributed
+from textclf.engine.callbacks import Callback, Callbacks, is_main
+from textclf.run.checkpoint import fault_point, rng_state, set_rng_state
+from textclf.engine.hooks import Hook
+from textclf.engine.objective import StandardObjective, model_inputs
 
 log = logging.getLogger(__name__)
 

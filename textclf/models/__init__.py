@@ -1,1 +1,1 @@
-from .classifier import TextClassifier, build_classifier  # noqa: F401
+from textclf.models.classifier import TextClassifier, build_classifier  # noqa: F401

@@ -6,7 +6,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import TextclfError
+from textclf.errors import TextclfError
+from textclf.io import quiet_transformers
 
 EMBEDDED_MODELS = {
     # name -> (distribution, folder inside it)
@@ -32,7 +33,7 @@ def resolve_name_or_path(name_or_path: str) -> str:
         if not (path / "config.json").exists():
             raise TextclfError(f"the {dist} package has no model files in {path}")
         return str(path)
-    from ..data import resolve_path
+    from textclf.data.tables import resolve_path
 
     local = resolve_path(name_or_path)
     if local.exists():
@@ -42,14 +43,6 @@ def resolve_name_or_path(name_or_path: str) -> str:
     if name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]:
         raise TextclfError(f"model.name_or_path {name_or_path!r} does not exist (looked at {local})")
     return name_or_path  # a hub id
-
-
-def _quiet_transformers() -> None:
-    """transformers' own warnings (unused pooler weights, ...) and download bars add noise to a run's log."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def _offline_mode() -> bool:
@@ -130,7 +123,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
 
 
 def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_code: bool = False):
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoTokenizer
 
     spm_error = _sentencepiece_error(name_or_path, None)
@@ -154,7 +147,7 @@ def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_
 
 def load_backbone_config(name_or_path: str, *, hidden_dropout=None, attention_dropout=None,
                          trust_remote_code: bool = False):
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoConfig
 
     try:
@@ -180,7 +173,7 @@ def load_backbone(name_or_path: str, config, *, pretrained: bool = True, trust_r
 
     A pretrained load reports what transformers' (silenced) log would have said: see report_loading. uses_pooler:
     the pooling reads the pooler output; weights_follow: model.init_from loads weights over it afterwards."""
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoModel
 
     try:
@@ -217,7 +210,7 @@ def report_loading(model, info: dict, name_or_path: str, *, uses_pooler: bool = 
     the backbone's parameters starting random is a folder of another architecture or key names, refused (a
     TextclfError; only a warning when model.init_from loads weights over it). A missing pooler is a note unless
     the pooling reads it. Checkpoint weights the model does not use (a pretraining head) are a note."""
-    from .init_from import group_names, shape_text
+    from textclf.models.init_from import group_names, shape_text
 
     state = model.state_dict()
     missing = sorted(str(k) for k in info.get("missing_keys") or ())

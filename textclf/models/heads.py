@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import TextclfError
+from textclf.errors import TextclfError
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -15,7 +15,7 @@ class ClassificationHead(nn.Module):
     multi_sample_dropout=k draws k dropout masks on the vector that feeds the output layer and averages the
     k logits (Inoue 2019); in eval mode dropout is the identity, so the logits are computed once.
     prior_bias (multilabel): the output bias starts at each label's log-odds in the training rows (set by the
-    run, textclf.train.prior_bias); the head only records the setting.
+    run, textclf.commands.train.prior_bias); the head only records the setting.
     """
 
     def __init__(self, in_features: int, num_labels: int, dropout: float = 0.1, multi_sample_dropout: int = 1,

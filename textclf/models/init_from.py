@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import TextclfError
+from textclf.errors import TextclfError
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def _is_run_folder(folder: Path) -> bool:
 
 def resolve_init_from(given: str) -> InitSource:
     """The weights model.init_from names, without reading them; a clear error for anything else."""
-    from ..data import resolve_path
+    from textclf.data.tables import resolve_path
 
     path = resolve_path(str(given))
     where = f"{KEY}={given!r}"
@@ -326,7 +326,7 @@ class InitFrom:
             log.info("%s", self.report["summary"])
             self._warn_if_backbone_mostly_kept(cmp, state)
             if self.report_path is not None:
-                from ..io import write_json
+                from textclf.io import write_json
 
                 write_json(self.report_path, self.report)
         return self.report

@@ -1,6 +1,6 @@
 """Where a backbone keeps its embeddings and its stack of layers; freezing and re-initialising them.
 
-Layer-wise LR decay (textclf.optim.param_groups), `model.freeze_*` and `model.reinit_layers` all need to
+Layer-wise LR decay (textclf.engine.optim.param_groups), `model.freeze_*` and `model.reinit_layers` all need to
 know which module is layer 0 and which is the top one. Known families are looked up by attribute name;
 anything else falls back to the largest nn.ModuleList of identical blocks.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import TextclfError
+from textclf.errors import TextclfError
 
 #: (embeddings attribute, layer-list attribute path), tried in order
 KNOWN_LAYOUTS = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import TextclfError
+from textclf.errors import TextclfError
 
 
 class Pooling(nn.Module):

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import TextclfError
-from ..io import atomic_path, save_weights, write_json
-from ..manifest import MANIFEST  # run.json: written last, it marks a finished run
+from textclf.errors import TextclfError
+from textclf.io import atomic_path, save_weights, write_json
+from textclf.run.manifest import MANIFEST  # run.json: written last, it marks a finished run
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ RESUME_FREE_KEYS = ("resume", "overwrite", "trainer.checkpoint_every_steps", "tr
                     "trainer.num_workers", "logger", "plots")
 #: size and SHA-256 of each data file the run read: a resume, or a reuse of folds.csv, on other data is caught
 INPUTS_FILE = "inputs.json"
-#: the PNGs textclf.plots writes
+#: the PNGs textclf.observe.plots writes
 PLOT_FILES = ("learning_curves.png", "confusion_matrix.png", "precision_recall.png", "reliability.png",
               "predicted_vs_true.png")
 #: what a run writes at the top of its folder and removes when it starts over or is replaced (folds.csv apart:
@@ -292,8 +292,8 @@ def input_fingerprints(data_cfg, splits: dict) -> dict:
     (data=demo) has no file of its own to hash, so it is fingerprinted by its rows (texts, pairs, labels)."""
     import hashlib
 
-    from ..data import EMBEDDED_PREFIX, resolve_path
-    from ..manifest import sha256
+    from textclf.data.tables import EMBEDDED_PREFIX, resolve_path
+    from textclf.run.manifest import sha256
 
     out = {}
     for name, split in splits.items():
@@ -366,7 +366,7 @@ def save_fold_outputs(fold_dir: Path, fold) -> None:
 
 def finished_fold(fold_dir: Path, index: int):
     """The fold a resumed run had finished (result.json written), read back; None when it had not."""
-    from .kfold import FoldResult
+    from textclf.engine.kfold import FoldResult
 
     if not (fold_dir / "result.json").exists():
         return None

@@ -1,6 +1,6 @@
 """Optimizers (built from the model: parameter groups, layer-wise LR decay) and learning-rate schedules.
 
-Config: `optimizer=adamw` is `_target_: textclf.optim.adamw` with `_partial_: true`; train.py calls
+Config: `optimizer=adamw` is `_target_: textclf.engine.optim.adamw` with `_partial_: true`; train.py calls
 `instantiate(cfg.optimizer)(model)`. `scheduler=cosine` is `_partial_: true` too and is called
 `instantiate(cfg.scheduler)(optimizer, total_steps=N)`. Every schedule is a LambdaLR factor of each
 group's own lr, so layer-wise learning rates keep their ratios throughout.
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .errors import TextclfError
+from textclf.errors import TextclfError
 
 
 # ----------------------------------------------------------------------------- parameter groups
@@ -42,7 +42,7 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
     if layer_decay != 1.0:
         if lr is None:
             raise ValueError("param_groups: layer_decay needs the base lr")
-        from .models.layers import find_layers
+        from textclf.models.layers import find_layers
 
         embeddings, layers = find_layers(backbone)
         n = len(layers)

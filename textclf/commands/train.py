@@ -1,6 +1,6 @@
 """`textclf train`: the run recipe. It reads top to bottom as its stages:
 
-  1. setup     every check (textclf.check.preflight), the run folder (resume or start over), the folds,
+  1. setup     every check (textclf.commands.validate.preflight), the run folder (resume or start over), the folds,
                one tokenization for the whole run, the loggers
   2. folds     per fold: build (model, loaders, optimizer, hooks), fit (the Trainer loop), keep its
                out-of-fold outputs; a fold finished by an earlier run into the same folder is kept
@@ -42,18 +42,18 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .augment import Augmented, build_augmenter
-from .check import Checked, option_named, preflight
-from .data import Collator, EpochBatches, Encoded, LabelSpace, balanced_weights, sorted_batches, tokenize_with
-from .engine import distributed
-from .engine.callbacks import Callback, Callbacks, RunContext, is_main
-from .engine.checkpoint import (INPUTS_FILE, FoldCheckpoint, fault_point, finished_fold, finished_run_score,
+from textclf.data.augment import Augmented, build_augmenter
+from textclf.commands.validate import Checked, option_named, preflight
+from textclf.data.tables import Collator, EpochBatches, Encoded, LabelSpace, balanced_weights, sorted_batches, tokenize_with
+from textclf.engine import distributed
+from textclf.engine.callbacks import Callback, Callbacks, RunContext, is_main
+from textclf.run.checkpoint import (INPUTS_FILE, FoldCheckpoint, fault_point, finished_fold, finished_run_score,
                                  input_fingerprints, prepare_run_dir, save_fold_outputs)
-from .engine.interrupt import StopSignals
-from .engine.kfold import Fold, FoldOutputs, FoldResult, free_memory, make_folds
-from .engine.runlock import RunLock
-from .io import save_weights, write_csv, write_json, write_text
-from .optim import describe_learning_rates
+from textclf.run.signals import StopSignals
+from textclf.engine.kfold import Fold, FoldOutputs, FoldResult, free_memory, make_folds
+from textclf.run.lock import RunLock
+from textclf.io import save_weights, write_csv, write_json, write_text
+from textclf.engine.optim import describe_learning_rates
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +231,10 @@ class TrainRun:
         import torch
         from hydra.utils import instantiate
 
-        from .engine.hooks import build_hooks
-        from .engine.trainer import Trainer
-        from .losses import build_loss
-        from .models import build_classifier
+        from textclf.engine.hooks import build_hooks
+        from textclf.engine.trainer import Trainer
+        from textclf.models.losses import build_loss
+        from textclf.models import build_classifier
 
         cfg, tcfg, data, device = self.cfg, self.cfg.trainer, self.data, self.device
         seed = int(tcfg.seed)
@@ -299,7 +299,7 @@ class TrainRun:
         if not self.cfg.model.get("init_from"):
             return None
         if getattr(self, "_init_from", None) is None:
-            from .models.init_from import InitFrom
+            from textclf.models.init_from import InitFrom
 
             self._init_from = InitFrom(str(self.cfg.model.init_from),
                                        report_path=self.run_dir / "init_report.json" if self.main else None)
@@ -311,9 +311,9 @@ class TrainRun:
         out-of-fold outputs calibrated first (calibrate_oof), so the oof metrics, oof.csv and tuned thresholds are
         of calibrated probabilities; with tune_threshold, binary and multilabel thresholds tuned on them and scored
         out of sample (tune_oof_threshold)."""
-        from .calibrate import expected_calibration_error
-        from .metrics import compute_metrics, per_class_report, summarize
-        from .tasks import THRESHOLD_TASKS
+        from textclf.engine.calibrate import expected_calibration_error
+        from textclf.data.metrics import compute_metrics, per_class_report, summarize
+        from textclf.data.tasks import THRESHOLD_TASKS
 
         labels, y = self.labels, self.data.y
         scored, oof = outputs.oof()
@@ -340,7 +340,7 @@ class TrainRun:
         test predictions, divide each fold's logits by it before averaging); metrics.json's calibration records it.
         Returns the calibrated out-of-fold outputs. With kfold.repeats the logits are those of the rows' mean
         probabilities."""
-        from .calibrate import temperature_scaling
+        from textclf.engine.calibrate import temperature_scaling
 
         temperature, calibrated, record = temperature_scaling(self.labels, y, oof)
         self.labels.temperature = temperature
@@ -360,7 +360,7 @@ class TrainRun:
         """The metric that chooses a fold's best evaluation: trainer.monitor, or its tuned_ twin (selects_tuned).
         At 0.5 a briefly trained ten-label model's macro-F1 is ~0.1 at every evaluation (only the frequent labels
         cross it), so choosing by it is choosing by noise; at tuned thresholds it tracks what the run delivers."""
-        from .metrics import TUNED_METRICS
+        from textclf.data.metrics import TUNED_METRICS
 
         return f"tuned_{self.monitor}" if self.selects_tuned() and self.monitor in TUNED_METRICS else self.monitor
 
@@ -368,7 +368,7 @@ class TrainRun:
         """Thresholds chosen on every out-of-fold row become the run's (labels.json, for predict); the metrics
         in metrics.json's oof_tuned_threshold decide each fold's rows by thresholds chosen on the other folds'
         rows (one fold: in-sample, and labelled so). Returns those decisions."""
-        from .tasks import tuned_threshold_metrics
+        from textclf.data.tasks import tuned_threshold_metrics
 
         labels = self.labels
         tuned, decided = tuned_threshold_metrics(labels, y, oof, groups, default=float(self.cfg.threshold))
@@ -396,8 +396,8 @@ class TrainRun:
 
     def test_outputs(self) -> np.ndarray:
         """The test file's outputs: the run's folds ensembled, exactly as `textclf predict` does it."""
-        from .models import build_classifier
-        from .predict import ensemble_folds
+        from textclf.models import build_classifier
+        from textclf.commands.predict import ensemble_folds
 
         cfg, checked = self.cfg, self.checked
         weights = [self.run_dir / f"fold_{f.index}" / "model.safetensors" for f in self.folds]
@@ -413,8 +413,8 @@ class TrainRun:
     def write(self, summary: dict, oof: np.ndarray, outputs: FoldOutputs) -> None:
         """oof.csv, test predictions, plots, metrics.json, then run.json last: a folder with run.json is a
         finished run (predict checks it)."""
-        from .manifest import write_manifest
-        from .metrics import compute_metrics
+        from textclf.run.manifest import write_manifest
+        from textclf.data.metrics import compute_metrics
 
         labels, y, scored, run_dir = self.labels, self.data.y, self.scored, self.run_dir
         test = self.test_outputs() if self.data.test is not None else None
@@ -587,7 +587,7 @@ def fold_curves(fit, monitor: str) -> dict:
 
 
 def write_plots(run_dir: Path, labels: LabelSpace, y_true, oof, outputs: FoldOutputs, monitor: str) -> list[Path]:
-    from .plots import write_run_plots
+    from textclf.observe.plots import write_run_plots
 
     return write_run_plots(run_dir, labels, y_true, oof, {f.index: f.curves for f in outputs.folds}, monitor)
 
@@ -596,7 +596,7 @@ def build_callbacks(cfg: DictConfig) -> Callbacks:
     """Every logger of the composed `logger` group (logger=[csv,tensorboard,mlflow]), in that order."""
     from hydra.utils import instantiate
 
-    from .errors import own_errors
+    from textclf.errors import own_errors
 
     nodes = cfg.get("logger") or {}
     with own_errors():
@@ -641,8 +641,8 @@ def score_logits(labels: LabelSpace, y_true: np.ndarray, logits: np.ndarray, los
     `tuned` (multilabel, tune_threshold on) also tuned_<metric> for each decision metric: decided at per-label
     thresholds tuned on these same rows, which is what the run's decisions will be after tuning (an evaluation's
     model is chosen by them; the thresholds themselves are tuned again, out of sample, on the out-of-fold rows)."""
-    from .metrics import TUNED_METRICS, compute_metrics
-    from .tasks import tune_space
+    from textclf.data.metrics import TUNED_METRICS, compute_metrics
+    from textclf.data.tasks import tune_space
 
     outputs = labels.outputs(logits)
     out = compute_metrics(labels, y_true, outputs)

@@ -64,7 +64,7 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def read_job(root: Path, path: Path) -> Job:
-    from .sweep import direction_of, read_status
+    from textclf.commands.sweep import direction_of, read_status
 
     name = "." if path == root else path.relative_to(root).as_posix()
     m = re.match(r"^(\d+)_", path.name)
@@ -200,7 +200,7 @@ def rows(jobs: list[Job]) -> list[dict]:
 def write_report(root: Path, jobs: list[Job], by: str = "mean") -> tuple[Path, Path]:
     import pandas as pd
 
-    from .io import write_csv, write_text
+    from textclf.io import write_csv, write_text
 
     table = pd.DataFrame(rows(jobs))
     csv_path, md_path = Path(root) / "report.csv", Path(root) / "report.md"
@@ -217,7 +217,7 @@ def write_plot(path: Path, jobs: list[Job], by: str = "mean") -> Path | None:
         if fig is None:
             Path(path).unlink(missing_ok=True)  # an earlier picture would show scores this report does not have
             return None
-        from .plots import save_figure
+        from textclf.observe.plots import save_figure
 
         return save_figure(fig, path)
     except Exception as e:  # noqa: BLE001 - matplotlib missing or broken: report.csv and report.md still stand
@@ -247,7 +247,7 @@ def report_figure(jobs: list[Job], by: str = "mean"):
     (diamond), best on top; failed or unscored jobs marked below. None when no job has a score."""
     import numpy as np
 
-    from .plots import new_figure, short
+    from textclf.observe.plots import new_figure, short
 
     ranked = [j for j in jobs if j.rank is not None]
     if not ranked:
@@ -319,7 +319,7 @@ def _draw_ranked(ax, shown: list[Job], by: str, hi: float, span: float) -> None:
 
 def _draw_unranked(ax, marked: list[Job], first_row: int, metric: str, lo: float, span: float) -> None:
     """Failed or unscored jobs below the ranked ones, each with why."""
-    from .plots import short
+    from textclf.observe.plots import short
 
     for k, j in enumerate(marked):
         why = j.status if j.status != "ok" else f"ok, {j.metric or 'no'} metric" if j.metric != metric else "no score"
@@ -332,7 +332,7 @@ def _draw_unranked(ax, marked: list[Job], first_row: int, metric: str, lo: float
 
 
 def _figure_title(jobs, ranked, shown, unranked, marked, by: str) -> str:
-    from .plots import short
+    from textclf.observe.plots import short
 
     title = f"{len(ranked)} ranked job(s), best first by {'out-of-fold score' if by == 'oof' else 'mean over folds'}"
     if len(ranked) > len(shown):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import TextclfError
+from textclf.errors import TextclfError
 
 #: the loss option each task gets from loss=auto
 DEFAULT_LOSS = {"binary": "ce", "multiclass": "ce", "multilabel": "bce", "regression": "mse"}

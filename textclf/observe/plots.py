@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .io import atomic_path
+from textclf.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def write_run_plots(run_dir: Path, labels, y_true: np.ndarray, outputs: np.ndarr
                     curves: dict[int, dict[str, np.ndarray]], monitor: str) -> list[Path]:
     """Write the run's PNGs into run_dir and return the paths written.
 
-    labels: the run's textclf.tasks.LabelSpace; y_true: encoded truth of the scored out-of-fold rows (class
+    labels: the run's textclf.data.tasks.LabelSpace; y_true: encoded truth of the scored out-of-fold rows (class
     ids; a 0/1 matrix for multilabel; values rows x targets for regression); outputs: the matching out-of-fold
     probabilities (rows x classes) or regression predictions (rows x targets); curves[fold]: "step"/"loss" (the
     training loss per logged optimizer step) and "eval_step"/"eval_value" (the monitored metric per evaluation).
@@ -307,7 +307,7 @@ def _annotate_plain(ax, values: np.ndarray, fontsize: float) -> None:
 
 # ----------------------------------------------------------------------------- learning curves
 def _learning_curves(curves: dict, monitor: str):
-    from .metrics import METRICS
+    from textclf.data.metrics import METRICS
 
     folds = sorted(curves or {}, key=lambda f: (not isinstance(f, (int, np.integer)), str(f) if not
                                                   isinstance(f, (int, np.integer)) else int(f)))

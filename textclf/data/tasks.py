@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import TextclfError
+from textclf.errors import TextclfError
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def tuned_threshold_metrics(space: LabelSpace, y: np.ndarray, outputs: np.ndarra
     Returns ({"threshold": chosen on every row (what predict uses), "evaluation", "untuned_classes", metrics...,
     "in_sample": metrics of the final thresholds on the rows that chose them (out-of-sample case)}, decisions).
     `space` is left as it is."""
-    from .metrics import compute_metrics
+    from textclf.data.metrics import compute_metrics
 
     final, untuned = tune_space(space, y, outputs, default)
     names = [space.names[k] for k in untuned]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .augment import build_augmenter
-from .data import LabelSpace, Split, balanced_weights, check_leakage, conflicting_duplicates, load_splits
-from .errors import TextclfError
+from textclf.data.augment import build_augmenter
+from textclf.data.tables import LabelSpace, Split, balanced_weights, check_leakage, conflicting_duplicates, load_splits
+from textclf.errors import TextclfError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def preflight(cfg: DictConfig) -> Checked:
     the task, precision against the device, the folds against the classes, the backbone's files and limits."""
     from hydra.utils import instantiate
 
-    from .config import validate
-    from .engine.kfold import make_folds
+    from textclf.config.schema import validate
+    from textclf.engine.kfold import make_folds
 
     validate(cfg)
     build_augmenter(cfg.get("augment"))  # its options' ranges and augment.mlm_model's folder; nothing loads yet
@@ -69,7 +69,7 @@ def preflight(cfg: DictConfig) -> Checked:
 def check_tricks(cfg: DictConfig) -> None:
     """The hooks' values (adversarial.start=1.5, ema.decay=fast) are refused here, before data or weights load:
     building them checks their options and nothing else (the folds build their own)."""
-    from .engine.hooks import build_hooks
+    from textclf.engine.hooks import build_hooks
 
     build_hooks(cfg.get("adversarial"), cfg.get("ema"))
 
@@ -95,10 +95,10 @@ def check_objective(cfg: DictConfig, labels: LabelSpace) -> tuple[DictConfig, st
     """loss=auto made concrete; the loss and trainer.monitor must fit the task. Returns (cfg, monitor)."""
     from hydra.utils import get_class
 
-    from .losses import default_loss_for
-    from .metrics import default_monitor, metrics_for_task
+    from textclf.models.losses import default_loss_for
+    from textclf.data.metrics import default_monitor, metrics_for_task
 
-    if cfg.loss._target_ == "textclf.losses.auto":
+    if cfg.loss._target_ == "textclf.models.losses.auto":
         cfg = resolved_copy(cfg, loss=default_loss_for(labels.task))
     monitor = default_monitor(labels.task) if cfg.trainer.monitor == "auto" else str(cfg.trainer.monitor)
     if monitor not in metrics_for_task(labels.task):
@@ -130,7 +130,7 @@ def option_named(group: str, target: str) -> str:
 
 
 def check_device(tcfg):
-    from .engine.trainer import resolve_device
+    from textclf.engine.trainer import resolve_device
 
     device = resolve_device(str(tcfg.device))
     check_cuda_index(device, "trainer.device")
@@ -141,7 +141,7 @@ def check_device(tcfg):
 
 def check_backbone(mcfg):
     """The backbone's tokenizer and config (no weights), and max_length against its positions."""
-    from .models.backbone import load_backbone_config, load_tokenizer, resolve_name_or_path
+    from textclf.models.backbone import load_backbone_config, load_tokenizer, resolve_name_or_path
 
     check_model_path(str(mcfg.name_or_path))
     name_or_path = resolve_name_or_path(mcfg.name_or_path)
@@ -168,7 +168,7 @@ def check_cuda_index(device, key: str) -> None:
 def check_model_path(name_or_path: str) -> None:
     """A local model.name_or_path that is a file (the weights, config.json) or an empty folder: say which folder
     to give (the hub id and embedded cases are left to resolve_name_or_path)."""
-    from .data import EMBEDDED_PREFIX, resolve_path
+    from textclf.data.tables import EMBEDDED_PREFIX, resolve_path
 
     if name_or_path.startswith(EMBEDDED_PREFIX):
         return
@@ -188,7 +188,7 @@ def check_model_path(name_or_path: str) -> None:
 def check_init_from(mcfg) -> None:
     """model.init_from names weights that exist and are of a kind textclf reads (no tensors read yet)."""
     if mcfg.get("init_from"):
-        from .models.init_from import check_source
+        from textclf.models.init_from import check_source
 
         check_source(str(mcfg.init_from))
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import TextclfError
+from textclf.errors import TextclfError
 
 log = logging.getLogger(__name__)
 
@@ -577,7 +577,7 @@ def check_overlap(train: Split, other: Split, where: str, *, same: bool = False)
 
 
 # ----------------------------------------------------------------------------- labels
-from .tasks import LabelSpace  # noqa: E402,F401  (labels live with the task logic; re-exported here)
+from textclf.data.tasks import LabelSpace  # noqa: E402,F401  (labels live with the task logic; re-exported here)
 
 
 # ----------------------------------------------------------------------------- tokenization
@@ -652,7 +652,7 @@ def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, tru
     """
     from tqdm.auto import tqdm
 
-    from .io import bar_off
+    from textclf.io import bar_off
 
     if truncation not in TRUNCATIONS:
         raise TextclfError(f"model.truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")

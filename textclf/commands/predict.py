@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import TextclfError
-from .io import load_weights
+from textclf.errors import TextclfError
+from textclf.io import load_weights
 
 if TYPE_CHECKING:
     import torch
 
-    from .tasks import LabelSpace
+    from textclf.data.tasks import LabelSpace
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def load_run(run_dir: Path, folds=None) -> tuple[DictConfig, dict, list[Path]]:
         missing.append("fold_<k>/model.safetensors" + (f" for folds {list(folds)}" if folds is not None else ""))
     if missing:
         raise TextclfError(f"run_dir {str(run_dir)!r} is not a finished textclf run: missing {', '.join(missing)}")
-    from .manifest import verify
+    from textclf.run.manifest import verify
 
     verify(run_dir, weights)
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -98,7 +98,7 @@ NOT_CSV = {".parquet", ".json", ".jsonl", ".xlsx", ".xls", ".tsv", ".gz", ".bz2"
 def check_output(cfg: DictConfig, run_dir: Path) -> Path:
     """Where predictions go, refused when writing there would destroy something: the input table, a file of the
     run, a folder; or when the name says a format other than CSV."""
-    from .data import resolve_path
+    from textclf.data.tables import resolve_path
 
     out = resolve_path(str(cfg.output))
     where = f"output {str(cfg.output)!r}"
@@ -125,7 +125,7 @@ def check_output(cfg: DictConfig, run_dir: Path) -> Path:
 
 def check_input_columns(cfg: DictConfig, run_cfg: DictConfig) -> None:
     """The columns predict reads against the run's: none named for two roles, no pair column the run never saw."""
-    from .config import column_clashes
+    from textclf.config.schema import column_clashes
 
     def key(name):
         return name if cfg.get(name) is not None else f"{name} (the run's data.{name})"
@@ -141,8 +141,8 @@ def check_input_columns(cfg: DictConfig, run_cfg: DictConfig) -> None:
 
 def check_predict_device(name: str):
     """predict's own `device` option (the trainer's messages name trainer.device)."""
-    from .check import check_cuda_index
-    from .engine.trainer import resolve_device
+    from textclf.commands.validate import check_cuda_index
+    from textclf.engine.trainer import resolve_device
 
     try:
         device = resolve_device(name)
@@ -167,7 +167,7 @@ def ensemble(folds: list[FoldModel], encoded, collate, labels, *, batch_size: in
     longest-first, and the input order is restored; sliding windows are aggregated per row."""
     import torch
 
-    from .data import sorted_batches
+    from textclf.data.tables import sorted_batches
 
     batches = sorted_batches(np.arange(len(encoded)), encoded.lengths, int(batch_size))
     loader = torch.utils.data.DataLoader(range(len(encoded)), batch_sampler=batches, collate_fn=collate)
@@ -194,7 +194,7 @@ def load_torch_model(path: Path, make_model: Callable[[], "torch.nn.Module"], de
 
 
 def _load_and_predict(path, make_model, device, precision, loader, desc):
-    from .engine.trainer import predict_logits
+    from textclf.engine.trainer import predict_logits
 
     model = load_torch_model(path, make_model, device)
     try:
@@ -206,7 +206,7 @@ def _load_and_predict(path, make_model, device, precision, loader, desc):
 def torch_folds(weights: list[Path], make_model: Callable[[], "torch.nn.Module"], device,
                 precision: str) -> list[FoldModel]:
     """Every fold loaded once, for a predict that streams its input through them chunk after chunk."""
-    from .engine.trainer import predict_logits
+    from textclf.engine.trainer import predict_logits
 
     folds = []
     for path in weights:
@@ -229,7 +229,7 @@ class RunModel:
 
     @classmethod
     def load(cls, run_dir: Path, run_cfg: DictConfig, labels, weights: list[Path]) -> "RunModel":
-        from .models.backbone import load_backbone_config, load_tokenizer
+        from textclf.models.backbone import load_backbone_config, load_tokenizer
 
         backbone_dir, mcfg = str(run_dir / "backbone"), run_cfg.model
         tokenizer = load_tokenizer(backbone_dir, truncation=mcfg.truncation, trust_remote_code=mcfg.trust_remote_code)
@@ -238,7 +238,7 @@ class RunModel:
 
     def make_model(self):
         """An empty classifier of the run's architecture, for one fold's weights."""
-        from .models import build_classifier
+        from textclf.models import build_classifier
 
         cfg = self.cfg
         return build_classifier(cfg.model, cfg.pooling, cfg.head, self.labels.num_outputs,
@@ -250,8 +250,8 @@ BACKENDS = ("torch", "onnx")
 
 
 def predict(cfg: DictConfig) -> None:
-    from .config import validate_predict
-    from .data import LabelSpace, resolve_path
+    from textclf.config.schema import validate_predict
+    from textclf.data.tables import LabelSpace, resolve_path
 
     validate_predict(cfg)
     run_dir = resolve_path(str(cfg.run_dir))
@@ -268,7 +268,7 @@ def predict(cfg: DictConfig) -> None:
                                 keep=y_true is not None)
     log.info("wrote %d predictions (%d fold(s) averaged, backend=%s) to %s", n_rows, len(folds), cfg.backend, out)
     if y_true is not None:
-        from .metrics import compute_metrics
+        from textclf.data.metrics import compute_metrics
 
         metrics = compute_metrics(labels, y_true, outputs)
         log.info("metrics on %s: %s", cfg.input, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -279,7 +279,7 @@ def check_backend(cfg: DictConfig, run_dir: Path, weights: list[Path]) -> Callab
     """What runs the folds, checked before the input is read: torch on predict's device, or the exported ONNX
     models (the extra installed, the export folder present and made from these very weights)."""
     if str(cfg.backend) == "onnx":
-        from .export import check_onnx_predict, onnx_folds
+        from textclf.commands.export import check_onnx_predict, onnx_folds
 
         if str(cfg.precision) != "fp32":
             raise TextclfError(f"precision={cfg.precision} applies to backend=torch; backend=onnx runs the exported "
@@ -300,7 +300,7 @@ class InputTable:
     chunk_rows: int
 
     def chunks(self, warn: bool = False):
-        from .data import load_split_chunks
+        from textclf.data.tables import load_split_chunks
 
         return load_split_chunks("input", self.path, self.columns, self.chunk_rows, need_labels=False, role="input",
                                  keys={k: k for k in ("text_col", "text_pair_col", "label_col")}, warn=warn)
@@ -325,8 +325,8 @@ def write_predictions(out: Path, source: InputTable, run: RunModel, folds: list[
     end: an interrupted predict leaves no file that looks complete. keep: return every row's outputs (metrics)."""
     from tqdm.auto import tqdm
 
-    from .data import Collator, tokenize_with
-    from .io import atomic_path, remove_stale_temps
+    from textclf.data.tables import Collator, tokenize_with
+    from textclf.io import atomic_path, remove_stale_temps
 
     for stale in remove_stale_temps(out):  # an earlier predict into `out` that was killed outright
         log.info("removed %s, the partial output of a predict that was killed", stale.name)

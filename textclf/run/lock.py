@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import TextclfError
+from textclf.errors import TextclfError
 
 log = logging.getLogger(__name__)
 

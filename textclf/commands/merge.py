@@ -21,9 +21,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
-from .errors import TextclfError
+from textclf.errors import TextclfError
 
-log = logging.getLogger("textclf.merge")
+log = logging.getLogger("textclf.commands.merge")
 SHARED = ("config.yaml", "labels.json", "folds.csv", "inputs.json", "backbone")
 
 
@@ -110,7 +110,7 @@ def assemble_into(output: Path, folds: dict[int, Path]) -> None:
         cfg.kfold.folds = None  # the merged run is the whole split, as a sequential run writes it
     (output / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     (output / "run.json").unlink(missing_ok=True)
-    from .train import TrainRun
+    from textclf.commands.train import TrainRun
 
     TrainRun(cfg, output).run()
 

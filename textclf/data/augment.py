@@ -10,7 +10,7 @@
 Words are whitespace-separated and keep their punctuation ("goal," stays "goal," with a new core word); an augmented
 text joins its words with single spaces. Both are reproducible by seed (one numpy Generator) and label-preserving:
 `Augmented.source` names the row each augmented text came from, and the run gives it that row's label exactly.
-textclf.train generates the copies once per run, for the training file's rows only, and adds to each fold's
+textclf.commands.train generates the copies once per run, for the training file's rows only, and adds to each fold's
 training rows the copies of exactly those rows: validation, out-of-fold and test rows are only ever originals.
 
 torch and transformers are imported where the masked-LM runs: config checks import this module for its signatures.
@@ -27,8 +27,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import TextclfError
-from .io import bar_off
+from textclf.errors import TextclfError
+from textclf.io import bar_off, quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def build_augmenter(node) -> EDA | MaskedLM | None:
         return None
     from hydra.utils import instantiate
 
-    from .errors import own_errors
+    from textclf.errors import own_errors
 
     with own_errors():
         return instantiate(node, _convert_="all")
@@ -375,9 +375,8 @@ def input_embeddings(name_or_path: str) -> np.ndarray:
                     key = next((k for k in keys if k == ending or k.endswith("." + ending)), None)
                     if key is not None:
                         return f.get_tensor(key).float().numpy()
-    from .models.backbone import _quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoModel
 
     try:
@@ -391,7 +390,7 @@ def input_embeddings(name_or_path: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- the masked-LM model
 def masked_lm_folder(mlm_model) -> Path:
     """augment.mlm_model as a local folder with config.json whose architectures (when listed) include a head."""
-    from .data import resolve_path
+    from textclf.data.tables import resolve_path
 
     what = ("give a local folder holding a masked-language model saved with save_pretrained (config.json, weights, "
             "tokenizer), e.g. bert-base-uncased")
@@ -422,9 +421,8 @@ def no_head_error(folder, why: str) -> TextclfError:
 def load_masked_lm(folder: Path):
     """(model in eval mode, tokenizer) from the folder; a model whose head weights the checkpoint lacks (they
     would start random) is refused."""
-    from .models.backbone import _quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     try:

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from .errors import TextclfError
-from .io import atomic_path, bar_off, write_json, write_text
+from textclf.errors import TextclfError
+from textclf.io import atomic_path, bar_off, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def graph_inputs(run) -> list[str]:
 
     model_class = AutoModel._model_mapping.get(type(run.backbone_config), None)
     takes = model_class is None or "token_type_ids" in inspect.signature(model_class.forward).parameters
-    from .data import marks_segments
+    from textclf.data.tables import marks_segments
 
     tokenizer = run.tokenizer
     gives = "token_type_ids" in tokenizer.model_input_names or marks_segments(tokenizer)
@@ -208,10 +208,10 @@ def session(path: Path, device: str = "cpu"):
 
 # ----------------------------------------------------------------------------- textclf export
 def export(cfg: DictConfig) -> None:
-    from .config import validate_export
-    from .data import resolve_path
-    from .predict import RunModel, load_run
-    from .tasks import LabelSpace
+    from textclf.config.schema import validate_export
+    from textclf.data.tables import resolve_path
+    from textclf.commands.predict import RunModel, load_run
+    from textclf.data.tasks import LabelSpace
 
     validate_export(cfg)
     run_dir = resolve_path(str(cfg.run_dir))
@@ -239,8 +239,8 @@ def export(cfg: DictConfig) -> None:
 
 def export_fold(run, path: Path, names: list[str], out: Path, cfg: DictConfig) -> dict:
     """One fold: export, check against PyTorch, quantize when asked; its entry in export.json."""
-    from .manifest import sha256
-    from .predict import load_torch_model
+    from textclf.run.manifest import sha256
+    from textclf.commands.predict import load_torch_model
 
     fold = path.parent.name
     model = load_torch_model(path, run.make_model, "cpu")
@@ -271,7 +271,7 @@ def _option(node) -> str:
 def check_export_output(cfg: DictConfig, run_dir: Path) -> Path:
     """The export folder: default <run_dir>/export; never the run folder itself, one of its fold or backbone
     folders, a file, or a folder holding other files."""
-    from .data import resolve_path
+    from textclf.data.tables import resolve_path
 
     out = resolve_path(str(cfg.output)) if cfg.get("output") else run_dir / "export"
     where = f"output {str(cfg.get('output') or out)!r}"
@@ -296,7 +296,7 @@ def export_manifest(run, names: list[str], folds: list[dict], cfg: DictConfig) -
     import onnxruntime
     import torch
 
-    from . import __version__
+    from textclf import __version__
 
     tokenizer, mcfg = run.tokenizer, run.cfg.model
     return {"written_by": "textclf", "version": __version__, "format": "onnx", "quantize": cfg.get("quantize"),
@@ -384,7 +384,7 @@ head of each text only): use `textclf predict backend=onnx` for the same predict
 def check_onnx_predict(cfg: DictConfig, run_dir: Path, weights: list[Path]) -> Path:
     """The export folder predict backend=onnx runs: ONNX Runtime installed, the folder a finished export made from
     these very fold weights (their SHA-256 in run.json)."""
-    from .data import resolve_path
+    from textclf.data.tables import resolve_path
 
     require("onnxruntime", what="predict backend=onnx")
     export_dir = resolve_path(str(cfg.export_dir)) if cfg.get("export_dir") else run_dir / "export"
@@ -448,7 +448,7 @@ class OnnxFold:
 def onnx_folds(export_dir: Path, run, device: str) -> list:
     """The run's folds as ONNX Runtime sessions over the export's models (a missing token_type_ids input, as for
     single BERT texts, is fed as zeros, which is what the backbone assumes without it)."""
-    from .predict import FoldModel
+    from textclf.commands.predict import FoldModel
 
     manifest = read_manifest(export_dir, f"export_dir {str(export_dir)!r}", "textclf export")
     exported = {f["fold"]: f for f in manifest["folds"]}

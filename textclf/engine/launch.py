@@ -23,7 +23,7 @@ def _quote(path: str) -> str:
 def processes_wanted(seen: dict) -> int | str:
     """How many processes `textclf train` should start itself for trainer.devices (1: none, run here), or the
     message refusing the combination."""
-    from .engine.callbacks import launched
+    from textclf.engine.callbacks import launched
 
     cfg, flags = seen.get("cfg"), seen.get("flags")
     if cfg is None or flags is None or flags.cfg is not None or launched():
@@ -84,7 +84,7 @@ def start_processes(n: int, args: list[str], seen: dict) -> int:
 def join_processes(seen: dict) -> list[str]:
     """In one process of a multi-process run: join the process group and return the Hydra overrides that give
     every process rank 0's run folder (and keep the others from writing .hydra/ and the log file)."""
-    from .engine import distributed
+    from textclf.engine import distributed
 
     rank = distributed.rank()
     flags = seen.get("flags")

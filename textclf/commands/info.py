@@ -32,9 +32,9 @@ def forward_flops(model, length: int, vocab_size: int, batch: int = 1) -> int:
 
 
 def info(cfg: DictConfig) -> dict:
-    from .config import validate
-    from .models import build_classifier
-    from .models.backbone import load_backbone_config, resolve_name_or_path
+    from textclf.config.schema import validate
+    from textclf.models import build_classifier
+    from textclf.models.backbone import load_backbone_config, resolve_name_or_path
 
     validate(cfg)
     name_or_path = resolve_name_or_path(cfg.model.name_or_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TextclfError
+from textclf.errors import TextclfError
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Member:
 def load_member(path: Path) -> Member:
     import pandas as pd
 
-    from .tasks import LabelSpace
+    from textclf.data.tasks import LabelSpace
 
     path = Path(path)
     if not path.is_dir():
@@ -43,7 +43,7 @@ def load_member(path: Path) -> Member:
     labels = LabelSpace.from_dict(json.loads((path / "labels.json").read_text(encoding="utf-8")))
     metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8")) if (path / "metrics.json").exists() \
         else {}
-    from .metrics import default_monitor
+    from textclf.data.metrics import default_monitor
 
     monitor = metrics.get("monitor") or default_monitor(labels.task)
     read = dict(keep_default_na=False, na_values=[])  # a multilabel row with no labels is "", not NaN
@@ -66,7 +66,7 @@ def true_values(labels, oof) -> np.ndarray:
         return oof[[f"true_{n}" for n in names]].to_numpy(dtype=np.float64)
     index = {n: i for i, n in enumerate(names)}
     if labels.task == "multilabel":
-        from .tasks import split_labels
+        from textclf.data.tasks import split_labels
 
         y = np.zeros((len(oof), len(names)), dtype=np.float64)
         for i, cell in enumerate(oof["label"].astype(str)):
@@ -99,7 +99,7 @@ def check_compatible(members: list[Member]) -> None:
 
 def blend(members: list[Member], weights: list[float] | None = None) -> dict:
     """The weighted mean of the members' OOF (and test) outputs, with every member's and the blend's metrics."""
-    from .metrics import compute_metrics, metrics_for_task
+    from textclf.data.metrics import compute_metrics, metrics_for_task
 
     if len(members) < 2:
         raise TextclfError("textclf ensemble needs at least two runs")
@@ -120,7 +120,7 @@ def blend(members: list[Member], weights: list[float] | None = None) -> dict:
     blended = sum(wi * o for wi, o in zip(w, outs))
     monitor = members[0].monitor
     if monitor not in metrics_for_task(labels.task) or monitor == "loss":
-        from .metrics import default_monitor
+        from textclf.data.metrics import default_monitor
 
         monitor = default_monitor(labels.task)  # the loss is not in the OOF table
     result = {"task": labels.task, "monitor": monitor, "runs": [str(m.path) for m in members],
@@ -135,7 +135,7 @@ def blend(members: list[Member], weights: list[float] | None = None) -> dict:
 
 
 def write_blend(output: Path, members: list[Member], result: dict) -> None:
-    from .io import write_csv, write_json
+    from textclf.io import write_csv, write_json
 
     labels = result["labels"]
     oof = members[0].oof
@@ -150,7 +150,7 @@ def write_blend(output: Path, members: list[Member], result: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from .metrics import METRICS
+    from textclf.data.metrics import METRICS
 
     parser = argparse.ArgumentParser(
         prog="textclf ensemble",

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .engine.callbacks import Callback, RunContext
-from .errors import TextclfError
+from textclf.engine.callbacks import Callback, RunContext
+from textclf.errors import TextclfError
 
 log = logging.getLogger(__name__)
 

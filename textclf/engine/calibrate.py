@@ -9,7 +9,7 @@ order of logits, so argmax decisions (and thresholds at 0.5 on a sigmoid) never 
 ECE here is the top-label expected calibration error with equal-width bins: the confidence of each decision
 (multiclass and binary: the largest probability, i.e. that of the predicted class; multilabel: every (row, label)
 pair pooled as one binary decision, confidence max(p, 1 - p)) against how often it is right. The reliability
-plot (textclf.plots) draws P(positive class) instead, in 10 bins: its ECE differs.
+plot (textclf.observe.plots) draws P(positive class) instead, in 10 bins: its ECE differs.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .errors import TextclfError
+from textclf.errors import TextclfError
 
 KINDS = ("softmax", "sigmoid")
 CALIBRATIONS = ("none", "temperature")
@@ -101,7 +101,7 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, task: str, n_bi
 
 # ----------------------------------------------------------------------------- a task's outputs and targets
 def kind_of(space) -> str:
-    """How the task's logits become probabilities (textclf.tasks.LabelSpace.outputs)."""
+    """How the task's logits become probabilities (textclf.data.tasks.LabelSpace.outputs)."""
     if space.task == "regression":
         raise TextclfError("calibrate=temperature applies to binary, multiclass and multilabel tasks; this task is "
                            "regression (its outputs are values, not probabilities): set calibrate=none")

@@ -6,8 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import TextclfError
-from .io import write_json
+from textclf.errors import TextclfError
+from textclf.io import write_json
 
 MANIFEST = "run.json"
 #: what predict reads besides the fold weights
@@ -23,7 +23,7 @@ def sha256(path: Path) -> str:
 
 
 def write_manifest(run_dir: Path) -> None:
-    from . import __version__
+    from textclf import __version__
 
     files = [*CHECKED, *sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("fold_*/model.safetensors"))]
     write_json(run_dir / MANIFEST, {"written_by": "textclf", "version": __version__,

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional, Union
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import TextclfError
+from textclf.errors import TextclfError
 
 TASKS = ("auto", "binary", "multiclass", "multilabel", "regression")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -178,12 +178,12 @@ class ModelConfig:
     name_or_path: str = key("embedded:minilm", hint="a folder, a hub id, or embedded:minilm",
                             nonempty="required (a folder, a hub id, or embedded:minilm)")
     max_length: int = key(128, Range(8))
-    truncation: str = key("head", Choice(ref="textclf.data.TRUNCATIONS"))
+    truncation: str = key("head", Choice(ref="textclf.data.tables.TRUNCATIONS"))
     head_fraction: float = key(0.25, Range(0, 1),
                                hint="the share of the tokens kept from the start with truncation=head_tail")
     window_stride: Optional[int] = key(None, Range(1))
     max_windows: Optional[int] = key(None, Range(1))
-    window_aggregate: str = key("mean", Choice(ref="textclf.data.AGGREGATES"))
+    window_aggregate: str = key("mean", Choice(ref="textclf.data.tables.AGGREGATES"))
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
     freeze_embeddings: bool = False
@@ -210,7 +210,7 @@ class TrainerConfig:
     precision: str = key("fp32", Choice(PRECISIONS))
     seed: int = key(42, Range(0))
     deterministic: bool = False
-    monitor: str = key("auto", Choice(("auto",), ref="textclf.metrics.METRICS"))
+    monitor: str = key("auto", Choice(("auto",), ref="textclf.data.metrics.METRICS"))
     early_stopping_patience: Optional[int] = key(None, Range(1))
     length_window: int = key(50, Range(1))
     num_workers: int = key(0, Range(0))
@@ -246,7 +246,7 @@ class TrainConfig:
     threshold: float = key(0.5, Range(0, 1, open_low=True, open_high=True))
     tune_threshold: Union[bool, str] = key("auto", Check(lambda v: v in (True, False, "auto"),
                                                           "true, false or auto (true for multilabel tasks)"))
-    calibrate: str = key("none", Choice((), ref="textclf.calibrate.CALIBRATIONS"),
+    calibrate: str = key("none", Choice((), ref="textclf.engine.calibrate.CALIBRATIONS"),
                          hint="temperature: logits scaled to calibrated probabilities; not for regression")
     positive_label: Optional[Union[str, int]] = key(None, hint="binary: the class F1 is about, as it appears in "
                                                         "the data; null: the second class in sorted order")

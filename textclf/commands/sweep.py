@@ -6,7 +6,7 @@ the command that resumes it). In a multirun a failed job returns None, which Hyd
 failure (Optuna marks the trial FAIL) before going on to the next job; a single run still stops with
 `textclf: error: ...` and exit status 2. An interrupted job (SIGINT / SIGTERM) stops the whole sweep, exit
 130 / 143. A folder holding a finished run that overwrite=true does not replace keeps its status.json. After a
-multirun the report of the sweep folder is printed and written (textclf.report).
+multirun the report of the sweep folder is printed and written (textclf.commands.report).
 
 RunFolderGuard (a Hydra callback) takes a single run's folder lock before Hydra writes into it, and keeps Hydra
 from writing into a finished run's folder at all.
@@ -34,7 +34,7 @@ STATUS_FILE = "status.json"
 
 def direction_of(metric: str | None) -> str | None:
     """maximize / minimize for a metric name (None when unknown)."""
-    from .metrics import METRICS
+    from textclf.data.metrics import METRICS
 
     if metric not in METRICS:
         return None
@@ -48,7 +48,7 @@ def sweeper_direction(monitor: str) -> str:
 
 
 def write_status(run_dir: Path, status: dict) -> None:
-    from .io import write_json
+    from textclf.io import write_json
 
     write_json(Path(run_dir) / STATUS_FILE, {k: _finite_or_none(v) for k, v in status.items()})
 
@@ -71,10 +71,10 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .engine.runlock import RunLock
-    from .errors import TextclfError
+    from textclf.run.lock import RunLock
+    from textclf.errors import TextclfError
 
-    from .engine.callbacks import is_main
+    from textclf.engine.callbacks import is_main
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -103,7 +103,7 @@ def join_submitit_tasks() -> None:
     """A submitit job with several tasks (hydra.launcher.tasks_per_node / nodes) is one multi-process run: export
     the torch.distributed environment from submitit's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and join
     the process group. Other jobs: nothing."""
-    from .engine.callbacks import launched
+    from textclf.engine.callbacks import launched
 
     if "SUBMITIT_EXECUTOR" not in os.environ or launched():
         return
@@ -116,7 +116,7 @@ def join_submitit_tasks() -> None:
     if env.num_tasks <= 1:
         return
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    from .engine.distributed import init_from_env
+    from textclf.engine.distributed import init_from_env
 
     init_from_env()
     if env.global_rank != 0:
@@ -129,8 +129,8 @@ def join_submitit_tasks() -> None:
 def _run_as_follower(fn, cfg: DictConfig) -> float | None:
     """A process of a multi-process run other than rank 0: it trains its share; rank 0 holds the lock, writes
     status.json and reports errors (this one exits with the same status, quietly)."""
-    from .engine.interrupt import Interrupted
-    from .errors import TextclfError, own_errors
+    from textclf.run.signals import Interrupted
+    from textclf.errors import TextclfError, own_errors
 
     try:
         with own_errors():
@@ -142,9 +142,9 @@ def _run_as_follower(fn, cfg: DictConfig) -> float | None:
 
 
 def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bool) -> float | None:
-    from .engine.interrupt import Interrupted
-    from .errors import TextclfError, own_errors
-    from .manifest import MANIFEST
+    from textclf.run.signals import Interrupted
+    from textclf.errors import TextclfError, own_errors
+    from textclf.run.manifest import MANIFEST
 
     # a finished run that overwrite=true does not replace is only read: refused, or found finished (its score
     # returned); its status.json stays as it is
@@ -186,7 +186,7 @@ def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bo
             raise
         log_to_files(f"job failed: {failure['error']}" + (f"\n{failure['traceback']}" if failure["traceback"] else ""))
     if failure is not None:  # outside the except block: the traceback's frames (a model, its tensors) are gone
-        from .engine.kfold import free_memory
+        from textclf.engine.kfold import free_memory
 
         free_memory()
         where = ("not recorded: the finished run in the folder is kept" if kept
@@ -224,7 +224,7 @@ def resume_command(hc, run_dir: Path) -> str:
 
 
 def error_message(e: BaseException) -> str:
-    from .errors import TextclfError
+    from textclf.errors import TextclfError
 
     if isinstance(e, TextclfError):
         return str(e)
@@ -287,11 +287,11 @@ class RunFolderGuard(Callback):
     are locked by run_job (Hydra has written its .hydra/ by then). validate and info neither lock nor write."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from .engine.runlock import RunLock
-        from .errors import TextclfError
-        from .manifest import MANIFEST
+        from textclf.run.lock import RunLock
+        from textclf.errors import TextclfError
+        from textclf.run.manifest import MANIFEST
 
-        from .engine.callbacks import is_main
+        from textclf.engine.callbacks import is_main
 
         if config.hydra.job.name != "train" or not is_main():  # a multi-process run: rank 0 locks for all
             return
@@ -330,7 +330,7 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
             return
-        from .report import collect, print_report, write_report
+        from textclf.commands.report import collect, print_report, write_report
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
