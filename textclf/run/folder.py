@@ -1,0 +1,84 @@
+"""The run folder (Hydra's output directory): every file textclf writes there, by name, in one place.
+
+  config.yaml            the resolved config
+  train.log              the log
+  labels.json            task and class names, in logit order; thresholds and temperature (for predict)
+  backbone/              backbone config + tokenizer files (predict rebuilds the model offline)
+  fold_<k>/              model.safetensors (best weights), result.json + outputs.npz (the fold's outputs);
+                         history.csv and steps.csv with logger=csv; checkpoint/ while the fold is in flight
+  folds.csv              which fold validates each training row
+  inputs.json            size and SHA-256 of each data file read (a resume on changed data is refused)
+  .textclf.lock          while a process runs in the folder: its pid, host and start time
+  status.json            the job's outcome: running, ok (score, wall time), failed (the error) or interrupted
+  init_report.json       with model.init_from: which tensors loaded, missing, unexpected, mismatched (shapes)
+  augment.json           with augment=eda|mlm: the copies made, each fold's original and augmented training rows,
+                         a few examples
+  mlflow_run.json        with logger=mlflow: the MLflow run a resume goes on logging into
+  oof.csv                out-of-fold predictions: probabilities per class and the predicted label
+  metrics.json           every fold's metrics, mean and std across folds, out-of-fold metrics
+  test_predictions.csv   when data.test_file is given: probabilities averaged over folds
+  *.png                  plots (plots=true): learning_curves, confusion_matrix, precision_recall, reliability,
+                         predicted_vs_true
+  run.json               written last: the run is finished (the SHA-256 of every file predict loads)
+
+Every name below appears in this table (tests/unit/test_run_folder.py checks it), so the table cannot drift.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG = "config.yaml"
+LOG = "train.log"
+LABELS = "labels.json"
+BACKBONE = "backbone"
+FOLDS = "folds.csv"
+INPUTS = "inputs.json"
+LOCK = ".textclf.lock"
+STATUS = "status.json"
+INIT_REPORT = "init_report.json"
+AUGMENT = "augment.json"
+MLFLOW_STATE = "mlflow_run.json"
+OOF = "oof.csv"
+METRICS = "metrics.json"
+TEST_PREDICTIONS = "test_predictions.csv"
+MANIFEST = "run.json"
+#: the PNGs textclf.observe.plots writes
+PLOT_FILES = ("learning_curves.png", "confusion_matrix.png", "precision_recall.png", "reliability.png",
+              "predicted_vs_true.png")
+
+# ----------------------------------------------------------------------------- inside fold_<k>/
+FOLD_PREFIX = "fold_"
+WEIGHTS = "model.safetensors"
+RESULT = "result.json"
+OUTPUTS = "outputs.npz"
+HISTORY = "history.csv"
+STEPS = "steps.csv"
+CHECKPOINT = "checkpoint"
+#: what a run writes into fold_<k>/ (besides checkpoint/, wholly its own)
+FOLD_FILES = (WEIGHTS, RESULT, OUTPUTS, HISTORY, STEPS)
+
+# ----------------------------------------------------------------------------- groups of names
+#: what a run writes at the top of its folder and removes when it starts over or is replaced (folds.csv apart:
+#: it stays while the split settings and data are unchanged). Not removed: .hydra/ and train.log (Hydra writes
+#: them for the run in progress, the log appends), status.json (the job in progress), any file of the user's
+RUN_OUTPUTS = (MANIFEST, METRICS, OOF, TEST_PREDICTIONS, INPUTS, LABELS, CONFIG, INIT_REPORT, AUGMENT, MLFLOW_STATE,
+               MLFLOW_STATE + ".tmp", *PLOT_FILES)
+#: files of a run folder that predictions must never overwrite (besides backbone/ and fold_<k>/)
+PROTECTED = frozenset({CONFIG, LABELS, FOLDS, OOF, METRICS, TEST_PREDICTIONS, MANIFEST, LOG, STATUS, AUGMENT,
+                       INIT_REPORT, INPUTS})
+#: what every fold of a run shares, so the folds of several runs can be merged into one (see commands/merge)
+SHARED = (CONFIG, LABELS, FOLDS, INPUTS, BACKBONE)
+#: what predict reads besides the fold weights (the manifest holds their SHA-256)
+CHECKED = (CONFIG, LABELS, f"{BACKBONE}/config.json")
+
+
+def fold_dir(run_dir: Path, index: int) -> Path:
+    """fold_<index>/ of a run folder."""
+    return Path(run_dir) / f"{FOLD_PREFIX}{index}"
+
+
+def fold_index(path: Path) -> int | None:
+    """k for a folder named fold_<k>, else None."""
+    name = Path(path).name
+    rest = name[len(FOLD_PREFIX):]
+    return int(rest) if name.startswith(FOLD_PREFIX) and rest.isdigit() else None
