@@ -14,7 +14,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAtte
 
 from textclf.errors import TextclfError
 from textclf.models import build_classifier
-from textclf.models.pooling import AttentionPooling, MaxPooling, MeanPooling, MinPooling
+from textclf.models.pooling import AttentionPooling, GeMPooling, MaxPooling, MeanPooling, MinPooling
 
 CONF = resources.files("textclf.conf")
 POOLINGS = sorted(f.name[:-5] for f in CONF.joinpath("pooling").iterdir() if f.name.endswith(".yaml"))
@@ -321,3 +321,24 @@ def test_pooler_uses_the_backbones_pooler(tiny_bert, tiny_tokenizer):
         out = model.backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         pooled = model.pooling(out.last_hidden_state, enc["attention_mask"], out)
     assert torch.equal(pooled, out.pooler_output)
+
+
+def test_gem_pooling_matches_hand_computed_generalised_means():
+    """GeM over the real tokens only: (mean of clamp(x, eps)^p)^(1/p) per dimension; the padded token (100)
+    never enters, a negative value is clamped to eps, and p is a parameter that training moves."""
+    hidden = torch.tensor([[[1.0, 4.0], [2.0, -1.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    expected = {1.0: [1.5, 2.0000005], 2.0: [1.5811388, 2.8284271], 3.0: [1.6509636, 3.1748021]}
+    for p, want in expected.items():
+        pooling = GeMPooling(hidden_size=2, p=p)
+        assert torch.allclose(pooling(hidden, mask), torch.tensor([want]), atol=1e-5), p
+    pooling = GeMPooling(hidden_size=2, p=3.0)
+    pooling(hidden, mask).sum().backward()
+    assert pooling.p.grad is not None and torch.isfinite(pooling.p.grad) and pooling.p.grad != 0
+    assert not GeMPooling(hidden_size=2, learn_p=False).p.requires_grad
+
+
+@pytest.mark.parametrize("bad", [{"p": 0.5}, {"p": True}, {"eps": 0}, {"eps": 2.0}])
+def test_gem_pooling_refuses_a_bad_exponent_or_eps(bad):
+    with raises_textclf_error(r"pooling\.(p|eps)"):
+        instantiate(pooling_cfg("gem", **bad), hidden_size=HIDDEN)

@@ -107,6 +107,28 @@ class AttentionPooling(Pooling):
         return torch.einsum("nl,nlh->nh", weights, hidden)
 
 
+class GeMPooling(Pooling):
+    """Generalised mean of the real tokens, per dimension: (mean of clamp(x, eps)^p)^(1/p), with p learned.
+    p = 1 is the mean of the clamped values and a large p approaches their maximum, so the model picks its
+    place between mean and max pooling. Hidden states can be negative: they are clamped to `eps` first, as
+    GeM always does. Computed in float32 (x^p under- and overflows in bf16/fp16); p is kept >= 1."""
+
+    def __init__(self, hidden_size: int, summary_last: bool = False, num_hidden_layers: int | None = None,
+                 p: float = 3.0, eps: float = 1e-6, learn_p: bool = True):
+        super().__init__(hidden_size, summary_last, num_hidden_layers)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p <= 100:
+            raise TextclfError(f"pooling.p: must be a number from 1 to 100, got {p!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise TextclfError(f"pooling.eps: must be a number between 0 and 1, got {eps!r}")
+        self.eps = float(eps)
+        self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=bool(learn_p))
+
+    def forward(self, last_hidden, mask, outputs=None):
+        p = self.p.clamp(min=1.0)
+        powered = last_hidden.float().clamp(min=self.eps).pow(p)
+        return masked_mean(powered, mask).clamp(min=self.eps).pow(1.0 / p).to(last_hidden.dtype)
+
+
 REDUCTIONS = ("cls", "mean")
 
 
