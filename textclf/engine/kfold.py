@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from textclf.errors import TextclfError
+from textclf.run.checkpoint import FoldResult
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -364,18 +365,6 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-@dataclass
-class FoldResult:
-    """What one trained fold leaves besides its weights: its best metrics, out-of-fold outputs and curves."""
-
-    index: int
-    result: dict  # fold, best_epoch, best_step, the best evaluation's metrics, speeds (result.json)
-    oof_rows: np.ndarray
-    oof: np.ndarray  # outputs (probabilities; regression: values) of oof_rows
-    #: step, loss (per step row); eval_step, eval_value (the monitored metric per evaluation)
-    curves: dict = field(default_factory=dict)
 
 
 class FoldOutputs:

@@ -17,6 +17,7 @@ import os
 import pickle
 import random
 import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ import torch
 
 from textclf.errors import TextclfError
 from textclf.io import atomic_path, save_weights, write_json
-from textclf.run.manifest import MANIFEST  # run.json: written last, it marks a finished run
+from textclf.run import folder
+from textclf.run.folder import CONFIG, FOLD_FILES, FOLDS, MANIFEST, RUN_OUTPUTS
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +131,6 @@ def set_rng_state(state: dict) -> None:
 #: (a key or any key under it)
 RESUME_FREE_KEYS = ("resume", "overwrite", "trainer.checkpoint_every_steps", "trainer.log_every_steps",
                     "trainer.num_workers", "logger", "plots")
-#: size and SHA-256 of each data file the run read: a resume, or a reuse of folds.csv, on other data is caught
-INPUTS_FILE = "inputs.json"
-#: the PNGs textclf.observe.plots writes
-PLOT_FILES = ("learning_curves.png", "confusion_matrix.png", "precision_recall.png", "reliability.png",
-              "predicted_vs_true.png")
-#: what a run writes at the top of its folder and removes when it starts over or is replaced (folds.csv apart:
-#: it stays while the split settings and data are unchanged). Not removed: .hydra/ and train.log (Hydra writes
-#: them for the run in progress, the log appends), status.json (the job in progress), any file of the user's
-RUN_FILES = ("run.json", "metrics.json", "oof.csv", "test_predictions.csv", INPUTS_FILE, "labels.json", "config.yaml",
-             "init_report.json", "augment.json", "mlflow_run.json", "mlflow_run.json.tmp", *PLOT_FILES)
-#: what a run writes into fold_<k>/ (besides checkpoint/, wholly its own)
-FOLD_FILES = ("model.safetensors", "result.json", "outputs.npz", "history.csv", "steps.csv")
 
 
 def prepare_run_dir(run_dir: Path, cfg, inputs: dict | None = None, *, resume: bool = False,
@@ -160,7 +150,7 @@ def prepare_run_dir(run_dir: Path, cfg, inputs: dict | None = None, *, resume: b
     if resume and overwrite:
         raise TextclfError("resume=true and overwrite=true contradict each other: resume continues the run in the "
                            "folder, overwrite replaces it; drop one of them")
-    saved, finished = run_dir / "config.yaml", (run_dir / MANIFEST).exists()
+    saved, finished = run_dir / CONFIG, (run_dir / MANIFEST).exists()
     new = OmegaConf.to_container(cfg, resolve=True)
     old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True) if saved.exists() else None
     if old is None:
@@ -185,7 +175,7 @@ def prepare_run_dir(run_dir: Path, cfg, inputs: dict | None = None, *, resume: b
         removed = remove_run_outputs(run_dir, [old, new], keep_folds_csv=keep_folds)
         log.warning("overwrite=true: replacing the %s run in %s (%d of its outputs removed%s; other files stay)",
                     "finished" if finished else "unfinished", run_dir, len(removed),
-                    ", folds.csv kept" if keep_folds and (run_dir / "folds.csv").exists() else "")
+                    ", folds.csv kept" if keep_folds and (run_dir / FOLDS).exists() else "")
         return "fresh"
     if finished:
         if differences:
@@ -194,7 +184,7 @@ def prepare_run_dir(run_dir: Path, cfg, inputs: dict | None = None, *, resume: b
                                f"keep it: train into another folder (hydra.run.dir=<new folder>)")
         return "finished"
     if not differences:
-        done = sorted(p.parent.name for p in run_dir.glob("fold_*/result.json"))
+        done = sorted(p.parent.name for p in run_dir.glob(f"{folder.FOLD_PREFIX}*/{folder.RESULT}"))
         log.info("resuming the run in %s (finished folds: %s)", run_dir, ", ".join(done) or "none")
         return "resume"
     if resume:
@@ -210,7 +200,7 @@ def prepare_run_dir(run_dir: Path, cfg, inputs: dict | None = None, *, resume: b
 def finished_run_score(run_dir: Path) -> float:
     """The CV score of the finished run in run_dir (prepare_run_dir said "finished"): nothing is trained again."""
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        metrics = json.loads((run_dir / folder.METRICS).read_text(encoding="utf-8"))
         score, monitor = float(metrics["score"]), metrics["monitor"]
     except (OSError, ValueError, KeyError, TypeError):
         raise TextclfError(f"{run_dir} holds a finished run (run.json) without a readable metrics.json; it is kept "
@@ -222,7 +212,7 @@ def finished_run_score(run_dir: Path) -> float:
 
 
 def remove_run_outputs(run_dir: Path, configs: list[dict], keep_folds_csv: bool) -> list[str]:
-    """Remove what textclf wrote in run_dir (RUN_FILES, folds.csv unless kept, backbone/, the fold_<k>/ files
+    """Remove what textclf wrote in run_dir (RUN_OUTPUTS, folds.csv unless kept, backbone/, the fold_<k>/ files
     and checkpoints, the TensorBoard folders of the loggers in `configs`); nothing else. Returns what went."""
     import shutil
 
@@ -237,17 +227,17 @@ def remove_run_outputs(run_dir: Path, configs: list[dict], keep_folds_csv: bool)
             return
         removed.append(str(path.relative_to(run_dir)))
 
-    names = [*RUN_FILES, *(() if keep_folds_csv else ("folds.csv",))]
+    names = [*RUN_OUTPUTS, *(() if keep_folds_csv else (FOLDS,))]
     for name in names:
         drop(run_dir / name)
         for leftover in run_dir.glob(f".{name}.*.tmp"):  # an interrupted atomic write
             drop(leftover)
-    drop(run_dir / "backbone")
-    for fold_dir in sorted(run_dir.glob("fold_*")):
-        if fold_dir.is_dir() and not fold_dir.is_symlink() and fold_dir.name[len("fold_"):].isdigit():
+    drop(run_dir / folder.BACKBONE)
+    for fold_dir in sorted(run_dir.glob(f"{folder.FOLD_PREFIX}*")):
+        if fold_dir.is_dir() and not fold_dir.is_symlink() and folder.fold_index(fold_dir) is not None:
             for name in FOLD_FILES:
                 drop(fold_dir / name)
-            drop(fold_dir / "checkpoint")
+            drop(fold_dir / folder.CHECKPOINT)
             for leftover in fold_dir.glob(".*.tmp"):
                 drop(leftover)
             _remove_if_empty(fold_dir)
@@ -310,12 +300,12 @@ def input_fingerprints(data_cfg, splits: dict) -> dict:
 def data_changes(run_dir: Path, inputs: dict | None) -> list[str]:
     """How this run's data files differ from those run_dir's run read (inputs.json); a file given under another
     name is a setting change, not listed here. Empty when the folder records none (an older textclf's run)."""
-    path = run_dir / INPUTS_FILE
+    path = run_dir / folder.INPUTS
     if inputs is None:
         return []
     if not path.exists():
         log.info("%s records no data files (no %s: an older textclf's run): they are not compared", run_dir,
-                 INPUTS_FILE)
+                 folder.INPUTS)
         return []
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -354,23 +344,33 @@ def config_differences(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def save_fold_outputs(fold_dir: Path, fold) -> None:
+@dataclass
+class FoldResult:
+    """What one trained fold leaves besides its weights: its best metrics, out-of-fold outputs and curves."""
+
+    index: int
+    result: dict  # fold, best_epoch, best_step, the best evaluation's metrics, speeds (result.json)
+    oof_rows: np.ndarray
+    oof: np.ndarray  # outputs (probabilities; regression: values) of oof_rows
+    #: step, loss (per step row); eval_step, eval_value (the monitored metric per evaluation)
+    curves: dict = field(default_factory=dict)
+
+
+def save_fold_outputs(fold_dir: Path, fold: FoldResult) -> None:
     """A finished fold's outputs, then result.json last: a fold with result.json is complete, and a resume
     keeps it instead of training it again."""
     arrays = {"oof_rows": fold.oof_rows, "oof": fold.oof, **{f"curve_{k}": v for k, v in fold.curves.items()}}
-    with atomic_path(fold_dir / "outputs.npz") as tmp:
+    with atomic_path(fold_dir / folder.OUTPUTS) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-    write_json(fold_dir / "result.json", fold.result)
+    write_json(fold_dir / folder.RESULT, fold.result)
 
 
 def finished_fold(fold_dir: Path, index: int):
     """The fold a resumed run had finished (result.json written), read back; None when it had not."""
-    from textclf.engine.kfold import FoldResult
-
-    if not (fold_dir / "result.json").exists():
+    if not (fold_dir / folder.RESULT).exists():
         return None
-    arrays = np.load(fold_dir / "outputs.npz", allow_pickle=False)
+    arrays = np.load(fold_dir / folder.OUTPUTS, allow_pickle=False)
     curves = {k[len("curve_"):]: arrays[k] for k in arrays.files if k.startswith("curve_")}
-    result = json.loads((fold_dir / "result.json").read_text(encoding="utf-8"))
+    result = json.loads((fold_dir / folder.RESULT).read_text(encoding="utf-8"))
     return FoldResult(index, result, arrays["oof_rows"], arrays["oof"], curves)
