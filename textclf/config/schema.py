@@ -1,8 +1,9 @@
 """The config schema, and the checks built on it: every problem reported at once, before anything heavy loads.
 
 The schema is one dataclass per node with fixed keys (the top level, `data`, `model`, `trainer`; the predict
-options): each field is a key, its annotation the type, its default the YAML's, and `key(...)` adds the allowed
-range or choices. The `_target_` groups (loss, optimizer, ...) and each named logger have keys that depend on the
+options): each field is a key, its annotation the type, and `key(...)` adds the allowed range or choices. The schema
+holds no values: every default lives once, in the YAML under conf/ (tests/config/test_defaults.py keeps the two in
+step). The `_target_` groups (loss, optimizer, ...) and each named logger have keys that depend on the
 chosen option: those are checked against the signature of what the option builds, its annotations (or defaults)
 giving the types.
 
@@ -31,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from textclf.errors import TextclfError
@@ -107,20 +108,20 @@ class Target:
     named: bool = False  # a mapping of named nodes, each its own _target_ (logger.csv, logger.tensorboard)
 
 
-def key(default: Any = MISSING, *rules: Range | Choice | Check, hint: str = "", nonempty: str = "") -> Any:
+def key(*rules: Range | Choice | Check, hint: str = "", nonempty: str = "") -> Any:
     """A schema field: `rules` narrow the annotated type; `hint` is added to its messages; `nonempty` is the
-    message for an empty value (None, "" or [])."""
-    return field(default=default, metadata={"rules": rules, "hint": hint, "nonempty": nonempty})
+    message for an empty value (None, "" or []). No default: the YAML under conf/ holds every default, once."""
+    return field(metadata={"rules": rules, "hint": hint, "nonempty": nonempty})
 
 
 def group(*runtime: str, optional: bool = False, named: bool = False) -> Any:
     """A schema field for a `_target_` group; its keys come from the chosen option (see Target)."""
-    return field(default=MISSING, metadata={"target": Target(runtime, optional, named)})
+    return field(metadata={"target": Target(runtime, optional, named)})
 
 
-def node(schema: type, hint: str = "") -> Any:
-    """A schema field holding a nested node with fixed keys."""
-    return field(default_factory=schema, metadata={"hint": hint})
+def node(hint: str = "") -> Any:
+    """A schema field holding a nested node with fixed keys (the annotation names its schema)."""
+    return field(metadata={"hint": hint})
 
 
 def _is_device(value) -> bool:
@@ -156,81 +157,81 @@ BATCH_LIMIT = Check(_is_batch_limit, "null, a fraction in (0, 1] or a number of 
 # ----------------------------------------------------------------------------- the schema
 @dataclass
 class DataConfig:
-    """data=demo | csv (conf/data/); the defaults are demo's."""
+    """The keys of every data option (data=demo | csv, conf/data/)."""
 
-    train_file: str = key("embedded:bbcnews", hint="e.g. data.train_file=train.csv",
+    train_file: str = key(hint="e.g. data.train_file=train.csv",
                           nonempty="required (e.g. data.train_file=train.csv)")
-    valid_file: Optional[str] = None
-    test_file: Optional[str] = None
-    text_col: str = key("text", nonempty="must name a column")
-    text_pair_col: Optional[str] = None
-    label_col: Union[str, list[str]] = key("label", nonempty="must name a column")  # a list: several targets
-    label_sep: str = key("|", nonempty="must be a non-empty separator (multilabel cells are split on it)")
-    group_col: Optional[str] = None
-    encoding: str = key("utf-8", Check(_is_codec, "a text encoding Python knows (utf-8, latin-1, cp1252...)"))
-    encoding_errors: str = key("replace", Choice(("strict", "replace")))
+    valid_file: Optional[str]
+    test_file: Optional[str]
+    text_col: str = key(nonempty="must name a column")
+    text_pair_col: Optional[str]
+    label_col: Union[str, list[str]] = key(nonempty="must name a column")  # a list: several targets
+    label_sep: str = key(nonempty="must be a non-empty separator (multilabel cells are split on it)")
+    group_col: Optional[str]
+    encoding: str = key(Check(_is_codec, "a text encoding Python knows (utf-8, latin-1, cp1252...)"))
+    encoding_errors: str = key(Choice(("strict", "replace")))
 
 
 @dataclass
 class ModelConfig:
-    """model=minilm | bert | ... (conf/model/); the defaults are minilm's."""
+    """The keys of every model option (model=minilm | bert | ..., conf/model/)."""
 
-    name_or_path: str = key("embedded:minilm", hint="a folder, a hub id, or embedded:minilm",
+    name_or_path: str = key(hint="a folder, a hub id, or embedded:minilm",
                             nonempty="required (a folder, a hub id, or embedded:minilm)")
-    max_length: int = key(128, Range(8))
-    truncation: str = key("head", Choice(ref="textclf.data.tables.TRUNCATIONS"))
-    head_fraction: float = key(0.25, Range(0, 1),
+    max_length: int = key(Range(8))
+    truncation: str = key(Choice(ref="textclf.data.tables.TRUNCATIONS"))
+    head_fraction: float = key(Range(0, 1),
                                hint="the share of the tokens kept from the start with truncation=head_tail")
-    window_stride: Optional[int] = key(None, Range(1))
-    max_windows: Optional[int] = key(None, Range(1))
-    window_aggregate: str = key("mean", Choice(ref="textclf.data.tables.AGGREGATES"))
-    trust_remote_code: bool = False
-    gradient_checkpointing: bool = False
-    freeze_embeddings: bool = False
-    freeze_layers: int = key(0, Range(0))
-    reinit_layers: int = key(0, Range(0))
-    hidden_dropout: Optional[float] = key(None, Range(0, 1, open_high=True))
-    attention_dropout: Optional[float] = key(None, Range(0, 1, open_high=True))
-    init_from: Optional[str] = key(None, hint="a run folder (its fold_0), a fold folder, or a .safetensors/.bin/.pt "
-                                              "file; null: the backbone's own weights only")
+    window_stride: Optional[int] = key(Range(1))
+    max_windows: Optional[int] = key(Range(1))
+    window_aggregate: str = key(Choice(ref="textclf.data.tables.AGGREGATES"))
+    trust_remote_code: bool
+    gradient_checkpointing: bool
+    freeze_embeddings: bool
+    freeze_layers: int = key(Range(0))
+    reinit_layers: int = key(Range(0))
+    hidden_dropout: Optional[float] = key(Range(0, 1, open_high=True))
+    attention_dropout: Optional[float] = key(Range(0, 1, open_high=True))
+    init_from: Optional[str] = key(hint="a run folder (its fold_0), a fold folder, or a .safetensors/.bin/.pt "
+                                   "file; null: the backbone's own weights only")
 
 
 @dataclass
 class TrainerConfig:
     """The `trainer` node of conf/train.yaml."""
 
-    epochs: int = key(2, Range(1))
-    batch_size: Union[int, str] = key("auto", Check(
+    epochs: int = key(Range(1))
+    batch_size: Union[int, str] = key(Check(
         lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
         "auto or an integer >= 1"))
-    eval_batch_size: int = key(64, Range(1))
-    grad_accum_steps: int = key(1, Range(1))
-    max_grad_norm: Optional[float] = key(1.0, Range(0, open_low=True))
-    device: str = key("auto", DEVICE)
-    precision: str = key("fp32", Choice(PRECISIONS))
-    seed: int = key(42, Range(0))
-    deterministic: bool = False
-    monitor: str = key("auto", Choice(("auto",), ref="textclf.data.metrics.METRICS"))
-    early_stopping_patience: Optional[int] = key(None, Range(1))
-    length_window: int = key(50, Range(1))
-    num_workers: int = key(0, Range(0))
-    compile: bool = False
-    log_every_steps: int = key(10, Range(0))
-    eval_every_steps: Optional[int] = key(None, Range(1))
-    evals_per_epoch: Optional[int] = key(None, Range(1), hint="evaluations per epoch (eval_every_steps wins)")
-    sampler: str = key("random", Choice(("random", "balanced")))
-    limit_train_batches: Optional[Union[int, float]] = key(None, BATCH_LIMIT)
-    limit_eval_batches: Optional[Union[int, float]] = key(None, BATCH_LIMIT)
-    checkpoint_every_steps: int = key(200, Range(0))
-    devices: Union[int, str] = key(1, DEVICES)
+    eval_batch_size: int = key(Range(1))
+    grad_accum_steps: int = key(Range(1))
+    max_grad_norm: Optional[float] = key(Range(0, open_low=True))
+    device: str = key(DEVICE)
+    precision: str = key(Choice(PRECISIONS))
+    seed: int = key(Range(0))
+    deterministic: bool
+    monitor: str = key(Choice(("auto",), ref="textclf.data.metrics.METRICS"))
+    early_stopping_patience: Optional[int] = key(Range(1))
+    length_window: int = key(Range(1))
+    num_workers: int = key(Range(0))
+    compile: bool
+    log_every_steps: int = key(Range(0))
+    eval_every_steps: Optional[int] = key(Range(1))
+    evals_per_epoch: Optional[int] = key(Range(1), hint="evaluations per epoch (eval_every_steps wins)")
+    sampler: str = key(Choice(("random", "balanced")))
+    limit_train_batches: Optional[Union[int, float]] = key(BATCH_LIMIT)
+    limit_eval_batches: Optional[Union[int, float]] = key(BATCH_LIMIT)
+    checkpoint_every_steps: int = key(Range(0))
+    devices: Union[int, str] = key(DEVICES)
 
 
 @dataclass
 class TrainConfig:
     """conf/train.yaml, composed (train, info and validate read it)."""
 
-    data: DataConfig = node(DataConfig, "no option selected: data=demo or data=csv")
-    model: ModelConfig = node(ModelConfig, "no option selected: model=minilm, model=bert, ...")
+    data: DataConfig = node("no option selected: data=demo or data=csv")
+    model: ModelConfig = node("no option selected: model=minilm, model=bert, ...")
     pooling: Any = group("hidden_size", "summary_last", "num_hidden_layers")
     head: Any = group("in_features", "num_labels")
     loss: Any = group()
@@ -242,51 +243,51 @@ class TrainConfig:
     rdrop: Any = group("task", "single_logit", optional=True)
     augment: Any = group(optional=True)
     logger: Any = group(optional=True, named=True)
-    task: str = key("auto", Choice(TASKS))
-    threshold: float = key(0.5, Range(0, 1, open_low=True, open_high=True))
-    tune_threshold: Union[bool, str] = key("auto", Check(lambda v: v in (True, False, "auto"),
-                                                          "true, false or auto (true for multilabel tasks)"))
-    calibrate: str = key("none", Choice((), ref="textclf.engine.calibrate.CALIBRATIONS"),
+    task: str = key(Choice(TASKS))
+    threshold: float = key(Range(0, 1, open_low=True, open_high=True))
+    tune_threshold: Union[bool, str] = key(Check(lambda v: v in (True, False, "auto"),
+                                           "true, false or auto (true for multilabel tasks)"))
+    calibrate: str = key(Choice((), ref="textclf.engine.calibrate.CALIBRATIONS"),
                          hint="temperature: logits scaled to calibrated probabilities; not for regression")
-    positive_label: Optional[Union[str, int]] = key(None, hint="binary: the class F1 is about, as it appears in "
-                                                        "the data; null: the second class in sorted order")
-    resume: bool = key(False, hint="resume=<run folder> also works on the command line")
-    overwrite: bool = key(False, hint="replace the run a folder holds (only files textclf wrote are removed)")
-    plots: bool = True
-    trainer: TrainerConfig = node(TrainerConfig)
+    positive_label: Optional[Union[str, int]] = key(hint="binary: the class F1 is about, as it appears in "
+                                                    "the data; null: the second class in sorted order")
+    resume: bool = key(hint="resume=<run folder> also works on the command line")
+    overwrite: bool = key(hint="replace the run a folder holds (only files textclf wrote are removed)")
+    plots: bool
+    trainer: TrainerConfig = node()
 
 
 @dataclass
 class PredictConfig:
     """conf/predict.yaml."""
 
-    run_dir: str = key(MISSING, hint=PREDICT_USAGE, nonempty=f"required ({PREDICT_USAGE})")
-    input: str = key(MISSING, hint=PREDICT_USAGE, nonempty=f"required ({PREDICT_USAGE})")
-    output: str = key("predictions.csv", hint=PREDICT_USAGE, nonempty=f"required ({PREDICT_USAGE})")
-    text_col: Optional[str] = None  # null: the run's own column names
-    text_pair_col: Optional[str] = None
-    label_col: Optional[Union[str, list[str]]] = None
-    batch_size: int = key(64, Range(1))
-    device: str = key("auto", DEVICE)
-    precision: str = key("fp32", Choice(PRECISIONS))
-    folds: Optional[list[int]] = key(None, hint="fold numbers like [0,2]")
-    backend: str = key("torch", Choice(("torch", "onnx")))
-    export_dir: Optional[str] = key(None, hint="backend=onnx: the folder `textclf export` wrote (null: "
-                                               "<run_dir>/export)")
-    chunk_rows: int = key(50000, Range(1), hint="rows read, predicted and written at a time")
+    run_dir: str = key(hint=PREDICT_USAGE, nonempty=f"required ({PREDICT_USAGE})")
+    input: str = key(hint=PREDICT_USAGE, nonempty=f"required ({PREDICT_USAGE})")
+    output: str = key(hint=PREDICT_USAGE, nonempty=f"required ({PREDICT_USAGE})")
+    text_col: Optional[str]  # null: the run's own column names
+    text_pair_col: Optional[str]
+    label_col: Optional[Union[str, list[str]]]
+    batch_size: int = key(Range(1))
+    device: str = key(DEVICE)
+    precision: str = key(Choice(PRECISIONS))
+    folds: Optional[list[int]] = key(hint="fold numbers like [0,2]")
+    backend: str = key(Choice(("torch", "onnx")))
+    export_dir: Optional[str] = key(hint="backend=onnx: the folder `textclf export` wrote (null: "
+                                    "<run_dir>/export)")
+    chunk_rows: int = key(Range(1), hint="rows read, predicted and written at a time")
 
 
 @dataclass
 class ExportConfig:
     """conf/export.yaml."""
 
-    run_dir: str = key(MISSING, hint=EXPORT_USAGE, nonempty=f"required ({EXPORT_USAGE})")
-    format: str = key("onnx", Choice(("onnx",)))
-    quantize: Optional[str] = key(None, Choice(("int8",)),
+    run_dir: str = key(hint=EXPORT_USAGE, nonempty=f"required ({EXPORT_USAGE})")
+    format: str = key(Choice(("onnx",)))
+    quantize: Optional[str] = key(Choice(("int8",)),
                                   hint="null: fp32 weights; int8: dynamic int8 quantization (ONNX Runtime)")
-    output: Optional[str] = key(None, hint="the folder to write (null: <run_dir>/export)")
-    folds: Optional[list[int]] = key(None, hint="fold numbers like [0,2]")
-    opset: Optional[int] = key(None, Range(14), hint="ONNX opset (null: torch.onnx's default)")
+    output: Optional[str] = key(hint="the folder to write (null: <run_dir>/export)")
+    folds: Optional[list[int]] = key(hint="fold numbers like [0,2]")
+    opset: Optional[int] = key(Range(14), hint="ONNX opset (null: torch.onnx's default)")
 
 
 SCHEMAS = {"train": (TrainConfig, "invalid configuration"), "predict": (PredictConfig, "invalid options"),
@@ -382,7 +383,8 @@ def _check_node(cfg: DictConfig, schema: type, path: str, found: list[Problem], 
             continue
         if name not in cfg:
             if not (target and target.optional):
-                found.append((label, f"missing ({hint})" if hint else f"missing (the default is {_show(f.default)})"))
+                found.append((label, f"missing ({hint})" if hint else
+                              f"missing (the default is {_shipped(label, schema)})"))
             continue
         ok, value = _get(cfg, name, label, found, lenient)
         if not ok:
@@ -581,6 +583,18 @@ def _parameters(obj: Any) -> dict[str, inspect.Parameter] | None:
         return dict(inspect.signature(obj).parameters)
     except (TypeError, ValueError):
         return None
+
+
+def _shipped(label: str, schema: type) -> str:
+    """What conf/ sets `label` to, for the message about a key a config lacks (the schema holds no defaults)."""
+    from textclf.config.shipped import shipped_config
+
+    name = next(n for n, (root, _) in SCHEMAS.items()
+                if root is schema or any(tp is schema for _, tp in _fields(root).values()))
+    try:
+        return _show(OmegaConf.select(shipped_config(name), label))
+    except Exception:  # noqa: BLE001 - only for the message: conf/ itself does not compose
+        return "in conf/"
 
 
 _FIELDS: dict[type, dict] = {}
