@@ -11,7 +11,10 @@ import torch
 from torch import nn
 
 from textclf.data.tables import EpochBatches, balanced_weights
-from textclf.engine.hooks import AWP, EMA, FGM, PGD
+from textclf.engine.hooks.awp import AWP
+from textclf.engine.hooks.ema import EMA
+from textclf.engine.hooks.fgm import FGM
+from textclf.engine.hooks.pgd import PGD
 from textclf.engine.trainer import Trainer, eval_positions
 from textclf.errors import TextclfError
 

@@ -15,7 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from textclf.engine.hooks import AWP, EMA, FGM, PGD, Hook, build_hooks
+from textclf.engine.hooks import Hook, build_hooks
+from textclf.engine.hooks.awp import AWP
+from textclf.engine.hooks.ema import EMA
+from textclf.engine.hooks.fgm import FGM
+from textclf.engine.hooks.pgd import PGD
 from textclf.engine.trainer import Trainer
 from textclf.errors import TextclfError
 
