@@ -12,8 +12,6 @@ text joins its words with single spaces. Both are reproducible by seed (one nump
 `Augmented.source` names the row each augmented text came from, and the run gives it that row's label exactly.
 textclf.commands.train generates the copies once per run, for the training file's rows only, and adds to each fold's
 training rows the copies of exactly those rows: validation, out-of-fold and test rows are only ever originals.
-
-torch and transformers are imported where the masked-LM runs: config checks import this module for its signatures.
 """
 from __future__ import annotations
 
@@ -25,9 +23,14 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import torch
+import transformers
+from hydra.utils import instantiate
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from textclf.errors import TextclfError
+from textclf.data.tables import resolve_path
+from textclf.errors import TextclfError, own_errors
 from textclf.io import bar_off, quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -125,8 +128,6 @@ class MaskedLM:
     def augment(self, texts: Sequence[str], *, seed: int, tokenizer=None, name_or_path: str | None = None,
                 device=None) -> Augmented:
         """`copies` augmented texts per text (the run's own tokenizer and backbone are not used)."""
-        import torch
-
         model, tok = load_masked_lm(self.folder)
         device = torch.device(device or "cpu")
         model.to(device)
@@ -161,8 +162,6 @@ class MaskedLM:
         """For each masked text, the top_k allowed token ids at each of its masks (in text order), in batches of
         similar length; only the mask positions go through the output projection (a vocabulary-wide row per
         token would not fit in memory for long batches)."""
-        import torch
-
         order = np.argsort([len(t) for t in masked], kind="stable")
         result: list[list[np.ndarray]] = [[] for _ in masked]
         allowed = torch.tensor(sorted(vocab.values()), dtype=torch.long)
@@ -212,10 +211,6 @@ def build_augmenter(node) -> EDA | MaskedLM | None:
     """The augment option's augmenter (its options checked); None for augment=none."""
     if not node or not node.get("_target_"):
         return None
-    from hydra.utils import instantiate
-
-    from textclf.errors import own_errors
-
     with own_errors():
         return instantiate(node, _convert_="all")
 
@@ -324,8 +319,6 @@ def nearest_words(words: Sequence[str], vocab: dict[str, int], embeddings: np.nd
                   chunk: int = 1024) -> dict[str, list[str]]:
     """{word: its k nearest whole-word vocabulary entries by cosine similarity of their input embeddings}, for the
     words given (each a key of vocab), in chunks of `chunk` words against the whole candidate list."""
-    import torch
-
     pairs = [(w, i) for w, i in vocab.items() if i < len(embeddings)]
     if not words or len(pairs) < 2:
         return {}
@@ -366,8 +359,6 @@ def input_embeddings(name_or_path: str) -> np.ndarray:
     elif (folder / "model.safetensors").is_file():
         files = [(folder / "model.safetensors", None)]
     if files:
-        from safetensors import safe_open
-
         for path, names in files:
             with safe_open(str(path), framework="pt") as f:
                 keys = names if names is not None else list(f.keys())
@@ -377,10 +368,8 @@ def input_embeddings(name_or_path: str) -> np.ndarray:
                         return f.get_tensor(key).float().numpy()
 
     quiet_transformers()
-    from transformers import AutoModel
-
     try:
-        model = AutoModel.from_pretrained(name_or_path)
+        model = transformers.AutoModel.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise TextclfError(f"augment=eda: cannot read the input embeddings of {name_or_path!r} for synonyms "
                            f"({type(e).__name__}: {e}); drop synonym from augment.ops") from None
@@ -390,8 +379,6 @@ def input_embeddings(name_or_path: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- the masked-LM model
 def masked_lm_folder(mlm_model) -> Path:
     """augment.mlm_model as a local folder with config.json whose architectures (when listed) include a head."""
-    from textclf.data.tables import resolve_path
-
     what = ("give a local folder holding a masked-language model saved with save_pretrained (config.json, weights, "
             "tokenizer), e.g. bert-base-uncased")
     if not isinstance(mlm_model, str) or not mlm_model.strip():
@@ -421,13 +408,10 @@ def no_head_error(folder, why: str) -> TextclfError:
 def load_masked_lm(folder: Path):
     """(model in eval mode, tokenizer) from the folder; a model whose head weights the checkpoint lacks (they
     would start random) is refused."""
-
     quiet_transformers()
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(str(folder), output_loading_info=True)
-        tok = AutoTokenizer.from_pretrained(str(folder))
+        model, info = transformers.AutoModelForMaskedLM.from_pretrained(str(folder), output_loading_info=True)
+        tok = transformers.AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, KeyError) as e:
         raise TextclfError(f"augment.mlm_model {str(folder)!r}: could not load a masked-language model from it "
                            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"

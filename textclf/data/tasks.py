@@ -10,7 +10,9 @@ import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 
+from textclf.data.metrics import compute_metrics
 from textclf.errors import TextclfError
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,15 @@ def infer_task(labels: list, sep: str, n_targets: int = 1) -> str:
     return "binary" if len({str(v) for v in labels}) == 2 else "multiclass"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LabelSpace:
     """Task, class (or target) names in output order, and the decision threshold(s): multilabel one per class
     (or one for all); binary one on the probability of the positive class (`positive`, an index into classes:
     the class binary F1 is about, the second in sorted order unless positive_label names another). `temperature`
-    (calibrate=temperature): every logit is divided by it before it becomes a probability; None: no calibration."""
+    (calibrate=temperature): every logit is divided by it before it becomes a probability; None: no calibration.
+
+    Frozen: a run's tuned thresholds or fitted temperature make a new space (dataclasses.replace), so what was
+    built from the data never changes under a reader's feet, and labels.json is written once, from the final one."""
 
     task: str
     classes: list
@@ -104,8 +109,7 @@ class LabelSpace:
         space = cls(d["task"], d["classes"], sep=d.get("sep", "|"), threshold=d.get("threshold", 0.5),
                     single_logit=d.get("single_logit", False), target_names=d.get("target_names", []),
                     temperature=d.get("temperature"))  # labels.json before calibration existed has none
-        space.set_positive(d.get("positive_label"))
-        return space
+        return space.with_positive(d.get("positive_label"))
 
     def to_dict(self) -> dict:
         return {"task": self.task, "classes": self.classes, "sep": self.sep, "threshold": self.threshold,
@@ -113,12 +117,11 @@ class LabelSpace:
                 "positive_label": self.classes[self.positive] if self.task == "binary" else None,
                 "temperature": self.temperature}
 
-    def set_positive(self, label) -> None:
-        """positive_label: the binary class (as it appears in the data) whose F1 is reported and whose
-        probability the threshold cuts; None: the second class in sorted order."""
+    def with_positive(self, label) -> "LabelSpace":
+        """This space with positive_label: the binary class (as it appears in the data) whose F1 is reported and
+        whose probability the threshold cuts; None: the second class in sorted order."""
         if label is None:
-            self.positive = 1
-            return
+            return replace(self, positive=1)
         if self.task != "binary":
             raise TextclfError(f"positive_label={label!r} applies to binary tasks only, and this task is "
                                f"{self.task}; set positive_label=null")
@@ -126,7 +129,7 @@ class LabelSpace:
         if str(label) not in names:
             raise TextclfError(f"positive_label={label!r} is not a class of the training data; its classes are: "
                                f"{', '.join(names)}")
-        self.positive = names.index(str(label))
+        return replace(self, positive=names.index(str(label)))
 
     @property
     def names(self) -> list[str]:
@@ -214,8 +217,6 @@ class LabelSpace:
 
     def table(self, outputs: np.ndarray, y_true: np.ndarray | None = None, extra: dict | None = None):
         """A prediction table: true label (when known), decision, and one column per class or target."""
-        import pandas as pd
-
         table = pd.DataFrame(extra or {})
         names = self.names
         decided = self.decide(outputs)
@@ -306,8 +307,6 @@ def tuned_threshold_metrics(space: LabelSpace, y: np.ndarray, outputs: np.ndarra
     Returns ({"threshold": chosen on every row (what predict uses), "evaluation", "untuned_classes", metrics...,
     "in_sample": metrics of the final thresholds on the rows that chose them (out-of-sample case)}, decisions).
     `space` is left as it is."""
-    from textclf.data.metrics import compute_metrics
-
     final, untuned = tune_space(space, y, outputs, default)
     names = [space.names[k] for k in untuned]
     if names:

@@ -1,13 +1,18 @@
 """Backbones through transformers' Auto classes, offline-first."""
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import logging
 import os
 from pathlib import Path
 
+import transformers
+
+from textclf.data.tables import resolve_path
 from textclf.errors import TextclfError
 from textclf.io import quiet_transformers
+from textclf.models.init_from import group_names, shape_text
 
 EMBEDDED_MODELS = {
     # name -> (distribution, folder inside it)
@@ -33,8 +38,6 @@ def resolve_name_or_path(name_or_path: str) -> str:
         if not (path / "config.json").exists():
             raise TextclfError(f"the {dist} package has no model files in {path}")
         return str(path)
-    from textclf.data.tables import resolve_path
-
     local = resolve_path(name_or_path)
     if local.exists():
         if not (local / "config.json").exists():
@@ -84,8 +87,6 @@ SENTENCEPIECE_PACKAGES = {"sentencepiece": "sentencepiece", "protobuf": "google.
 
 
 def _missing_sentencepiece_packages() -> list[str]:
-    import importlib
-
     missing = []
     for package, module in SENTENCEPIECE_PACKAGES.items():
         try:
@@ -124,8 +125,6 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
 
 def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_code: bool = False):
     quiet_transformers()
-    from transformers import AutoTokenizer
-
     spm_error = _sentencepiece_error(name_or_path, None)
     if spm_error is not None:
         raise spm_error
@@ -136,7 +135,7 @@ def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_
                            f"tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer there too "
                            f"(tokenizer.save_pretrained(folder))")
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tok = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, ImportError) as e:
         raise (_sentencepiece_error(name_or_path, e) or _hub_error(name_or_path, e, "tokenizer")) from None
     if not getattr(tok, "is_fast", False):
@@ -148,10 +147,8 @@ def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_
 def load_backbone_config(name_or_path: str, *, hidden_dropout=None, attention_dropout=None,
                          trust_remote_code: bool = False):
     quiet_transformers()
-    from transformers import AutoConfig
-
     try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise _hub_error(name_or_path, e, "model config") from None
     if getattr(config, "model_type", "") == "xlnet":
@@ -174,17 +171,16 @@ def load_backbone(name_or_path: str, config, *, pretrained: bool = True, trust_r
     A pretrained load reports what transformers' (silenced) log would have said: see report_loading. uses_pooler:
     the pooling reads the pooler output; weights_follow: model.init_from loads weights over it afterwards."""
     quiet_transformers()
-    from transformers import AutoModel
-
     try:
         if pretrained:
             # ignore_mismatched_sizes: a weight of another shape starts random (and is reported) instead of a
             # RuntimeError deep inside transformers
-            model, info = AutoModel.from_pretrained(name_or_path, config=config, trust_remote_code=trust_remote_code,
-                                                    output_loading_info=True, ignore_mismatched_sizes=True)
+            model, info = transformers.AutoModel.from_pretrained(
+                name_or_path, config=config, trust_remote_code=trust_remote_code, output_loading_info=True,
+                ignore_mismatched_sizes=True)
             report_loading(model, info, name_or_path, uses_pooler=uses_pooler, weights_follow=weights_follow)
         else:
-            model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+            model = transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise _hub_error(name_or_path, e) from None
     if gradient_checkpointing:
@@ -210,8 +206,6 @@ def report_loading(model, info: dict, name_or_path: str, *, uses_pooler: bool = 
     the backbone's parameters starting random is a folder of another architecture or key names, refused (a
     TextclfError; only a warning when model.init_from loads weights over it). A missing pooler is a note unless
     the pooling reads it. Checkpoint weights the model does not use (a pretraining head) are a note."""
-    from textclf.models.init_from import group_names, shape_text
-
     state = model.state_dict()
     missing = sorted(str(k) for k in info.get("missing_keys") or ())
     mismatched = sorted((str(k), tuple(a), tuple(b)) for k, a, b in info.get("mismatched_keys") or ())

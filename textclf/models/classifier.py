@@ -7,6 +7,7 @@ from torch import nn
 
 from textclf.errors import TextclfError, own_errors
 from textclf.models.backbone import load_backbone, load_backbone_config
+from textclf.models.layers import freeze, reinit_top_layers
 
 
 class TextClassifier(nn.Module):
@@ -72,8 +73,6 @@ def apply_layer_options(backbone, model_cfg) -> None:
     reinit_layers = int(model_cfg.get("reinit_layers", 0) or 0)
     if not (freeze_embeddings or freeze_layers or reinit_layers):
         return
-    from textclf.models.layers import freeze, reinit_top_layers
-
     if reinit_layers:
         reinit_top_layers(backbone, reinit_layers)
     if freeze_embeddings or freeze_layers:

@@ -15,12 +15,19 @@ unpickled: .safetensors files are read as such, .bin/.pt only through torch.load
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from textclf.data.tables import resolve_path
 from textclf.errors import TextclfError
+from textclf.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +191,6 @@ class InitSource:
 
 
 def _read_safetensors(source: InitSource, path: Path) -> dict:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except Exception as e:  # SafetensorError, OSError: a truncated or foreign file
@@ -194,8 +199,6 @@ def _read_safetensors(source: InitSource, path: Path) -> dict:
 
 
 def _read_torch(source: InitSource, path: Path) -> dict:
-    import torch
-
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError for objects weights_only will not build; others for junk
@@ -226,8 +229,6 @@ def _is_run_folder(folder: Path) -> bool:
 
 def resolve_init_from(given: str) -> InitSource:
     """The weights model.init_from names, without reading them; a clear error for anything else."""
-    from textclf.data.tables import resolve_path
-
     path = resolve_path(str(given))
     where = f"{KEY}={given!r}"
     if not path.exists():
@@ -246,8 +247,6 @@ def resolve_init_from(given: str) -> InitSource:
         return InitSource(str(given), [path / "model.safetensors"], f"{given} (model.safetensors)")
     index = path / "model.safetensors.index.json"
     if index.is_file():  # a sharded save_pretrained folder
-        import json
-
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (ValueError, KeyError, AttributeError) as e:
@@ -279,8 +278,6 @@ def check_source(given: str) -> InitSource:
     source = resolve_init_from(given)
     for path in source.files:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
             try:
                 with safe_open(str(path), "pt") as f:
                     f.keys()
@@ -301,8 +298,6 @@ class InitFrom:
         self.report: dict | None = None
 
     def apply(self, model) -> dict:
-        import torch
-
         tensors = self.source.tensors()
         state = model.state_dict()
         cmp = compare_keys({k: tuple(v.shape) for k, v in state.items()}, tensors)
@@ -326,8 +321,6 @@ class InitFrom:
             log.info("%s", self.report["summary"])
             self._warn_if_backbone_mostly_kept(cmp, state)
             if self.report_path is not None:
-                from textclf.io import write_json
-
                 write_json(self.report_path, self.report)
         return self.report
 

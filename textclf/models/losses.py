@@ -6,8 +6,13 @@ sigmoid output instead of two softmax outputs.
 """
 from __future__ import annotations
 
+from importlib.resources import files
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from textclf.errors import TextclfError
@@ -23,18 +28,11 @@ def auto():
 
 def default_loss_for(task: str):
     """The composed YAML node of the task's default loss option (conf/loss/<name>.yaml)."""
-    from importlib.resources import files
-
-    from omegaconf import OmegaConf
-
     return OmegaConf.create(files("textclf.conf").joinpath("loss", f"{DEFAULT_LOSS[task]}.yaml").read_text())
 
 
 def build_loss(loss_cfg, labels, y_train):
     """Instantiate the loss; `class_weights: balanced` becomes n / (K * count_k) on this fold's rows."""
-    import numpy as np
-    from hydra.utils import instantiate
-
     weights = loss_cfg.get("class_weights")
     if weights is None:
         return instantiate(loss_cfg)
