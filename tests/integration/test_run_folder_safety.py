@@ -324,10 +324,11 @@ def test_a_resume_on_a_data_file_edited_in_place_is_refused_or_starts_over(tiny_
 
 # ----------------------------------------------------------------------------- what overwrite removes
 def test_only_the_files_textclf_writes_are_removed(tmp_path):
-    from textclf.run.checkpoint import PLOT_FILES, RUN_FILES, remove_run_outputs
+    from textclf.run.checkpoint import remove_run_outputs
+    from textclf.run.folder import RUN_OUTPUTS
 
     run_dir = tmp_path / "run"
-    ours = [*RUN_FILES, "folds.csv", ".oof.csv.abc123.tmp", "backbone/config.json", "backbone/vocab.txt",
+    ours = [*RUN_OUTPUTS, "folds.csv", ".oof.csv.abc123.tmp", "backbone/config.json", "backbone/vocab.txt",
             "fold_0/model.safetensors", "fold_0/result.json", "fold_0/outputs.npz", "fold_0/history.csv",
             "fold_0/steps.csv", "fold_0/checkpoint/latest.json", "fold_0/checkpoint/step-000000004.pt",
             "fold_0/.model.safetensors.x1.tmp", "fold_1/result.json", "tb/fold_0/events.out", "tb/hparams/events.out"]
@@ -347,11 +348,11 @@ def test_plot_files_names_every_plot_a_run_writes():
     import inspect
     import re
 
-    from textclf.run.checkpoint import PLOT_FILES
     from textclf.observe.plots import write_run_plots
+    from textclf.run.folder import PLOT_FILES
 
     written = set(re.findall(r'"(\w+\.png)"', inspect.getsource(write_run_plots)))
-    assert written and written <= set(PLOT_FILES), "a new plot must be listed in checkpoint.PLOT_FILES"
+    assert written and written <= set(PLOT_FILES), "a new plot must be listed in textclf.run.folder.PLOT_FILES"
 
 
 def test_what_a_run_folder_holds_decides_how_a_run_starts(tmp_path):

@@ -70,8 +70,7 @@ def test_softmax_outputs_give_back_logits_up_to_a_row_shift():
 
 
 def test_temperature_round_trips_through_labels_json_and_old_files_load():
-    space = LabelSpace("multiclass", ["a", "b", "c"])
-    space.temperature = 1.83
+    space = LabelSpace("multiclass", ["a", "b", "c"], temperature=1.83)
     again = LabelSpace.from_dict(json.loads(json.dumps(space.to_dict())))
     assert again.temperature == 1.83
     logits = np.array([[2.0, 0.0, -1.0]])
@@ -100,10 +99,10 @@ def test_assemble_calibrates_before_tuning_and_saves_the_temperature(tmp_path, c
     with caplog.at_level(logging.INFO):
         summary, oof = run.assemble(outputs)
     cal = summary["calibration"]
-    assert cal["temperature"] > 1 and labels.temperature == cal["temperature"]
+    assert cal["temperature"] > 1 and run.labels.temperature == cal["temperature"]
     assert summary["oof"]["ece"] == pytest.approx(cal["ece_after"]) and cal["ece_after"] < cal["ece_before"]
     assert (oof.argmax(axis=1) == logits.argmax(axis=1)).all()
-    assert json.loads((tmp_path / "labels.json").read_text())["temperature"] == cal["temperature"]
+    assert run.labels.to_dict()["temperature"] == cal["temperature"]  # what write() puts in labels.json
     assert "calibration: temperature T=" in caplog.text and "fitted on 600 out-of-fold rows; ECE" in caplog.text
 
 

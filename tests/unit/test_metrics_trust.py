@@ -2,6 +2,7 @@
 only where the data can tune them and scored out of sample, the binary positive class chosen and kept."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from types import SimpleNamespace
@@ -172,14 +173,16 @@ def test_assemble_writes_out_of_sample_tuned_metrics_and_keeps_the_final_thresho
         summary, oof = run.assemble(outputs)
     tuned = summary["oof_tuned_threshold"]
     assert tuned["evaluation"] == "out_of_sample" and tuned["untuned_classes"] == []
-    assert labels.threshold == tuned["threshold"] == tune_thresholds(y, probs)
+    assert run.labels.threshold == tuned["threshold"] == tune_thresholds(y, probs)
+    assert labels.threshold == 0.5, "the space built from the data is left as it is"
     assert "out-of-sample" in caplog.text
-    saved = LabelSpace.from_dict(json.loads((tmp_path / "labels.json").read_text()))
+    assert not (tmp_path / "labels.json").exists(), "labels.json is written once, by write(), from run.labels"
+    saved = LabelSpace.from_dict(json.loads(json.dumps(run.labels.to_dict())))
     assert saved.threshold == tuned["threshold"]  # what predict decides by
     # oof.csv's pred column (the saved thresholds) agrees with the labelled in-sample numbers
-    table = labels.table(oof, y_true=y)
+    table = run.labels.table(oof, y_true=y)
     from_table = np.array([[n in p.split("|") for n in labels.names] for p in table["pred"]], dtype=np.int64)
-    assert compute_metrics(labels, y, oof, decided=from_table)["macro_f1"] == pytest.approx(
+    assert compute_metrics(run.labels, y, oof, decided=from_table)["macro_f1"] == pytest.approx(
         tuned["in_sample"]["macro_f1"])
     # the per-class report is of the out-of-sample decisions, as the tuned metrics are
     assert summary["oof_report"]["macro avg"]["f1-score"] == pytest.approx(tuned["macro_f1"])
@@ -193,14 +196,13 @@ def test_assemble_tunes_binary_with_the_chosen_positive_class(tmp_path):
     y = (rng.random(200) < 0.7).astype(np.int64)  # "neg" (0) is the rare class, and the positive one
     p0 = (1 - y) * 0.2 + rng.random(200) * 0.3
     probs = np.stack([p0, 1 - p0], axis=1)
-    labels = LabelSpace("binary", ["neg", "pos"])
-    labels.set_positive("neg")
+    labels = LabelSpace("binary", ["neg", "pos"]).with_positive("neg")
     run, outputs = fake_run(labels, y, np.arange(200) % 4, probs, main=True, run_dir=tmp_path)
     summary, oof = run.assemble(outputs)
     tuned = summary["oof_tuned_threshold"]
     assert tuned["evaluation"] == "out_of_sample" and tuned["threshold"] < 0.5
     assert tuned["f1"] > summary["oof"]["f1"]
-    saved = json.loads((tmp_path / "labels.json").read_text())
+    saved = json.loads(json.dumps(run.labels.to_dict()))  # what write() puts in labels.json
     assert saved["positive_label"] == "neg" and saved["threshold"] == tuned["threshold"]
     table = LabelSpace.from_dict(saved).table(oof, y_true=y)
     assert (table["pred"] == np.where(p0 >= tuned["threshold"], "neg", "pos")).all()
@@ -221,7 +223,7 @@ def test_positive_label_picks_the_class_binary_f1_is_about():
     probs = one_hot([0, 0, 1, 1], 2)
     space = LabelSpace("binary", ["neg", "pos"])
     assert compute_metrics(space, y, probs)["f1"] == pytest.approx(2 / 3)  # default: the second class
-    space.set_positive("neg")
+    space = space.with_positive("neg")
     assert compute_metrics(space, y, probs)["f1"] == pytest.approx(0.8)
     again = LabelSpace.from_dict(json.loads(json.dumps(space.to_dict())))
     assert again.positive == 0 and again.to_dict()["positive_label"] == "neg"
@@ -229,12 +231,11 @@ def test_positive_label_picks_the_class_binary_f1_is_about():
 
 def test_positive_label_matches_integer_classes_and_refuses_unknown_ones():
     space = LabelSpace.fit([0, 1, 1, 0])
-    space.set_positive("0")
-    assert space.positive == 0
+    assert space.with_positive("0").positive == 0
     with pytest.raises(TextclfError, match=r"positive_label='yes'.*0, 1"):
-        space.set_positive("yes")
+        space.with_positive("yes")
     with pytest.raises(TextclfError, match="binary"):
-        LabelSpace("multiclass", ["a", "b", "c"]).set_positive("a")
+        LabelSpace("multiclass", ["a", "b", "c"]).with_positive("a")
 
 
 def test_binary_threshold_on_the_positive_class_is_tuned_saved_and_decided_by():
@@ -247,7 +248,7 @@ def test_binary_threshold_on_the_positive_class_is_tuned_saved_and_decided_by():
     out, _ = tuned_threshold_metrics(space, y, probs, np.arange(300) % 5, default=0.5)
     assert isinstance(out["threshold"], float) and out["threshold"] < 0.5
     assert out["evaluation"] == "out_of_sample" and out["f1"] > before
-    space.threshold = out["threshold"]
+    space = dataclasses.replace(space, threshold=out["threshold"])
     saved = LabelSpace.from_dict(json.loads(json.dumps(space.to_dict())))
     assert saved.decide(probs).tolist() == (p >= out["threshold"]).astype(int).tolist()
     table = saved.table(probs, y_true=y)
@@ -255,8 +256,7 @@ def test_binary_threshold_on_the_positive_class_is_tuned_saved_and_decided_by():
 
 
 def test_binary_threshold_with_the_first_class_positive():
-    space = LabelSpace("binary", ["a", "b"], threshold=0.3)
-    space.set_positive("a")
+    space = LabelSpace("binary", ["a", "b"], threshold=0.3).with_positive("a")
     probs = np.array([[0.35, 0.65], [0.2, 0.8]])
     assert space.decide(probs).tolist() == [0, 1]
 

@@ -1,6 +1,8 @@
 """Tasks: what labels mean, how logits become outputs and decisions, and the tables a run writes."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -70,7 +72,7 @@ def test_tuned_thresholds_do_not_lower_out_of_fold_f1():
     probs = np.clip(y * 0.35 + rng.random((200, 3)) * 0.4, 0, 1)  # positives score higher, but below 0.5
     space = LabelSpace("multilabel", ["a", "b", "c"])
     before = compute_metrics(space, y, probs)["macro_f1"]
-    space.threshold = tune_thresholds(y, probs)
+    space = dataclasses.replace(space, threshold=tune_thresholds(y, probs))
     after = compute_metrics(space, y, probs)["macro_f1"]
     assert after > before
 

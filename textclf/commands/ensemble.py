@@ -9,6 +9,7 @@ labels.json, folds.csv and, when every run has one, test_predictions.csv.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from textclf.errors import TextclfError
+from textclf.run import folder
 
 
 @dataclass
@@ -32,25 +34,23 @@ class Member:
 def load_member(path: Path) -> Member:
     import pandas as pd
 
-    from textclf.data.tasks import LabelSpace
-
     path = Path(path)
     if not path.is_dir():
         raise TextclfError(f"{path}: not a run folder")
-    missing = [f for f in ("labels.json", "oof.csv", "folds.csv") if not (path / f).exists()]
+    missing = [f for f in (folder.LABELS, folder.OOF, folder.FOLDS) if not (path / f).exists()]
     if missing:
         raise TextclfError(f"{path}: no {', '.join(missing)}; blend finished runs of `textclf train`")
-    labels = LabelSpace.from_dict(json.loads((path / "labels.json").read_text(encoding="utf-8")))
-    metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8")) if (path / "metrics.json").exists() \
+    labels = folder.read_labels(path)
+    metrics = json.loads((path / folder.METRICS).read_text(encoding="utf-8")) if (path / folder.METRICS).exists() \
         else {}
     from textclf.data.metrics import default_monitor
 
     monitor = metrics.get("monitor") or default_monitor(labels.task)
     read = dict(keep_default_na=False, na_values=[])  # a multilabel row with no labels is "", not NaN
-    oof = pd.read_csv(path / "oof.csv", dtype={"label": str, "pred": str}, **read)
-    test = pd.read_csv(path / "test_predictions.csv", dtype={"pred": str}, **read) \
-        if (path / "test_predictions.csv").exists() else None
-    return Member(path, labels, monitor, pd.read_csv(path / "folds.csv"), oof, test)
+    oof = pd.read_csv(path / folder.OOF, dtype={"label": str, "pred": str}, **read)
+    test = pd.read_csv(path / folder.TEST_PREDICTIONS, dtype={"pred": str}, **read) \
+        if (path / folder.TEST_PREDICTIONS).exists() else None
+    return Member(path, labels, monitor, pd.read_csv(path / folder.FOLDS), oof, test)
 
 
 def output_columns(labels) -> list[str]:
@@ -112,8 +112,9 @@ def blend(members: list[Member], weights: list[float] | None = None) -> dict:
     labels = members[0].labels
     thresholds = {json.dumps(m.labels.threshold) for m in members}
     if labels.task in ("binary", "multilabel") and len(thresholds) > 1:
-        labels.threshold = 0.5  # the runs tuned different thresholds: none of them fits the blend
-    labels.temperature = None  # the members' tables hold calibrated probabilities already; a blend has no logits
+        labels = dataclasses.replace(labels, threshold=0.5)  # the runs tuned different thresholds: none fits the blend
+    # the members' tables hold calibrated probabilities already; a blend has no logits
+    labels = dataclasses.replace(labels, temperature=None)
     cols = output_columns(labels)
     y = true_values(labels, members[0].oof)
     outs = [m.oof[cols].to_numpy(dtype=np.float64) for m in members]
@@ -140,13 +141,13 @@ def write_blend(output: Path, members: list[Member], result: dict) -> None:
     labels = result["labels"]
     oof = members[0].oof
     extra = {k: oof[k].to_numpy() for k in ("source", "row") if k in oof.columns}
-    write_csv(output / "oof.csv", labels.table(result["oof_outputs"], y_true=true_values(labels, oof), extra=extra))
-    write_csv(output / "folds.csv", members[0].folds)
-    write_json(output / "labels.json", labels.to_dict())
-    write_json(output / "metrics.json", {k: result[k] for k in ("task", "monitor", "runs", "weights", "rows",
-                                                                "members", "oof")})
+    write_csv(output / folder.OOF, labels.table(result["oof_outputs"], y_true=true_values(labels, oof), extra=extra))
+    write_csv(output / folder.FOLDS, members[0].folds)
+    folder.write_labels(output, labels)
+    write_json(output / folder.METRICS, {k: result[k] for k in ("task", "monitor", "runs", "weights", "rows",
+                                                               "members", "oof")})
     if "test_outputs" in result:
-        write_csv(output / "test_predictions.csv", labels.table(result["test_outputs"]))
+        write_csv(output / folder.TEST_PREDICTIONS, labels.table(result["test_outputs"]))
 
 
 def main(argv: list[str]) -> int:

@@ -18,8 +18,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RUN_MARKERS = ("status.json", "metrics.json", "config.yaml")
-SKIP_DIRS = {"backbone", ".hydra", "__pycache__"}
+from textclf.run import folder
+from textclf.run.folder import read_status
+
+RUN_MARKERS = (folder.STATUS, folder.METRICS, folder.CONFIG)
+SKIP_DIRS = {folder.BACKBONE, ".hydra", "__pycache__"}
 ERROR_WIDTH = 100
 PLOT_JOBS = 40        # report.png: the best this many jobs
 PLOT_UNRANKED = 10    # report.png: failed / unscored jobs marked below them
@@ -64,13 +67,13 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def read_job(root: Path, path: Path) -> Job:
-    from textclf.commands.sweep import direction_of, read_status
+    from textclf.commands.sweep import direction_of
 
     name = "." if path == root else path.relative_to(root).as_posix()
     m = re.match(r"^(\d+)_", path.name)
     job = Job(path=path, name=name, num=int(m.group(1)) if m else None)
     status = read_status(path) or {}
-    metrics = _read_json(path / "metrics.json")
+    metrics = _read_json(path / folder.METRICS)
     job.overrides = _overrides(path, status)
     if status.get("job") is not None:
         job.num = int(status["job"])

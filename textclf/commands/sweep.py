@@ -28,17 +28,11 @@ from typing import Any, Callable
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from textclf.data.metrics import direction_of
+from textclf.run import folder
+from textclf.run.folder import write_status
+
 log = logging.getLogger("textclf")
-STATUS_FILE = "status.json"
-
-
-def direction_of(metric: str | None) -> str | None:
-    """maximize / minimize for a metric name (None when unknown)."""
-    from textclf.data.metrics import METRICS
-
-    if metric not in METRICS:
-        return None
-    return "maximize" if METRICS[metric] else "minimize"
 
 
 def sweeper_direction(monitor: str) -> str:
@@ -47,31 +41,17 @@ def sweeper_direction(monitor: str) -> str:
     return direction_of("macro_f1" if monitor == "auto" else monitor) or "maximize"
 
 
-def write_status(run_dir: Path, status: dict) -> None:
-    from textclf.io import write_json
-
-    write_json(Path(run_dir) / STATUS_FILE, {k: _finite_or_none(v) for k, v in status.items()})
-
-
-def read_status(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / STATUS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
     """Run `textclf train` as one job of a run or a multirun; record the outcome in status.json.
 
     Returns the job's CV score (trainer.monitor's mean over the folds), or None for a failed job (or a
     non-finite score) in a multirun, so a sweeper never optimises a failure. The job holds its folder's lock
-    (engine.runlock) throughout; a job stopped by SIGINT / SIGTERM exits 130 / 143 and ends a multirun.
+    throughout (a multirun's job takes it here; a single run's RunFolderGuard took it before Hydra wrote into the
+    folder) and releases it at the end; a job stopped by SIGINT / SIGTERM exits 130 / 143 and ends a multirun.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from textclf.run.lock import RunLock
     from textclf.errors import TextclfError
 
     from textclf.engine.callbacks import is_main
@@ -84,9 +64,9 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
         return _run_as_follower(fn, cfg)
     base = {"job": int(hc.job.num) if multirun else None, "overrides": list(hc.overrides.task)}
     limit_threads(hc)
-    lock = RunLock(run_dir)
     try:
-        lock.acquire()  # before status.json: a second process must not touch the holder's files
+        if not folder.holds(run_dir):  # before status.json: a second process must not touch the holder's files
+            folder.lock(run_dir)
     except TextclfError as e:
         if not multirun:
             print(f"textclf: error: {e}", file=sys.stderr)
@@ -96,7 +76,7 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
     try:
         return _run_locked(fn, cfg, hc, run_dir, base, multirun)
     finally:
-        lock.release()
+        folder.release(run_dir)
 
 
 def join_submitit_tasks() -> None:
@@ -144,11 +124,10 @@ def _run_as_follower(fn, cfg: DictConfig) -> float | None:
 def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bool) -> float | None:
     from textclf.run.signals import Interrupted
     from textclf.errors import TextclfError, own_errors
-    from textclf.run.manifest import MANIFEST
 
     # a finished run that overwrite=true does not replace is only read: refused, or found finished (its score
     # returned); its status.json stays as it is
-    kept = (run_dir / MANIFEST).exists() and not bool(cfg.get("overwrite", False))
+    kept = (run_dir / folder.MANIFEST).exists() and not bool(cfg.get("overwrite", False))
 
     def record(status: dict) -> None:
         if not kept:
@@ -190,12 +169,12 @@ def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bo
 
         free_memory()
         where = ("not recorded: the finished run in the folder is kept" if kept
-                 else f"recorded in {run_dir / STATUS_FILE}")
+                 else f"recorded in {run_dir / folder.STATUS}")
         print(f"textclf: job {base['job']} failed: {failure['error'].splitlines()[0]}\n  {where}; the sweep goes on",
               file=sys.stderr)
         return None
 
-    metrics = _read_json(run_dir / "metrics.json") or {}
+    metrics = _read_json(run_dir / folder.METRICS) or {}
     monitor = metrics.get("monitor") or _configured_monitor(cfg)
     direction = direction_of(monitor)
     value = float(score) if score is not None else math.nan
@@ -287,9 +266,7 @@ class RunFolderGuard(Callback):
     are locked by run_job (Hydra has written its .hydra/ by then). validate and info neither lock nor write."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from textclf.run.lock import RunLock
         from textclf.errors import TextclfError
-        from textclf.run.manifest import MANIFEST
 
         from textclf.engine.callbacks import is_main
 
@@ -297,11 +274,11 @@ class RunFolderGuard(Callback):
             return
         run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))  # as Hydra's run_job makes it
         try:
-            RunLock(run_dir).acquire()  # run_job releases it (and interpreter exit, whatever happens first)
+            folder.lock(run_dir)  # the process's one acquisition; run_job releases it (or interpreter exit)
         except TextclfError as e:
             print(f"textclf: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        if (run_dir / MANIFEST).exists() and not bool(config.get("overwrite", False)):
+        if (run_dir / folder.MANIFEST).exists() and not bool(config.get("overwrite", False)):
             write_nothing_into(config)
 
 
@@ -359,10 +336,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _finite_or_none(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _iso(t: float | None = None) -> str:

@@ -6,26 +6,9 @@
                out-of-fold outputs; a fold finished by an earlier run into the same folder is kept
   3. assemble  out-of-fold outputs and metrics, calibration, tuned thresholds, test predictions (the folds
                ensembled)
-  4. write     oof.csv, test_predictions.csv, plots, metrics.json, then run.json last
+  4. write     oof.csv, test_predictions.csv, plots, metrics.json, labels.json, then run.json last
 
-Run folder (Hydra's output directory):
-  config.yaml            the resolved config
-  train.log              the log
-  labels.json            task and class names, in logit order; thresholds and temperature (for predict)
-  backbone/              backbone config + tokenizer files (predict rebuilds the model offline)
-  fold_<k>/              model.safetensors (best weights), result.json + outputs.npz (the fold's outputs);
-                         history.csv and steps.csv with logger=csv; checkpoint/ while the fold is in flight
-  folds.csv              which fold validates each training row
-  inputs.json            size and SHA-256 of each data file read (a resume on changed data is refused)
-  .textclf.lock          while a process runs in the folder: its pid, host and start time
-  init_report.json       with model.init_from: which tensors loaded, missing, unexpected, mismatched (shapes)
-  augment.json           with augment=eda|mlm: the copies made, each fold's original and augmented training rows,
-                         a few examples
-  oof.csv                out-of-fold predictions: probabilities per class and the predicted label
-  metrics.json           every fold's metrics, mean and std across folds, out-of-fold metrics
-  test_predictions.csv   when data.test_file is given: probabilities averaged over folds
-  *.png                  plots (plots=true)
-  run.json               written last: the run is finished
+The run folder (Hydra's output directory) and every file in it: textclf.run.folder.
 """
 from __future__ import annotations
 
@@ -47,11 +30,13 @@ from textclf.commands.validate import Checked, option_named, preflight
 from textclf.data.tables import Collator, EpochBatches, Encoded, LabelSpace, balanced_weights, sorted_batches, tokenize_with
 from textclf.engine import distributed
 from textclf.engine.callbacks import Callback, Callbacks, RunContext, is_main
-from textclf.run.checkpoint import (INPUTS_FILE, FoldCheckpoint, fault_point, finished_fold, finished_run_score,
-                                 input_fingerprints, prepare_run_dir, save_fold_outputs)
+from textclf.run import folder
+from textclf.run.checkpoint import (FoldCheckpoint, fault_point, finished_fold, finished_run_score, input_fingerprints,
+                                    prepare_run_dir, save_fold_outputs)
 from textclf.run.signals import StopSignals
 from textclf.engine.kfold import Fold, FoldOutputs, FoldResult, free_memory, make_folds
-from textclf.run.lock import RunLock
+from textclf.inference.ensemble import ensemble
+from textclf.inference.torch_folds import torch_folds
 from textclf.io import save_weights, write_csv, write_json, write_text
 from textclf.engine.optim import describe_learning_rates
 
@@ -97,9 +82,10 @@ class TrainRun:
         self.finished_score: float | None = None  # set by setup() when the folder holds this run, finished
 
     def run(self) -> float:
-        # one process at a time in the folder (several processes of one run: rank 0 holds it for them);
-        # SIGINT / SIGTERM stop at the next safe point (engine.interrupt)
-        with RunLock(self.run_dir) if self.main else contextlib.nullcontext(), StopSignals() as self.stop:
+        # one process at a time in the folder (several processes of one run: rank 0 holds it for them), taken here
+        # only when no entry above took it (train() called directly, merge); SIGINT / SIGTERM stop at the next safe
+        # point (engine.interrupt)
+        with folder.hold(self.run_dir) if self.main else contextlib.nullcontext(), StopSignals() as self.stop:
             return self._run()
 
     def _run(self) -> float:
@@ -143,7 +129,7 @@ class TrainRun:
             return
         self.folds, folds_frame = checked.folds, checked.folds_frame
         distributed.barrier()  # rank 0 may have removed an earlier run's folds.csv
-        if (self.run_dir / "folds.csv").exists():  # a rerun validates on identical splits
+        if (self.run_dir / folder.FOLDS).exists():  # a rerun validates on identical splits
             from hydra.utils import instantiate
 
             valid = checked.splits.get("valid")
@@ -154,13 +140,13 @@ class TrainRun:
         seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
         log_processes(cfg.trainer)
         if self.main:
-            save_run_files(self.run_dir, cfg, self.labels, checked.tokenizer, checked.backbone_config)
-            write_json(self.run_dir / INPUTS_FILE, inputs)
-            write_csv(self.run_dir / "folds.csv", folds_frame)
+            save_run_files(self.run_dir, cfg, checked.tokenizer, checked.backbone_config)
+            write_json(self.run_dir / folder.INPUTS, inputs)
+            write_csv(self.run_dir / folder.FOLDS, folds_frame)
         augmented = augment_run(checked)
         self.data = tokenize_run(checked, augmented)
         if augmented is not None and self.main:
-            write_json(self.run_dir / "augment.json", augment_report(checked, augmented, self.data, self.folds))
+            write_json(self.run_dir / folder.AUGMENT, augment_report(checked, augmented, self.data, self.folds))
         self.callbacks = build_callbacks(cfg) if self.main else Callbacks()
         self.callbacks.on_run_start(RunContext(self.run_dir, OmegaConf.to_container(cfg, resolve=True),
                                                self.labels.task, self.monitor, len(self.folds),
@@ -174,7 +160,7 @@ class TrainRun:
 
     # ------------------------------------------------------------------------- 2. one fold
     def train_fold(self, fold: Fold) -> FoldResult:
-        fold_dir = self.run_dir / f"fold_{fold.index}"
+        fold_dir = folder.fold_dir(self.run_dir, fold.index)
         kept = finished_fold(fold_dir, fold.index) if self.resuming else None
         if kept is not None:
             log.info("fold %d: finished before, kept", fold.index)
@@ -188,7 +174,7 @@ class TrainRun:
         import torch
 
         torch.manual_seed(int(self.cfg.trainer.seed) + fold.index)
-        checkpoint = FoldCheckpoint(fold_dir / "checkpoint", int(self.cfg.trainer.checkpoint_every_steps or 0),
+        checkpoint = FoldCheckpoint(fold_dir / folder.CHECKPOINT, int(self.cfg.trainer.checkpoint_every_steps or 0),
                                     tag=str(fold.index))
         if not self.resuming and self.main:
             checkpoint.clear()
@@ -203,7 +189,7 @@ class TrainRun:
                           lambda rows, logits: score_logits(labels, y[rows], logits, eval_loss_fn,
                                                             tuned=self.selects_tuned(),
                                                             default=float(self.cfg.threshold)),
-                          on_improve=(lambda state: save_weights(fold_dir / "model.safetensors", state))
+                          on_improve=(lambda state: save_weights(fold_dir / folder.WEIGHTS, state))
                           if self.main else None,
                           reduce=lambda rows, logits: self.data.encoded.aggregate(rows, logits, aggregate),
                           checkpoint=checkpoint, stop=self.stop)
@@ -302,7 +288,7 @@ class TrainRun:
             from textclf.models.init_from import InitFrom
 
             self._init_from = InitFrom(str(self.cfg.model.init_from),
-                                       report_path=self.run_dir / "init_report.json" if self.main else None)
+                                       report_path=self.run_dir / folder.INIT_REPORT if self.main else None)
         return self._init_from
 
     # ------------------------------------------------------------------------- 3. assemble
@@ -343,12 +329,10 @@ class TrainRun:
         from textclf.engine.calibrate import temperature_scaling
 
         temperature, calibrated, record = temperature_scaling(self.labels, y, oof)
-        self.labels.temperature = temperature
+        self.labels = dataclasses.replace(self.labels, temperature=temperature)
         summary["calibration"] = record
         log.info("calibration: temperature T=%.2f fitted on %d out-of-fold rows; ECE %.3f -> %.3f", temperature,
                  len(y), record["ece_before"], record["ece_after"])
-        if self.main:
-            write_json(self.run_dir / "labels.json", self.labels.to_dict())
         return calibrated
 
     def selects_tuned(self) -> bool:
@@ -370,9 +354,8 @@ class TrainRun:
         rows (one fold: in-sample, and labelled so). Returns those decisions."""
         from textclf.data.tasks import tuned_threshold_metrics
 
-        labels = self.labels
-        tuned, decided = tuned_threshold_metrics(labels, y, oof, groups, default=float(self.cfg.threshold))
-        labels.threshold = tuned["threshold"]
+        tuned, decided = tuned_threshold_metrics(self.labels, y, oof, groups, default=float(self.cfg.threshold))
+        self.labels = dataclasses.replace(self.labels, threshold=tuned["threshold"])
         summary["oof_tuned_threshold"] = tuned
         how = ("out-of-sample: each fold's rows decided by thresholds chosen on the other folds' rows"
                if tuned["evaluation"] == "out_of_sample"
@@ -380,8 +363,6 @@ class TrainRun:
         scores = "  ".join(f"{k}={v:.4f}" for k, v in tuned.items() if isinstance(v, float) and k != "threshold")
         log.info("tuned threshold(s) on out-of-fold predictions, saved for predict: %s; metrics %s: %s",
                  tuned["threshold"], how, scores)
-        if self.main:
-            write_json(self.run_dir / "labels.json", labels.to_dict())
         return decided
 
     @staticmethod
@@ -397,17 +378,15 @@ class TrainRun:
     def test_outputs(self) -> np.ndarray:
         """The test file's outputs: the run's folds ensembled, exactly as `textclf predict` does it."""
         from textclf.models import build_classifier
-        from textclf.commands.predict import ensemble_folds
 
         cfg, checked = self.cfg, self.checked
-        weights = [self.run_dir / f"fold_{f.index}" / "model.safetensors" for f in self.folds]
-        return ensemble_folds(
-            weights, lambda: build_classifier(cfg.model, cfg.pooling, cfg.head, self.labels.num_outputs,
-                                              name_or_path=checked.name_or_path, pretrained=False,
-                                              backbone_config=checked.backbone_config),
-            self.data.test, Collator.for_tokenizer(checked.tokenizer, self.data.test), self.labels,
-            batch_size=int(cfg.trainer.eval_batch_size), device=self.device, precision=str(cfg.trainer.precision),
-            aggregate=str(cfg.model.window_aggregate))
+        weights = [folder.fold_dir(self.run_dir, f.index) / folder.WEIGHTS for f in self.folds]
+        folds = torch_folds(weights, lambda: build_classifier(cfg.model, cfg.pooling, cfg.head, self.labels.num_outputs,
+                                                              name_or_path=checked.name_or_path, pretrained=False,
+                                                              backbone_config=checked.backbone_config),
+                            self.device, str(cfg.trainer.precision), lazy=True)
+        return ensemble(folds, self.data.test, Collator.for_tokenizer(checked.tokenizer, self.data.test), self.labels,
+                        batch_size=int(cfg.trainer.eval_batch_size), aggregate=str(cfg.model.window_aggregate))
 
     # ------------------------------------------------------------------------- 4. write
     def write(self, summary: dict, oof: np.ndarray, outputs: FoldOutputs) -> None:
@@ -430,15 +409,14 @@ class TrainRun:
         n_file = self.data.n_train_file
         source = np.array(["train"] * n_file + ["valid"] * (len(y) - n_file))
         row_in_file = np.concatenate([np.arange(n_file), np.arange(len(y) - n_file)])
-        if labels.task == "multilabel" and tunes_threshold(self.cfg, labels.task):
-            write_json(run_dir / "labels.json", labels.to_dict())
-        write_csv(run_dir / "oof.csv", labels.table(oof, y_true=y[scored],
-                                                    extra={"source": source[scored], "row": row_in_file[scored]}))
+        write_csv(run_dir / folder.OOF, labels.table(oof, y_true=y[scored],
+                                                     extra={"source": source[scored], "row": row_in_file[scored]}))
         if test is not None:
-            write_csv(run_dir / "test_predictions.csv", labels.table(test))
+            write_csv(run_dir / folder.TEST_PREDICTIONS, labels.table(test))
         plots = write_plots(run_dir, labels, y[scored], oof, outputs, self.monitor) if self.cfg.plots else []
-        write_json(run_dir / "metrics.json", summary)
-        artifacts = [run_dir / n for n in ("metrics.json", "config.yaml", "oof.csv")] + plots
+        write_json(run_dir / folder.METRICS, summary)
+        folder.write_labels(run_dir, labels)  # once, final: tuned thresholds, fitted temperature
+        artifacts = [run_dir / n for n in (folder.METRICS, folder.CONFIG, folder.OOF)] + plots
         self.callbacks.on_run_end({**summary, "artifacts": [str(p) for p in artifacts if p.exists()]})
         write_manifest(run_dir)
 
@@ -659,11 +637,11 @@ def score_logits(labels: LabelSpace, y_true: np.ndarray, logits: np.ndarray, los
     return out
 
 
-def save_run_files(run_dir: Path, cfg: DictConfig, labels: LabelSpace, tokenizer, backbone_config) -> None:
-    """Everything predict needs to rebuild the model offline, besides the fold weights."""
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    write_json(run_dir / "labels.json", labels.to_dict())
-    backbone_dir = run_dir / "backbone"
+def save_run_files(run_dir: Path, cfg: DictConfig, tokenizer, backbone_config) -> None:
+    """What predict needs to rebuild the model offline, besides the fold weights and labels.json (written last,
+    when its thresholds and temperature are final)."""
+    write_text(run_dir / folder.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    backbone_dir = run_dir / folder.BACKBONE
     backbone_dir.mkdir(parents=True, exist_ok=True)
     backbone_config.save_pretrained(backbone_dir)
     tokenizer.save_pretrained(backbone_dir)

@@ -7,6 +7,7 @@ labels).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ def preflight(cfg: DictConfig) -> Checked:
     splits = load_splits(cfg.data)
     labels, y, y_valid, y_test = encode_labels(cfg, splits)
     check_leakage(cfg.data, splits)
-    cfg, monitor = check_objective(cfg, labels)
+    cfg, monitor, labels = check_objective(cfg, labels)
     check_calibration(cfg, labels)
     if str(cfg.trainer.get("sampler", "random")) == "balanced":
         balanced_weights(np.asarray(y), labels.task)  # regression has no classes to balance: refused here
@@ -81,8 +82,8 @@ def encode_labels(cfg: DictConfig, splits: dict[str, Split]):
     where = f"data.train_file {data.train_file!r}"
     labels = LabelSpace.fit(splits["train"].labels, cfg.task, where=where, sep=str(data.label_sep),
                             target_names=names)
-    labels.threshold = float(cfg.threshold)
-    labels.set_positive(cfg.get("positive_label"))  # an unknown class is refused here, before any model loads
+    # an unknown positive_label is refused here, before any model loads
+    labels = dataclasses.replace(labels, threshold=float(cfg.threshold)).with_positive(cfg.get("positive_label"))
     y = labels.encode(splits["train"].labels, where)
     valid, test = splits.get("valid"), splits.get("test")
     y_valid = labels.encode(valid.labels, f"data.valid_file {data.valid_file!r}") if valid else None
@@ -91,8 +92,9 @@ def encode_labels(cfg: DictConfig, splits: dict[str, Split]):
     return labels, y, y_valid, y_test
 
 
-def check_objective(cfg: DictConfig, labels: LabelSpace) -> tuple[DictConfig, str]:
-    """loss=auto made concrete; the loss and trainer.monitor must fit the task. Returns (cfg, monitor)."""
+def check_objective(cfg: DictConfig, labels: LabelSpace) -> tuple[DictConfig, str, LabelSpace]:
+    """loss=auto made concrete; the loss and trainer.monitor must fit the task. Returns (cfg, monitor, labels with
+    single_logit set: a binary task under a single-logit loss has one output)."""
     from hydra.utils import get_class
 
     from textclf.models.losses import default_loss_for
@@ -108,8 +110,8 @@ def check_objective(cfg: DictConfig, labels: LabelSpace) -> tuple[DictConfig, st
     if labels.task not in getattr(loss_cls, "tasks", (labels.task,)):
         raise TextclfError(f"loss={option_named('loss', cfg.loss._target_)} does not fit task {labels.task!r} "
                            f"(it fits: {', '.join(loss_cls.tasks)})")
-    labels.single_logit = labels.task == "binary" and getattr(loss_cls, "single_logit_binary", False)
-    return cfg, monitor
+    single_logit = labels.task == "binary" and getattr(loss_cls, "single_logit_binary", False)
+    return cfg, monitor, dataclasses.replace(labels, single_logit=single_logit)
 
 
 def check_calibration(cfg: DictConfig, labels: LabelSpace) -> None:

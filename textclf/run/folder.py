@@ -25,7 +25,15 @@ Every name below appears in this table (tests/unit/test_run_folder.py checks it)
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+import os
 from pathlib import Path
+
+from textclf.data.tasks import LabelSpace
+from textclf.io import write_json
+from textclf.run.lock import RunLock
 
 CONFIG = "config.yaml"
 LOG = "train.log"
@@ -82,3 +90,61 @@ def fold_index(path: Path) -> int | None:
     name = Path(path).name
     rest = name[len(FOLD_PREFIX):]
     return int(rest) if name.startswith(FOLD_PREFIX) and rest.isdigit() else None
+
+
+# ----------------------------------------------------------------------------- the lock: one process per folder
+def lock(run_dir: str | os.PathLike) -> RunLock:
+    """Take the run folder's lock (textclf.run.lock). A `textclf train` process takes it once, at its entry:
+    RunFolderGuard for a single run (before Hydra writes into the folder), run_job for a multirun's job, TrainRun
+    for train() called directly (and merge). What runs inside sees that it holds it (holds) and takes nothing."""
+    return RunLock(run_dir, LOCK).acquire()
+
+
+def holds(run_dir: str | os.PathLike) -> bool:
+    """This process holds the run folder's lock (an outer entry took it)."""
+    return RunLock(run_dir, LOCK).held_here()
+
+
+def release(run_dir: str | os.PathLike) -> None:
+    """Remove the run folder's lock if this process holds it; nothing otherwise."""
+    RunLock(run_dir, LOCK).release()
+
+
+@contextlib.contextmanager
+def hold(run_dir: str | os.PathLike):
+    """The lock around a block: taken unless this process holds it already, and then released at the end; a lock
+    an outer entry took stays for that entry to release."""
+    if holds(run_dir):
+        yield
+        return
+    taken = lock(run_dir)
+    try:
+        yield
+    finally:
+        taken.release()
+
+
+# ----------------------------------------------------------------------------- status.json: the job's outcome
+def write_status(run_dir: str | os.PathLike, status: dict) -> None:
+    """status.json (non-finite numbers as null: it is strict JSON)."""
+    write_json(Path(run_dir) / STATUS, {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                        for k, v in status.items()})
+
+
+def read_status(run_dir: str | os.PathLike) -> dict | None:
+    """status.json, or None when the folder has none or it is unreadable."""
+    try:
+        return json.loads((Path(run_dir) / STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- labels.json: what outputs mean
+def write_labels(run_dir: str | os.PathLike, labels: LabelSpace) -> None:
+    """labels.json, written once per run, when its content is final (thresholds tuned, temperature fitted): just
+    before run.json, which holds its SHA-256."""
+    write_json(Path(run_dir) / LABELS, labels.to_dict())
+
+
+def read_labels(run_dir: str | os.PathLike) -> LabelSpace:
+    return LabelSpace.from_dict(json.loads((Path(run_dir) / LABELS).read_text(encoding="utf-8")))

@@ -3,8 +3,8 @@
 The file is created with O_CREAT | O_EXCL, so of two processes starting into one folder exactly one gets it; the
 other is refused with the holder's name. A lock left by a process that was killed (same host, that pid no longer
 running, or running but started later: a reused pid) is taken over with a warning. The holder removes it when it
-ends, on errors too (and at interpreter exit, whatever path got there). A process that already holds the lock may
-take it again (`textclf train` takes it before Hydra writes into the folder, then again around the run).
+ends, on errors too (and at interpreter exit, whatever path got there). Asked again by the process that holds it,
+acquire returns at once; textclf.run.folder decides where a process takes it (once).
 """
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from textclf.errors import TextclfError
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".textclf.lock"
-
 
 class RunLock:
-    def __init__(self, run_dir: str | os.PathLike):
+    """The lock file `name` in run_dir (textclf.run.folder names it and decides who takes it)."""
+
+    def __init__(self, run_dir: str | os.PathLike, name: str):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
+        self.path = self.run_dir / name
         self.created = False  # this object wrote the lock file (and releases it at __exit__)
 
     def acquire(self) -> "RunLock":
@@ -52,6 +52,11 @@ class RunLock:
             return self
         raise TextclfError(f"cannot lock run folder {self.run_dir}: {self.path} keeps changing hands; "
                            f"use another folder (hydra.run.dir=...)")
+
+    def held_here(self) -> bool:
+        """This process holds the lock (whichever RunLock object took it)."""
+        holder = self._read_holder()
+        return isinstance(holder, dict) and _same_process(holder, _this_process())
 
     def release(self) -> None:
         """Remove the lock file if this process holds it (whichever RunLock object took it)."""
@@ -88,7 +93,7 @@ class RunLock:
     def _take_over(self, holder: dict) -> None:
         """Remove a dead holder's lock. Moved aside first: of several processes taking it over at once only one
         moves that file; one that moved a live holder's fresh lock instead puts it back."""
-        aside = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
+        aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:

@@ -8,10 +8,7 @@ from pathlib import Path
 
 from textclf.errors import TextclfError
 from textclf.io import write_json
-
-MANIFEST = "run.json"
-#: what predict reads besides the fold weights
-CHECKED = ("config.yaml", "labels.json", "backbone/config.json")
+from textclf.run.folder import CHECKED, MANIFEST, WEIGHTS
 
 
 def sha256(path: Path) -> str:
@@ -25,7 +22,7 @@ def sha256(path: Path) -> str:
 def write_manifest(run_dir: Path) -> None:
     from textclf import __version__
 
-    files = [*CHECKED, *sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("fold_*/model.safetensors"))]
+    files = [*CHECKED, *sorted(str(p.relative_to(run_dir)) for p in run_dir.glob(f"fold_*/{WEIGHTS}"))]
     write_json(run_dir / MANIFEST, {"written_by": "textclf", "version": __version__,
                                     "files": {name: sha256(run_dir / name) for name in files
                                               if (run_dir / name).exists()}})
