@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from textclf import __version__
 from textclf.errors import TextclfError
 from textclf.io import write_json
 from textclf.run.folder import CHECKED, MANIFEST, WEIGHTS
@@ -20,8 +21,6 @@ def sha256(path: Path) -> str:
 
 
 def write_manifest(run_dir: Path) -> None:
-    from textclf import __version__
-
     files = [*CHECKED, *sorted(str(p.relative_to(run_dir)) for p in run_dir.glob(f"fold_*/{WEIGHTS}"))]
     write_json(run_dir / MANIFEST, {"written_by": "textclf", "version": __version__,
                                     "files": {name: sha256(run_dir / name) for name in files
