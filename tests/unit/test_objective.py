@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from textclf.engine.objective import (RDrop, StandardObjective, mse_between, symmetric_bernoulli_kl,
-                                      symmetric_softmax_kl)
+from textclf.engine.objective import StandardObjective
+from textclf.engine.rdrop import RDrop, mse_between, symmetric_bernoulli_kl, symmetric_softmax_kl
 from textclf.errors import TextclfError
 from textclf.models.losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from textclf.models.classifier import TextClassifier
