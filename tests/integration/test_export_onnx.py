@@ -21,7 +21,8 @@ from textclf.models.pooling import Pooling
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from textclf.commands.export import check_inputs, export_graph, graph_inputs, session, verify  # noqa: E402
+from textclf.commands.export import check_inputs, export_graph, graph_inputs, verify  # noqa: E402
+from textclf.inference.onnx_folds import session  # noqa: E402
 
 CONF = resources.files("textclf.conf")
 POOLINGS = sorted(f.name[:-5] for f in CONF.joinpath("pooling").iterdir() if f.name.endswith(".yaml"))
@@ -121,7 +122,7 @@ def test_an_architecture_that_cannot_be_exported_gets_a_clear_message(tmp_path):
 def test_missing_extra_names_it(monkeypatch):
     import sys
 
-    from textclf.commands.export import require
+    from textclf.inference.onnx_folds import require
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     with pytest.raises(TextclfError, match=r"predict backend=onnx needs onnxruntime .*pip install 'textclf\[onnx\]'"):

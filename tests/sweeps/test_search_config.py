@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 
 import textclf.cli  # noqa: F401  (registers the textclf_* resolvers the presets use)
 from textclf.config.schema import validate
-from textclf.commands.sweep import conditional_params, direction_of
+from textclf.commands.sweep import conditional_params
+from textclf.data.metrics import direction_of
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

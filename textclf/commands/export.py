@@ -5,31 +5,37 @@ exporter with dynamic batch and sequence axes. The TorchScript exporter is not u
 branches of current transformers models into the graph and its logits come out wrong on other shapes. Every
 export is checked against the PyTorch model at export time (TOLERANCE, on several batch sizes and lengths from 1
 to max_length, padded on the tokenizer's side) and refused when it differs. Sliding-window aggregation and the
-fold ensemble stay in textclf (predict.ensemble), so both backends share them.
+fold ensemble stay in textclf (textclf.inference), so both backends share them; loading the exported folds for
+`predict backend=onnx` lives there too (inference.onnx_folds).
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import io
-import json
 import logging
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
+from transformers import AutoModel
 
+from textclf import __version__
+from textclf.config.schema import validate_export
+from textclf.data.tables import marks_segments, resolve_path
 from textclf.errors import TextclfError
-from textclf.io import atomic_path, bar_off, write_json, write_text
+from textclf.inference.onnx_folds import EXPORT_MANIFEST, require, session
+from textclf.inference.runs import RunModel, load_run
+from textclf.inference.torch_folds import load_torch_model
+from textclf.io import atomic_path, write_json, write_text
+from textclf.run import folder
+from textclf.run.manifest import sha256
 
 log = logging.getLogger(__name__)
 
-EXTRA = "pip install 'textclf[onnx]'"
-MANIFEST = "export.json"
 #: largest |ONNX - PyTorch| allowed on the logits (fp32), relative to max(1, the largest |logit|)
 TOLERANCE = 1e-4
 #: batch sizes and lengths the export is checked on (lengths: 1, about half of max_length, max_length)
@@ -40,56 +46,32 @@ INT8_AGREEMENT = 0.9
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def require(*modules: str, what: str) -> list:
-    """The optional modules `what` needs, or one message naming the extra that installs them."""
-    missing, found = [], []
-    for name in modules:
-        try:
-            found.append(importlib.import_module(name))
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise TextclfError(f"{what} needs {', '.join(missing)} (not installed): {EXTRA}")
-    return found
-
-
 # ----------------------------------------------------------------------------- the graph
 def graph_inputs(run) -> list[str]:
     """input_ids, attention_mask, and token_type_ids where the backbone takes them and the tokenizer gives them
     (BERT) or marks tokens with non-zero segments (XLNet's <cls>); RoBERTa's tokenizer gives none."""
-    from transformers import AutoModel
-
     model_class = AutoModel._model_mapping.get(type(run.backbone_config), None)
     takes = model_class is None or "token_type_ids" in inspect.signature(model_class.forward).parameters
-    from textclf.data.tables import marks_segments
-
     tokenizer = run.tokenizer
     gives = "token_type_ids" in tokenizer.model_input_names or marks_segments(tokenizer)
     return list(INPUTS if takes and gives else INPUTS[:2])
 
 
-def _logits_graph(model):
-    import torch
+class LogitsGraph(torch.nn.Module):
+    """The classifier with integer inputs; the mask goes on as float32: XLNet computes `1.0 - mask`, which
+    torch.export cannot trace on an integer tensor, and every backbone gives the same logits with a float
+    mask (verify() checks each export)."""
 
-    class LogitsGraph(torch.nn.Module):
-        """The classifier with integer inputs; the mask goes on as float32: XLNet computes `1.0 - mask`, which
-        torch.export cannot trace on an integer tensor, and every backbone gives the same logits with a float
-        mask (verify() checks each export)."""
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
 
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            return self.model(input_ids, attention_mask.to(torch.float32), token_type_ids)
-
-    return LogitsGraph().eval()
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.model(input_ids, attention_mask.to(torch.float32), token_type_ids)
 
 
 def export_graph(model, names: list[str], path: Path, *, opset: int | None, what: str) -> None:
     """torch.onnx.export with dynamic batch and sequence axes; a clear error when the model cannot be exported."""
-    import torch
-
     example = {n: torch.ones(2, 8, dtype=torch.long) for n in names}
     example["attention_mask"][1, 6:] = 0
     if "token_type_ids" in example:
@@ -98,7 +80,7 @@ def export_graph(model, names: list[str], path: Path, *, opset: int | None, what
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9  # protobuf's 2 GB limit
     with _quiet_exporter(), atomic_path(path) as tmp:
         try:
-            torch.onnx.export(_logits_graph(model), tuple(example[n] for n in names), str(tmp), input_names=names,
+            torch.onnx.export(LogitsGraph(model).eval(), tuple(example[n] for n in names), str(tmp), input_names=names,
                               output_names=["logits"], dynamic_shapes={n: {0: batch, 1: sequence} for n in names},
                               opset_version=opset, dynamo=True, external_data=large, verbose=False)
         except Exception as e:  # noqa: BLE001 - torch.export and the ONNX translation raise many kinds
@@ -149,8 +131,6 @@ def check_inputs(run, names: list[str], seed: int = 0) -> list[dict]:
 
 
 def torch_logits(model, feed: dict) -> np.ndarray:
-    import torch
-
     with torch.inference_mode():
         return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).float().numpy()
 
@@ -192,42 +172,23 @@ def quantize_int8(fp32: Path, int8: Path) -> None:
         quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
 
 
-def session(path: Path, device: str = "cpu"):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # ONNX Runtime's own warnings about unused initializers are noise here
-    providers = ["CPUExecutionProvider"]
-    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    elif device.startswith("cuda"):
-        raise TextclfError(f"device={device} with backend=onnx needs ONNX Runtime's CUDA build "
-                           f"(pip install onnxruntime-gpu); installed: {', '.join(ort.get_available_providers())}")
-    return ort.InferenceSession(str(path), options, providers=providers)
-
-
 # ----------------------------------------------------------------------------- textclf export
 def export(cfg: DictConfig) -> None:
-    from textclf.config.schema import validate_export
-    from textclf.data.tables import resolve_path
-    from textclf.commands.predict import RunModel, load_run
-    from textclf.data.tasks import LabelSpace
-
     validate_export(cfg)
     run_dir = resolve_path(str(cfg.run_dir))
-    run_cfg, label_map, weights = load_run(run_dir, cfg.get("folds"))
+    run_cfg, labels, weights = load_run(run_dir, cfg.get("folds"))
     out = check_export_output(cfg, run_dir)
     require("onnx", "onnxscript", "onnxruntime", what="textclf export format=onnx")
-    run = RunModel.load(run_dir, run_cfg, LabelSpace.from_dict(label_map), weights)
+    run = RunModel.load(run_dir, run_cfg, labels, weights)
     names = graph_inputs(run)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # a folder with export.json is a finished export
+    (out / EXPORT_MANIFEST).unlink(missing_ok=True)  # a folder with export.json is a finished export
     folds = [export_fold(run, path, names, out, cfg) for path in weights]
     run.tokenizer.save_pretrained(str(out / "tokenizer"))
-    shutil.copyfile(run_dir / "labels.json", out / "labels.json")
+    shutil.copyfile(run_dir / folder.LABELS, out / folder.LABELS)
     manifest = export_manifest(run, names, folds, cfg)
     write_text(out / "README.md", readme(run, manifest))
-    write_json(out / MANIFEST, manifest)
+    write_json(out / EXPORT_MANIFEST, manifest)
     for fold in folds:
         log.info("%s -> %s (largest logit difference to PyTorch %.2g, allowed %g%s)", fold["fold"], out / fold["file"],
                  fold["max_abs_diff"], TOLERANCE, f"; int8 keeps the argmax of {fold['int8_argmax_agreement']:.0%} "
@@ -239,9 +200,6 @@ def export(cfg: DictConfig) -> None:
 
 def export_fold(run, path: Path, names: list[str], out: Path, cfg: DictConfig) -> dict:
     """One fold: export, check against PyTorch, quantize when asked; its entry in export.json."""
-    from textclf.run.manifest import sha256
-    from textclf.commands.predict import load_torch_model
-
     fold = path.parent.name
     model = load_torch_model(path, run.make_model, "cpu")
     what = f"{fold}: the {run.backbone_config.model_type} backbone with pooling={_option(run.cfg.pooling)}"
@@ -271,8 +229,6 @@ def _option(node) -> str:
 def check_export_output(cfg: DictConfig, run_dir: Path) -> Path:
     """The export folder: default <run_dir>/export; never the run folder itself, one of its fold or backbone
     folders, a file, or a folder holding other files."""
-    from textclf.data.tables import resolve_path
-
     out = resolve_path(str(cfg.output)) if cfg.get("output") else run_dir / "export"
     where = f"output {str(cfg.get('output') or out)!r}"
     if out.exists() and not out.is_dir():
@@ -282,21 +238,18 @@ def check_export_output(cfg: DictConfig, run_dir: Path) -> Path:
         inside = out.resolve().relative_to(run_dir.resolve()).parts
     except ValueError:
         inside = None
-    if inside is not None and (not inside or inside[0] == "backbone" or inside[0].startswith("fold_")):
+    if inside is not None and (not inside or inside[0] == folder.BACKBONE or inside[0].startswith(folder.FOLD_PREFIX)):
         place = "the run folder itself" if not inside else f"inside the run's {inside[0]}/"
         raise TextclfError(f"{where} is {place}: the export would mix with the run's own files; leave output out "
                            f"(<run_dir>/export) or give another folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise TextclfError(f"{where} already holds files that are not a textclf export (no {MANIFEST}): give an "
-                           f"empty or new folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MANIFEST).exists():
+        raise TextclfError(f"{where} already holds files that are not a textclf export (no {EXPORT_MANIFEST}): "
+                           f"give an empty or new folder")
     return out
 
 
 def export_manifest(run, names: list[str], folds: list[dict], cfg: DictConfig) -> dict:
     import onnxruntime
-    import torch
-
-    from textclf import __version__
 
     tokenizer, mcfg = run.tokenizer, run.cfg.model
     return {"written_by": "textclf", "version": __version__, "format": "onnx", "quantize": cfg.get("quantize"),
@@ -378,84 +331,3 @@ WINDOW_NOTE = """
 The run truncates with model.truncation=head_tail or window, which textclf does itself (the snippet above keeps the
 head of each text only): use `textclf predict backend=onnx` for the same predictions.
 """
-
-
-# ----------------------------------------------------------------------------- predict backend=onnx
-def check_onnx_predict(cfg: DictConfig, run_dir: Path, weights: list[Path]) -> Path:
-    """The export folder predict backend=onnx runs: ONNX Runtime installed, the folder a finished export made from
-    these very fold weights (their SHA-256 in run.json)."""
-    from textclf.data.tables import resolve_path
-
-    require("onnxruntime", what="predict backend=onnx")
-    export_dir = resolve_path(str(cfg.export_dir)) if cfg.get("export_dir") else run_dir / "export"
-    where = f"export_dir {str(cfg.get('export_dir') or export_dir)!r}"
-    again = f"textclf export run_dir={run_dir}" + (f" output={export_dir}" if cfg.get("export_dir") else "")
-    if not export_dir.is_dir():
-        default = "" if cfg.get("export_dir") else " (the default: <run_dir>/export)"
-        raise TextclfError(f"{where} does not exist{default}: export the run first ({again}), or give "
-                           f"export_dir=<the folder textclf export wrote>")
-    manifest = read_manifest(export_dir, where, again)
-    exported = {f["fold"]: f for f in manifest["folds"]}
-    trained = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["files"]
-    for path in weights:
-        fold = path.parent.name
-        if fold not in exported:
-            raise TextclfError(f"{where} holds {', '.join(exported) or 'no fold'}, not {fold}: export it "
-                               f"({again}), or pick exported folds with folds=[...]")
-        if exported[fold]["weights_sha256"] != trained.get(str(path.relative_to(run_dir))):
-            raise TextclfError(f"{where}: its {fold} was exported from other weights than the run's {fold} now "
-                               f"holds (the run was retrained or the export comes from another run): export again "
-                               f"({again})")
-        if not (export_dir / exported[fold]["file"]).exists():
-            raise TextclfError(f"{where}: {exported[fold]['file']} is missing; export again ({again})")
-    return export_dir
-
-
-def read_manifest(export_dir: Path, where: str, again: str) -> dict:
-    path = export_dir / MANIFEST
-    if not path.exists():
-        raise TextclfError(f"{where} is not a finished textclf export (no {MANIFEST}): the export was interrupted "
-                           f"or the folder holds something else; export again ({again})")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        assert manifest.get("written_by") == "textclf" and isinstance(manifest.get("folds"), list)
-    except (ValueError, AssertionError):
-        raise TextclfError(f"{path} is not a textclf export manifest; export again ({again})") from None
-    return manifest
-
-
-@dataclass
-class OnnxFold:
-    """One exported fold behind predict's FoldModel interface: loader batches in, (rows, logits) out."""
-
-    session: object
-    names: list
-
-    def __call__(self, loader, desc: str | None):
-        from tqdm.auto import tqdm
-
-        rows, outs = [], []
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False, **bar_off(desc is None)):
-            ids = batch["input_ids"].numpy()
-            feed = {n: batch[n].numpy() if n in batch else np.zeros_like(ids) for n in self.names}
-            outs.append(self.session.run(["logits"], feed)[0].astype(np.float32, copy=False))
-            rows.append(batch["rows"].numpy())
-        if not outs:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-        return np.concatenate(rows), np.concatenate(outs)
-
-
-def onnx_folds(export_dir: Path, run, device: str) -> list:
-    """The run's folds as ONNX Runtime sessions over the export's models (a missing token_type_ids input, as for
-    single BERT texts, is fed as zeros, which is what the backbone assumes without it)."""
-    from textclf.commands.predict import FoldModel
-
-    manifest = read_manifest(export_dir, f"export_dir {str(export_dir)!r}", "textclf export")
-    exported = {f["fold"]: f for f in manifest["folds"]}
-    folds = []
-    for path in run.weights:
-        entry = exported[path.parent.name]
-        sess = session(export_dir / entry["file"], device)
-        folds.append(FoldModel(entry["fold"], OnnxFold(sess, [i.name for i in sess.get_inputs()])))
-    log.info("backend=onnx: %d %s fold model(s) from %s", len(folds), manifest.get("quantize") or "fp32", export_dir)
-    return folds
