@@ -21,10 +21,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
+from textclf.commands.train import TrainRun
 from textclf.errors import TextclfError
+from textclf.run import folder
 
 log = logging.getLogger("textclf.commands.merge")
-SHARED = ("config.yaml", "labels.json", "folds.csv", "inputs.json", "backbone")
 
 
 def fold_jobs(paths: list[Path]) -> list[Path]:
@@ -33,10 +34,10 @@ def fold_jobs(paths: list[Path]) -> list[Path]:
     for p in paths:
         if not p.is_dir():
             raise TextclfError(f"{p}: not a folder (give run folders, or the sweep folder holding them)")
-        if (p / "config.yaml").exists():
+        if (p / folder.CONFIG).exists():
             runs.append(p)
             continue
-        found = sorted({c.parent for c in p.glob("*/config.yaml")})
+        found = sorted({c.parent for c in p.glob(f"*/{folder.CONFIG}")})
         if not found:
             raise TextclfError(f"{p} holds no textclf run (no config.yaml in it or in its subfolders)")
         runs += found
@@ -44,7 +45,7 @@ def fold_jobs(paths: list[Path]) -> list[Path]:
 
 
 def comparable(run: Path) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
+    cfg = OmegaConf.to_container(OmegaConf.load(run / folder.CONFIG), resolve=True)
     cfg.get("kfold", {}).pop("folds", None)
     for key in ("resume", "overwrite", "logger", "plots"):
         cfg.pop(key, None)
@@ -54,16 +55,18 @@ def comparable(run: Path) -> dict:
 def collect(runs: list[Path]) -> dict[int, Path]:
     """fold index -> the run folder holding it finished; every run of the same split and settings."""
     first = runs[0]
-    base, split = comparable(first), _read(first / "folds.csv")
+    base, split = comparable(first), _read(first / folder.FOLDS)
     folds: dict[int, Path] = {}
     for run in runs:
         if comparable(run) != base:
             raise TextclfError(f"{run} was trained with other settings than {first} (only kfold.folds may differ "
                                f"between the jobs of one run)")
-        if _read(run / "folds.csv") != split or _read(run / "inputs.json") != _read(first / "inputs.json"):
+        if _read(run / folder.FOLDS) != split or _read(run / folder.INPUTS) != _read(first / folder.INPUTS):
             raise TextclfError(f"{run} validates on other splits or data than {first} (folds.csv / inputs.json)")
-        for result in sorted(run.glob("fold_*/result.json")):
-            index = int(result.parent.name.split("_")[1])
+        for result in sorted(run.glob(f"{folder.FOLD_PREFIX}*/{folder.RESULT}")):
+            index = folder.fold_index(result.parent)
+            if index is None:
+                continue
             if index in folds and folds[index] != run:
                 log.warning("fold %d is in %s and %s: taking the first", index, folds[index], run)
                 continue
@@ -79,7 +82,7 @@ def collect(runs: list[Path]) -> dict[int, Path]:
 def expected_folds(run: Path) -> list[int]:
     import pandas as pd
 
-    frame = pd.read_csv(run / "folds.csv")
+    frame = pd.read_csv(run / folder.FOLDS)
     cols = [c for c in frame.columns if c.startswith("fold")]
     return sorted({int(v) for c in cols for v in frame[c] if int(v) >= 0})
 
@@ -91,9 +94,9 @@ def _read(path: Path) -> str | None:
 def assemble_into(output: Path, folds: dict[int, Path]) -> None:
     first = next(iter(folds.values()))
     output.mkdir(parents=True, exist_ok=True)
-    if (output / "run.json").exists() and set(folds.values()) != {output}:
+    if (output / folder.MANIFEST).exists() and set(folds.values()) != {output}:
         raise TextclfError(f"{output} holds a finished run already; give another --output folder")
-    for name in SHARED:
+    for name in folder.SHARED:
         src, dst = first / name, output / name
         if src.resolve() == dst.resolve() or not src.exists():
             continue
@@ -102,16 +105,14 @@ def assemble_into(output: Path, folds: dict[int, Path]) -> None:
         else:
             shutil.copy2(src, dst)
     for index, run in folds.items():
-        src, dst = run / f"fold_{index}", output / f"fold_{index}"
+        src, dst = folder.fold_dir(run, index), folder.fold_dir(output, index)
         if src.resolve() != dst.resolve():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint"), dirs_exist_ok=True)
-    cfg = OmegaConf.load(output / "config.yaml")
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns(folder.CHECKPOINT), dirs_exist_ok=True)
+    cfg = OmegaConf.load(output / folder.CONFIG)
     with open_dict(cfg):
         cfg.kfold.folds = None  # the merged run is the whole split, as a sequential run writes it
-    (output / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
-    (output / "run.json").unlink(missing_ok=True)
-    from textclf.commands.train import TrainRun
-
+    (output / folder.CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    (output / folder.MANIFEST).unlink(missing_ok=True)
     TrainRun(cfg, output).run()
 
 
@@ -127,11 +128,12 @@ def main(argv: list[str]) -> int:
             raise TextclfError(f"{len(runs)} runs to merge: say where the merged run goes (--output <folder>)")
         output = Path(args.output) if args.output else runs[0]
         folds = collect(runs)
-        assemble_into(output, folds)
+        with folder.hold(output):  # taken once, before the copies: TrainRun finds it held
+            assemble_into(output, folds)
     except TextclfError as e:
         print(f"textclf: error: {e}", file=sys.stderr)
         return 2
-    metrics = json.loads((output / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((output / folder.METRICS).read_text(encoding="utf-8"))
     print(f"merged {len(folds)} folds from {len(runs)} run(s) into {output}: {metrics['monitor']} = "
           f"{metrics['score']:.4f} (mean over folds), out-of-fold {metrics['oof'].get(metrics['monitor'], float('nan')):.4f}")
     return 0

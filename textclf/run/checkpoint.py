@@ -243,9 +243,9 @@ def remove_run_outputs(run_dir: Path, configs: list[dict], keep_folds_csv: bool)
             _remove_if_empty(fold_dir)
     for subdir in tensorboard_dirs(configs):
         root = run_dir / subdir
-        for folder in [*root.glob("fold_*"), root / "hparams"]:
-            if folder.is_dir() and (folder.name == "hparams" or folder.name[len("fold_"):].isdigit()):
-                drop(folder)
+        for logged in [*root.glob("fold_*"), root / "hparams"]:
+            if logged.is_dir() and (logged.name == "hparams" or logged.name[len("fold_"):].isdigit()):
+                drop(logged)
         _remove_if_empty(root)
     return removed
 

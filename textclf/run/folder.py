@@ -71,11 +71,12 @@ FOLD_FILES = (WEIGHTS, RESULT, OUTPUTS, HISTORY, STEPS)
 #: them for the run in progress, the log appends), status.json (the job in progress), any file of the user's
 RUN_OUTPUTS = (MANIFEST, METRICS, OOF, TEST_PREDICTIONS, INPUTS, LABELS, CONFIG, INIT_REPORT, AUGMENT, MLFLOW_STATE,
                MLFLOW_STATE + ".tmp", *PLOT_FILES)
-#: files of a run folder that predictions must never overwrite (besides backbone/ and fold_<k>/)
-PROTECTED = frozenset({CONFIG, LABELS, FOLDS, OOF, METRICS, TEST_PREDICTIONS, MANIFEST, LOG, STATUS, AUGMENT,
-                       INIT_REPORT, INPUTS})
-#: what every fold of a run shares, so the folds of several runs can be merged into one (see commands/merge)
-SHARED = (CONFIG, LABELS, FOLDS, INPUTS, BACKBONE)
+#: every file textclf writes at the top of a run folder (besides backbone/ and fold_<k>/): predict never writes over
+#: one of them
+RUN_FILES = frozenset({*RUN_OUTPUTS, FOLDS, LOG, STATUS, LOCK})
+#: what the jobs that trained the folds of one run share, copied into the merged run (commands/merge); its
+#: labels.json it writes itself, when its thresholds and temperature are tuned on every fold
+SHARED = (CONFIG, FOLDS, INPUTS, BACKBONE)
 #: what predict reads besides the fold weights (the manifest holds their SHA-256)
 CHECKED = (CONFIG, LABELS, f"{BACKBONE}/config.json")
 
