@@ -17,6 +17,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 from textclf.errors import TextclfError
 
@@ -62,8 +63,6 @@ def negative_log_likelihood(logits: np.ndarray, y: np.ndarray, kind: str) -> flo
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, kind: str) -> float:
     """The T > 0 that minimises NLL(logits / T): a bounded 1-D search on log T in [-3, 3] (deterministic)."""
-    from scipy.optimize import minimize_scalar
-
     logits, y = _check(logits, y, kind)
     found = minimize_scalar(lambda s: _nll(logits / math.exp(s), y, kind), bounds=LOG_T_BOUNDS, method="bounded",
                             options={"xatol": 1e-6})

@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from textclf.engine.callbacks import launched, local_rank, rank, world_size  # noqa: F401 - part of this module's interface
+from textclf.errors import TextclfError
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,6 @@ def on_main(fn) -> Any:
     otherwise wait for rank 0 until the timeout)."""
     if not active():
         return fn()
-    from textclf.errors import TextclfError
-
     outcome = None
     if rank() == 0:
         try:
@@ -219,7 +219,5 @@ def wrap(model: torch.nn.Module, device: torch.device):
     """The DDP wrapper (for forwards and backwards); the module itself stays what hooks, EMA and saving see.
     find_unused_parameters: a backbone's pooler (or a frozen part's neighbours) gets no gradient with most
     poolings, which DDP would otherwise wait for."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     ids = [device.index] if device.type == "cuda" else None
     return DDP(model, device_ids=ids, output_device=ids[0] if ids else None, find_unused_parameters=True)

@@ -5,15 +5,17 @@ import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+import torch
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from textclf.data.tables import read_table
 from textclf.errors import TextclfError
 from textclf.run.checkpoint import FoldResult
-
-if TYPE_CHECKING:
-    import pandas as pd
+from textclf.run.folder import FOLDS
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,6 @@ class Holdout:
         """strat: what to stratify on (class ids, regression bins), or None for a plain shuffled split."""
         if n_valid_file_rows:
             return [Fold(0, np.arange(n), np.arange(n, n + n_valid_file_rows))]
-        from sklearn.model_selection import train_test_split
-
         n_test = max(int(round(n * self.holdout)), len(np.unique(strat)) if strat is not None else 1)
         train_rows, valid_rows = train_test_split(np.arange(n), test_size=n_test, random_state=self.seed,
                                                   stratify=strat)
@@ -124,8 +124,6 @@ class KFoldSplit:
         return self.select(folds)
 
     def _splits(self, strat, n: int, groups, seed):
-        from sklearn.model_selection import KFold
-
         return KFold(self.n_splits, shuffle=self.shuffle, random_state=seed).split(np.zeros(n))
 
 
@@ -146,8 +144,6 @@ class StratifiedKFoldSplit(KFoldSplit):
         check_class_counts(y, names, self.n_splits)
 
     def _splits(self, strat, n: int, groups, seed):
-        from sklearn.model_selection import KFold, StratifiedKFold
-
         if strat is None:
             if seed == self.seed or seed is None:  # once per run, not per repeat
                 log.info("kfold=stratified: nothing to stratify on for this task; using shuffled KFold "
@@ -168,8 +164,6 @@ class MultilabelStratifiedKFoldSplit(KFoldSplit):
         check_class_counts(y, names, self.n_splits)
 
     def _splits(self, strat, n: int, groups, seed):
-        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-
         if strat is None:
             return super()._splits(strat, n, groups, seed)
         if strat.ndim == 1:  # class ids or bins: one-hot, each class a "label"
@@ -186,8 +180,6 @@ class GroupKFoldSplit(KFoldSplit):
     needs_groups = True
 
     def _splits(self, strat, n: int, groups, seed):
-        from sklearn.model_selection import GroupKFold
-
         return GroupKFold(self.n_splits, shuffle=self.shuffle, random_state=seed).split(np.zeros(n), groups=groups)
 
 
@@ -199,8 +191,6 @@ class StratifiedGroupKFoldSplit(KFoldSplit):
     needs_groups = True
 
     def _splits(self, strat, n: int, groups, seed):
-        from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
-
         if strat is None:
             if seed == self.seed or seed is None:
                 log.info("kfold=stratified_group: nothing to stratify on for this task; using GroupKFold")
@@ -223,14 +213,14 @@ def make_folds(splitter, labels, y: np.ndarray, n_valid_file_rows: int = 0, *, d
     if not n_valid_file_rows and labels.task in ("binary", "multiclass"):
         splitter.check(y, labels.names)
     groups = None
-    group_col = data_cfg.get("group_col") if data_cfg is not None else None
+    group_col = data_cfg.group_col if data_cfg is not None else None
     if splitter.needs_groups:
         groups = read_groups(data_cfg, n, splitter)
     elif group_col:
         log.warning("data.group_col=%s is used only by kfold=group and kfold=stratified_group; this run splits "
                     "without groups", group_col)
 
-    existing = Path(run_dir) / "folds.csv" if run_dir is not None else None
+    existing = Path(run_dir) / FOLDS if run_dir is not None else None
     if existing is not None and existing.exists() and not n_valid_file_rows:
         all_folds = read_folds_csv(existing, n, splitter)
         folds = splitter.select(all_folds)
@@ -259,18 +249,14 @@ def warn_rare_labels(y: np.ndarray, names: list[str], n_splits: int) -> None:
 
 def read_groups(data_cfg, n: int, splitter=None) -> np.ndarray:
     """data.group_col of the training table as integer group ids (one per row, in file order)."""
-    import pandas as pd
-
-    from textclf.data.tables import read_table
-
     kind = f"kfold={splitter.name if splitter is not None else 'group'}"
-    col = data_cfg.get("group_col") if data_cfg is not None else None
+    col = data_cfg.group_col if data_cfg is not None else None
     if not col or not isinstance(col, str):
         raise TextclfError(f"{kind} needs data.group_col: the column whose rows must stay in one fold "
                            f"(e.g. data.group_col=author), got {col!r}")
     path = data_cfg.train_file
-    frame = read_table(path, role="data.train_file", encoding=data_cfg.get("encoding", "utf-8"),
-                       encoding_errors=data_cfg.get("encoding_errors", "replace"), text_cols=(col,))
+    frame = read_table(path, role="data.train_file", encoding=data_cfg.encoding,
+                       encoding_errors=data_cfg.encoding_errors, text_cols=(col,))
     where = f"data.train_file {path!r}"
     if col not in frame.columns:
         raise TextclfError(f"{where}: no column data.group_col={col!r}; its columns are: "
@@ -297,8 +283,6 @@ def folds_table(folds: list[Fold], n_rows: int):
     """folds.csv: the fold that validates each training row (-1: training only, as with a holdout).
 
     With kfold.repeats > 1 every row appears once per repeat (repeat 0's rows first)."""
-    import pandas as pd
-
     repeats = sorted({f.repeat for f in folds}) or [0]
     parts = []
     for r in repeats:
@@ -312,8 +296,6 @@ def folds_table(folds: list[Fold], n_rows: int):
 
 def read_folds_csv(path: Path, n: int, splitter) -> list[Fold]:
     """Every fold of an existing folds.csv, checked against the data's row count and the configured folds."""
-    import pandas as pd
-
     try:
         table = pd.read_csv(path)
     except Exception as e:  # noqa: BLE001 - any parse error is the file's fault
@@ -360,8 +342,6 @@ def _ranges(indices: list[int]) -> str:
 
 
 def free_memory() -> None:
-    import torch
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

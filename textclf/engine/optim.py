@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from textclf.errors import TextclfError
+from textclf.models.layers import find_layers
 
 
 # ----------------------------------------------------------------------------- parameter groups
@@ -42,8 +43,6 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
     if layer_decay != 1.0:
         if lr is None:
             raise ValueError("param_groups: layer_decay needs the base lr")
-        from textclf.models.layers import find_layers
-
         embeddings, layers = find_layers(backbone)
         n = len(layers)
         for i in reversed(range(n)):
