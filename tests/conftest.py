@@ -118,6 +118,15 @@ def torch_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def model_node(values: dict | None = None):
+    """A `model` node with every key, as a composed config has it: conf/model/minilm.yaml with `values` on top."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(OmegaConf.load(str(files("textclf.conf").joinpath("model", "minilm.yaml"))), values or {})
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """Folder of a 2-layer, hidden-32 BERT with its own WordPiece vocabulary (len(VOCAB) tokens)."""

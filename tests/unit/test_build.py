@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import model_node
 from omegaconf import OmegaConf
 
 from textclf.errors import TextclfError
@@ -32,7 +33,7 @@ def test_gradient_checkpointing_trains_like_the_plain_model(tiny_bert):
 
     def grads(checkpointing: bool):
         torch.manual_seed(0)
-        mcfg = OmegaConf.create({"name_or_path": str(tiny_bert), "max_length": 16, "truncation": "head",
+        mcfg = model_node({"name_or_path": str(tiny_bert), "max_length": 16, "truncation": "head",
                                  "trust_remote_code": False, "gradient_checkpointing": checkpointing,
                                  "hidden_dropout": 0.0, "attention_dropout": 0.0})
         model = build_classifier(mcfg, OmegaConf.create({"_target_": "textclf.models.pooling.MeanPooling"}),

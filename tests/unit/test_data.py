@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import model_node
 from omegaconf import OmegaConf
 
 from textclf.data.tables import (Collator, Encoded, EpochBatches, LabelSpace, length_grouped_batches, load_split,
@@ -177,7 +178,7 @@ def test_predict_logits_over_sorted_batches_restores_input_order(tiny_bert, tiny
     from textclf.models import build_classifier
 
     torch.manual_seed(0)
-    model_cfg = OmegaConf.create({"trust_remote_code": False, "gradient_checkpointing": False})
+    model_cfg = model_node({"trust_remote_code": False, "gradient_checkpointing": False})
     model = build_classifier(model_cfg, {"_target_": "textclf.models.pooling.MeanPooling"},
                              {"_target_": "textclf.models.heads.ClassificationHead", "dropout": 0.5}, 3,
                              name_or_path=str(tiny_bert))

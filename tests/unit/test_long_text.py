@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import model_node
 from omegaconf import OmegaConf
 
 from textclf.data.tables import Collator, Encoded, head_tail, sorted_batches, special_template, tokenize, windows
@@ -123,7 +124,7 @@ def _predict(model, tok, enc: Encoded, how: str = "mean") -> np.ndarray:
 def test_a_text_that_fits_one_window_predicts_the_same_with_or_without_windows(tiny_bert, tiny_tokenizer):
     from textclf.models import build_classifier
 
-    mcfg = OmegaConf.create({"name_or_path": str(tiny_bert), "max_length": 12, "truncation": "head",
+    mcfg = model_node({"name_or_path": str(tiny_bert), "max_length": 12, "truncation": "head",
                              "trust_remote_code": False, "gradient_checkpointing": False})
     torch.manual_seed(0)
     model = build_classifier(mcfg, {"_target_": "textclf.models.pooling.MeanPooling"},

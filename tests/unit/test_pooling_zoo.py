@@ -8,6 +8,7 @@ from importlib import resources
 
 import pytest
 import torch
+from conftest import model_node
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
@@ -266,7 +267,7 @@ TINY_OVERRIDES = {"weighted_layer": {"layer_start": 1}}
 def build(tiny_bert, pooling_cfg_node, head: str, *, layers: int | None = None):
     from transformers import AutoConfig
 
-    model_cfg = OmegaConf.create({"name_or_path": str(tiny_bert), **MODEL_CFG})
+    model_cfg = model_node({"name_or_path": str(tiny_bert), **MODEL_CFG})
     head_cfg = OmegaConf.load(str(CONF.joinpath("head", f"{head}.yaml")))
     kwargs = {}
     if layers is not None:  # a deeper tiny BERT with fresh weights, from the same config

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import model_node
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
@@ -38,7 +39,7 @@ def variant(tiny_bert: Path, folder: Path, edit) -> Path:
 
 def build(folder, pooling=POOLING, num_labels=3, **model):
     torch.manual_seed(0)
-    return build_classifier(OmegaConf.create(model), OmegaConf.create(pooling), OmegaConf.create(HEAD), num_labels,
+    return build_classifier(model_node(model), OmegaConf.create(pooling), OmegaConf.create(HEAD), num_labels,
                             name_or_path=str(folder))
 
 
@@ -284,7 +285,7 @@ def test_a_mostly_random_backbone_is_only_a_warning_when_init_from_loads_over_it
     save_file({k: v.contiguous() for k, v in build(tiny_bert).state_dict().items()}, str(path))
     caplog.set_level(logging.INFO)
     torch.manual_seed(0)
-    model = build_classifier(OmegaConf.create({}), OmegaConf.create(POOLING), OmegaConf.create(HEAD), 3,
+    model = build_classifier(model_node(), OmegaConf.create(POOLING), OmegaConf.create(HEAD), 3,
                              name_or_path=str(folder), init_from=InitFrom(str(path)))
     assert "model.init_from loads over it" in warnings_of(caplog)
     torch.testing.assert_close(model.backbone.embeddings.word_embeddings.weight,

@@ -36,11 +36,11 @@ def build_classifier(model_cfg, pooling_cfg, head_cfg, num_labels: int, *, name_
 
     init_from: a models.init_from.InitFrom (model.init_from): its matching weights are loaded into the composed
     model, before the layer options (freeze, re-initialise the top layers) apply to the result."""
-    trust = bool(model_cfg.get("trust_remote_code", False))
+    trust = bool(model_cfg.trust_remote_code)
     if backbone_config is None:
         backbone_config = load_backbone_config(
-            name_or_path, hidden_dropout=model_cfg.get("hidden_dropout"),
-            attention_dropout=model_cfg.get("attention_dropout"), trust_remote_code=trust)
+            name_or_path, hidden_dropout=model_cfg.hidden_dropout,
+            attention_dropout=model_cfg.attention_dropout, trust_remote_code=trust)
     # pooling and head first: an option that does not fit this backbone fails before any weights load
     pooling = _build(pooling_cfg, hidden_size=backbone_config.hidden_size,
                      summary_last=summary_token_is_last(backbone_config),
@@ -48,7 +48,7 @@ def build_classifier(model_cfg, pooling_cfg, head_cfg, num_labels: int, *, name_
     head = _build(head_cfg, in_features=pooling.output_dim, num_labels=num_labels)
     uses_pooler = bool(getattr(pooling, "needs_pooler_output", False))
     backbone = load_backbone(name_or_path, backbone_config, pretrained=pretrained, trust_remote_code=trust,
-                             gradient_checkpointing=bool(model_cfg.get("gradient_checkpointing", False)),
+                             gradient_checkpointing=bool(model_cfg.gradient_checkpointing),
                              uses_pooler=uses_pooler, weights_follow=init_from is not None)
     if uses_pooler and getattr(backbone, "pooler", None) is None:
         raise TextclfError(f"pooling=pooler: this backbone ({backbone_config.model_type}) has no pooler output; "
@@ -68,9 +68,8 @@ def _build(node, **runtime):
 
 def apply_layer_options(backbone, model_cfg) -> None:
     """Freeze the embeddings / lowest layers and re-initialise the top layers, as the model config asks."""
-    freeze_embeddings = bool(model_cfg.get("freeze_embeddings", False))
-    freeze_layers = int(model_cfg.get("freeze_layers", 0) or 0)
-    reinit_layers = int(model_cfg.get("reinit_layers", 0) or 0)
+    freeze_embeddings, freeze_layers = bool(model_cfg.freeze_embeddings), int(model_cfg.freeze_layers)
+    reinit_layers = int(model_cfg.reinit_layers)
     if not (freeze_embeddings or freeze_layers or reinit_layers):
         return
     if reinit_layers:
