@@ -23,8 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from hydra.utils import get_original_cwd
+
+try:
+    import fcntl  # POSIX: the lock beside a local SQLite store
+except ImportError:  # elsewhere no lock
+    fcntl = None
+
 from textclf.engine.callbacks import Callback, RunContext
 from textclf.errors import TextclfError
+from textclf.run.folder import HISTORY, MLFLOW_STATE, STEPS, fold_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +43,7 @@ class CSVLogger(Callback):
     appended as the run goes, so `tail -f` shows a run live. A resumed fold drops the rows logged after its
     checkpoint, so the files equal an uninterrupted run's."""
 
-    FILES = {"on_step": "steps.csv", "on_evaluate": "history.csv"}
+    FILES = {"on_step": STEPS, "on_evaluate": HISTORY}
 
     def __init__(self):
         self.run_dir: Path | None = None
@@ -52,13 +60,13 @@ class CSVLogger(Callback):
                 _truncate_after(path, start_step)
 
     def on_step(self, fold: int, row: dict) -> None:
-        self._append(self._path(fold, "steps.csv"), row)
+        self._append(self._path(fold, STEPS), row)
 
     def on_evaluate(self, fold: int, row: dict) -> None:
-        self._append(self._path(fold, "history.csv"), row)
+        self._append(self._path(fold, HISTORY), row)
 
     def _path(self, fold: int, name: str) -> Path:
-        folder = self.run_dir / f"fold_{fold}"
+        folder = fold_dir(self.run_dir, fold)
         folder.mkdir(parents=True, exist_ok=True)
         return folder / name
 
@@ -162,10 +170,8 @@ def launch_dir() -> Path:
     """The folder the user started textclf from: Hydra's original working directory inside a Hydra app (the same
     as the current one, since textclf keeps hydra.job.chdir=false), else the current one."""
     try:
-        from hydra.utils import get_original_cwd
-
         return Path(get_original_cwd())
-    except (ImportError, ValueError):
+    except ValueError:  # outside a Hydra app
         return Path.cwd()
 
 
@@ -291,7 +297,6 @@ MLFLOW_STATUS = {"ok": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 #: what every MLflow tracking server takes: older servers cap param values at 500 characters (newer at 6000),
 #: keys at 250; config.yaml (an artifact) has every value in full
 PARAM_VALUE_MAX, KEY_MAX, BATCH_MAX = 500, 250, 100
-STATE_FILE = "mlflow_run.json"
 
 
 class MLflowLogger(Callback):
@@ -505,7 +510,7 @@ class MLflowLogger(Callback):
             return tags
 
     def _read_state(self) -> dict | None:
-        path = self.run_dir / STATE_FILE
+        path = self.run_dir / MLFLOW_STATE
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -515,9 +520,9 @@ class MLflowLogger(Callback):
     def _write_state(self) -> None:
         state = {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id, "run_id": self.run_id,
                  "folds": {str(k): v for k, v in sorted(self.fold_runs.items())}}
-        tmp = self.run_dir / (STATE_FILE + ".tmp")
+        tmp = self.run_dir / (MLFLOW_STATE + ".tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.run_dir / STATE_FILE)
+        tmp.replace(self.run_dir / MLFLOW_STATE)
 
     def _safe(self, what: str, fn, *args) -> None:
         """A failed logging call (a tracking server gone for a while) is warned about once, and training goes on:
@@ -570,12 +575,7 @@ def _check_file_store(uri: str) -> None:
 @contextmanager
 def _sqlite_lock(uri: str):
     """An exclusive lock on <database>.lock beside a local SQLite store (POSIX; elsewhere no lock)."""
-    if not uri.startswith("sqlite:////"):
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:
+    if not uri.startswith("sqlite:////") or fcntl is None:
         yield
         return
     path = Path(uri[len("sqlite:///"):] + ".lock")

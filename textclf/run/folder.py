@@ -17,11 +17,12 @@
   oof.csv                out-of-fold predictions: probabilities per class and the predicted label
   metrics.json           every fold's metrics, mean and std across folds, out-of-fold metrics
   test_predictions.csv   when data.test_file is given: probabilities averaged over folds
-  *.png                  plots (plots=true): learning_curves, confusion_matrix, precision_recall, reliability,
-                         predicted_vs_true
+  *.png                  plots (plots=true): learning_curves.png; confusion_matrix.png and reliability.png
+                         (classification); precision_recall.png (binary, multilabel); predicted_vs_true.png (regression)
   run.json               written last: the run is finished (the SHA-256 of every file predict loads)
 
-Every name below appears in this table (tests/unit/test_run_folder.py checks it), so the table cannot drift.
+Every name below appears in this table, and no other module of the package spells one
+(tests/integration/test_run_folder_once.py checks both), so the table and the names cannot drift.
 """
 from __future__ import annotations
 
