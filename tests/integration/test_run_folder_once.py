@@ -39,6 +39,12 @@ def test_the_docstring_table_lists_every_file_the_module_names():
     assert listed and [n for n in listed if n not in folder.__doc__] == []
 
 
+def test_the_run_folder_page_of_the_docs_lists_every_file():
+    page = (PACKAGE.parent / "docs" / "run-folder.md").read_text(encoding="utf-8")
+    listed = [n for n in file_names() if not n.endswith((".tmp", ".png")) and "/" not in n]
+    assert [n for n in listed if n not in page] == []
+
+
 def test_no_other_module_spells_a_run_folder_file_name():
     """A new run file is named in run/folder.py and imported from there, so the list cannot drift."""
     names = {n for n in file_names() if "." in n}
