@@ -17,8 +17,25 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
+from textclf.data.metrics import METRICS
 from textclf.io import atomic_path
+
+
+def quiet_matplotlib() -> None:
+    """matplotlib's first use on a machine logs font-cache INFO lines, which a run's log (root at INFO) would keep;
+    a level the user set for matplotlib's logger stays."""
+    mpl_log = logging.getLogger("matplotlib")
+    if mpl_log.level == logging.NOTSET:
+        mpl_log.setLevel(logging.WARNING)
+
+
+quiet_matplotlib()  # before matplotlib is imported: importing matplotlib.figure builds that font cache
+import matplotlib  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +62,6 @@ def write_run_plots(run_dir: Path, labels, y_true: np.ndarray, outputs: np.ndarr
     probabilities (rows x classes) or regression predictions (rows x targets); curves[fold]: "step"/"loss" (the
     training loss per logged optimizer step) and "eval_step"/"eval_value" (the monitored metric per evaluation).
     """
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        log.warning("plots: matplotlib is not installed, no plots written (pip install matplotlib)")
-        return []
     run_dir = Path(run_dir)
     task = labels.task
     plots: list[tuple[str, Callable]] = [("learning_curves.png", lambda: _learning_curves(curves, monitor))]
@@ -80,8 +92,6 @@ def write_run_plots(run_dir: Path, labels, y_true: np.ndarray, outputs: np.ndarr
 
 def save_figure(fig, path: Path) -> Path:
     """Render with Agg and write the PNG atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     FigureCanvasAgg(fig)
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -93,11 +103,7 @@ def save_figure(fig, path: Path) -> Path:
 
 def new_figure(width: float, height: float):
     """Every figure textclf draws (the run's plots, report.png) starts here."""
-    mpl_log = logging.getLogger("matplotlib")
-    if mpl_log.level == logging.NOTSET:  # its first use on a machine logs font-cache INFO lines into train.log
-        mpl_log.setLevel(logging.WARNING)
-    from matplotlib.figure import Figure
-
+    quiet_matplotlib()  # again: the level may have been cleared since this module was imported
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained", facecolor="white")
 
 
@@ -182,8 +188,6 @@ def _annotate(ax, values: np.ndarray, shown: np.ndarray, fmt: Callable[[float], 
 
 
 def _cmap(name: str):
-    import matplotlib
-
     return matplotlib.colormaps[name].with_extremes(bad="#f0f0f0")
 
 
@@ -307,8 +311,6 @@ def _annotate_plain(ax, values: np.ndarray, fontsize: float) -> None:
 
 # ----------------------------------------------------------------------------- learning curves
 def _learning_curves(curves: dict, monitor: str):
-    from textclf.data.metrics import METRICS
-
     folds = sorted(curves or {}, key=lambda f: (not isinstance(f, (int, np.integer)), str(f) if not
                                                   isinstance(f, (int, np.integer)) else int(f)))
     series = {}
@@ -317,9 +319,6 @@ def _learning_curves(curves: dict, monitor: str):
         series[fold] = tuple(_pair(c.get(x), c.get(v)) for x, v in (("step", "loss"), ("eval_step", "eval_value")))
     if not any(len(s[0][0]) or len(s[1][0]) for s in series.values()):
         return _skip("learning_curves.png", "no fold has a training-loss or evaluation curve")
-    import matplotlib
-    from matplotlib.ticker import MaxNLocator
-
     colours = matplotlib.colormaps["tab10" if len(folds) <= 10 else "tab20"]
     fig = new_figure(11.5, 4.4)
     axes = fig.subplots(1, 2)
@@ -382,8 +381,6 @@ def _smooth(v: np.ndarray, window: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- precision-recall
 def _precision_recall(labels, y: np.ndarray, out: np.ndarray):
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
     names = labels.names
     decided = np.asarray(labels.decide(out))
     pos = getattr(labels, "positive", 1)  # the class binary F1 and the threshold are about (positive_label)
@@ -400,8 +397,6 @@ def _precision_recall(labels, y: np.ndarray, out: np.ndarray):
                else "no label has a positive out-of-fold row")
         return _skip("precision_recall.png", why)
     shown = with_pos[:MAX_CURVES]
-    import matplotlib
-
     colours = matplotlib.colormaps["tab10"]
     fig = new_figure(7.8 if len(shown) > 1 or labels.task == "multilabel" else 5.6, 5.9)
     ax = fig.subplots()
