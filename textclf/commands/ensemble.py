@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from textclf.data.metrics import METRICS, compute_metrics, default_monitor, metrics_for_task
+from textclf.data.tasks import split_labels
 from textclf.errors import TextclfError
+from textclf.io import write_csv, write_json
 from textclf.run import folder
 
 
@@ -32,8 +36,6 @@ class Member:
 
 
 def load_member(path: Path) -> Member:
-    import pandas as pd
-
     path = Path(path)
     if not path.is_dir():
         raise TextclfError(f"{path}: not a run folder")
@@ -43,8 +45,6 @@ def load_member(path: Path) -> Member:
     labels = folder.read_labels(path)
     metrics = json.loads((path / folder.METRICS).read_text(encoding="utf-8")) if (path / folder.METRICS).exists() \
         else {}
-    from textclf.data.metrics import default_monitor
-
     monitor = metrics.get("monitor") or default_monitor(labels.task)
     read = dict(keep_default_na=False, na_values=[])  # a multilabel row with no labels is "", not NaN
     oof = pd.read_csv(path / folder.OOF, dtype={"label": str, "pred": str}, **read)
@@ -66,8 +66,6 @@ def true_values(labels, oof) -> np.ndarray:
         return oof[[f"true_{n}" for n in names]].to_numpy(dtype=np.float64)
     index = {n: i for i, n in enumerate(names)}
     if labels.task == "multilabel":
-        from textclf.data.tasks import split_labels
-
         y = np.zeros((len(oof), len(names)), dtype=np.float64)
         for i, cell in enumerate(oof["label"].astype(str)):
             for c in split_labels(cell, labels.sep):
@@ -99,8 +97,6 @@ def check_compatible(members: list[Member]) -> None:
 
 def blend(members: list[Member], weights: list[float] | None = None) -> dict:
     """The weighted mean of the members' OOF (and test) outputs, with every member's and the blend's metrics."""
-    from textclf.data.metrics import compute_metrics, metrics_for_task
-
     if len(members) < 2:
         raise TextclfError("textclf ensemble needs at least two runs")
     check_compatible(members)
@@ -121,8 +117,6 @@ def blend(members: list[Member], weights: list[float] | None = None) -> dict:
     blended = sum(wi * o for wi, o in zip(w, outs))
     monitor = members[0].monitor
     if monitor not in metrics_for_task(labels.task) or monitor == "loss":
-        from textclf.data.metrics import default_monitor
-
         monitor = default_monitor(labels.task)  # the loss is not in the OOF table
     result = {"task": labels.task, "monitor": monitor, "runs": [str(m.path) for m in members],
               "weights": w.tolist(), "rows": int(len(y)),
@@ -136,8 +130,6 @@ def blend(members: list[Member], weights: list[float] | None = None) -> dict:
 
 
 def write_blend(output: Path, members: list[Member], result: dict) -> None:
-    from textclf.io import write_csv, write_json
-
     labels = result["labels"]
     oof = members[0].oof
     extra = {k: oof[k].to_numpy() for k in ("source", "row") if k in oof.columns}
@@ -151,8 +143,6 @@ def write_blend(output: Path, members: list[Member], result: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from textclf.data.metrics import METRICS
-
     parser = argparse.ArgumentParser(
         prog="textclf ensemble",
         description="Average the out-of-fold and test probabilities of runs trained on the same folds and score "

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
+
+from textclf.models import build_classifier
+from textclf.models.backbone import load_backbone_config, resolve_name_or_path
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +24,6 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def forward_flops(model, length: int, vocab_size: int, batch: int = 1) -> int:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     ids = torch.randint(low=min(5, vocab_size - 1), high=vocab_size, size=(batch, length))
     mask = torch.ones_like(ids)
     model.eval()
@@ -32,11 +34,7 @@ def forward_flops(model, length: int, vocab_size: int, batch: int = 1) -> int:
 
 
 def info(cfg: DictConfig) -> dict:
-    from textclf.config.schema import validate
-    from textclf.models import build_classifier
-    from textclf.models.backbone import load_backbone_config, resolve_name_or_path
-
-    validate(cfg)
+    """The model's size and cost; its config was checked once, when Hydra composed it (textclf.config.check)."""
     name_or_path = resolve_name_or_path(cfg.model.name_or_path)
     mcfg = cfg.model
     backbone_config = load_backbone_config(name_or_path, hidden_dropout=mcfg.hidden_dropout,

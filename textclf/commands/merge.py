@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import OmegaConf, open_dict
 
 from textclf.commands.train import TrainRun
@@ -46,7 +47,7 @@ def fold_jobs(paths: list[Path]) -> list[Path]:
 
 def comparable(run: Path) -> dict:
     cfg = OmegaConf.to_container(OmegaConf.load(run / folder.CONFIG), resolve=True)
-    cfg.get("kfold", {}).pop("folds", None)
+    cfg["kfold"].pop("folds", None)  # a user's own kfold option may not have the key
     for key in ("resume", "overwrite", "logger", "plots"):
         cfg.pop(key, None)
     return cfg
@@ -80,8 +81,6 @@ def collect(runs: list[Path]) -> dict[int, Path]:
 
 
 def expected_folds(run: Path) -> list[int]:
-    import pandas as pd
-
     frame = pd.read_csv(run / folder.FOLDS)
     cols = [c for c in frame.columns if c.startswith("fold")]
     return sorted({int(v) for c in cols for v in frame[c] if int(v) >= 0})
