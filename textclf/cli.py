@@ -1,9 +1,19 @@
-"""`textclf <command>`: dispatch only. train/predict/info are Hydra apps whose config ships in textclf.conf;
-report and ensemble read finished run folders (plain argparse)."""
+"""`textclf <command>`: dispatch only. train/predict/export/info/validate are Hydra apps whose config ships in
+textclf.conf; report, ensemble and merge read finished run folders (plain argparse).
+
+A Hydra command composes its config once, in @hydra.main, and checks it once (textclf.config.check says where).
+Hydra runs with HYDRA_FULL_ERROR=1, so a command line it cannot compose reaches main() as an exception instead of
+being printed: only then does textclf compose again, to say what is wrong in its own words (with the nearest valid
+names). A sweep (-m) is checked once more before it starts, as its first job would only fail after the sweep began.
+"""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
 import sys
+from functools import partial
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -77,8 +87,9 @@ def _run(fn, cfg: DictConfig):
 def train_app(cfg: DictConfig) -> float | None:
     from textclf.commands.sweep import run_job
     from textclf.commands.train import train
+    from textclf.config.check import checked
 
-    return run_job(train, cfg)  # the CV score; in a multirun a failed job is recorded and returns None
+    return run_job(partial(checked, train), cfg)  # the CV score; in a multirun a failed job is recorded: None
 
 
 @hydra.main(config_path=CONF, config_name="predict", version_base="1.3")
@@ -98,15 +109,17 @@ def export_app(cfg: DictConfig) -> None:
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
 def info_app(cfg: DictConfig) -> None:
     from textclf.commands.info import info
+    from textclf.config.check import checked
 
-    _run(info, cfg)
+    _run(partial(checked, info), cfg)
 
 
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
 def validate_app(cfg: DictConfig) -> None:
     from textclf.commands.validate import validate_run_inputs
+    from textclf.config.check import checked
 
-    _run(validate_run_inputs, cfg)
+    _run(partial(checked, validate_run_inputs), cfg)
 
 
 def report_command(argv: list[str]) -> int:
@@ -161,57 +174,132 @@ def _missing_plugin(args: list[str]) -> str | None:
     return None
 
 
-def _config_problem(command: str, args: list[str], seen: dict | None = None) -> str | None:
-    """Compose the config once, as Hydra is about to, and return textclf's message for what is wrong with the
-    command line or the config it composes (None: nothing, or nothing this check can judge, which Hydra then
-    reports itself). Hydra's flags that only print (--help, --info, ...) or change where the config comes from
-    skip it; --cfg checks only that the config composes."""
-    import contextlib
-    import io
+#: Hydra's own flags, as @hydra.main parses them (hydra/_internal/utils.py get_args_parser)
+HYDRA_FLAGS = ((("--help", "-h"), {"action": "store_true"}), (("--hydra-help",), {"action": "store_true"}),
+               (("--version",), {"action": "store_true"}), (("--cfg", "-c"), {"choices": ["job", "hydra", "all"]}),
+               (("--resolve",), {"action": "store_true"}), (("--package", "-p"), {}),
+               (("--run", "-r"), {"action": "store_true"}), (("--multirun", "-m"), {"action": "store_true"}),
+               (("--shell-completion", "-sc"), {"action": "store_true"}), (("--config-path", "-cp"), {}),
+               (("--config-name", "-cn"), {}), (("--config-dir", "-cd"), {}), (("--experimental-rerun",), {}),
+               (("--info", "-i"), {"nargs": "?", "const": "all",
+                                   "choices": ["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"]}),
+               (("overrides",), {"nargs": "*"}))
 
-    from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses
 
+def hydra_flags(args: list[str]) -> argparse.Namespace | None:
+    """Hydra's flags and overrides on a command line, or None where Hydra refuses them (it says why itself)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for names, options in HYDRA_FLAGS:
+        parser.add_argument(*names, **options)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            flags = get_args_parser().parse_args(args)
-    except SystemExit:  # --version, or a flag Hydra refuses: Hydra answers it
+            return parser.parse_args(args)
+    except SystemExit:
         return None
-    if seen is not None:
-        seen["flags"] = flags
+
+
+def _config_name(command: str) -> str:
+    return command if command in ("predict", "export") else "train"
+
+
+def _elsewhere(flags: argparse.Namespace) -> bool:
+    """The config comes from somewhere textclf does not compose (or Hydra only prints): Hydra alone answers."""
+    return bool(flags.help or flags.hydra_help or flags.version or flags.info or flags.shell_completion
+                or flags.experimental_rerun or flags.config_path or flags.config_name)
+
+
+def _before_hydra(command: str, flags: argparse.Namespace | None) -> str | None:
+    """What textclf refuses before Hydra starts: flags that do not go together, and a sweep whose fixed values,
+    options or keys are wrong (each job would fail only after the sweep began)."""
+    from textclf.engine.callbacks import launched
+
+    if flags is None:
+        return None
     if flags.run + flags.multirun + (flags.cfg is not None) + flags.shell_completion + (flags.info is not None) > 1:
         return "one of -m/--multirun, --cfg, --info, --run and --shell-completion at a time"  # Hydra: a traceback
-    if (flags.help or flags.hydra_help or flags.info or flags.shell_completion or flags.experimental_rerun
-            or flags.config_path or flags.config_name):
+    if not flags.multirun or _elsewhere(flags):
         return None
-    from textclf.config.schema import check_command_line  # late, as every import here: `textclf --help` needs none
+    if launched():
+        return ("-m (multirun) inside a multi-process launch: run the sweep with launcher=submitit_local or "
+                "launcher=slurm (hydra.launcher.tasks_per_node=N), or torchrun one run")
+    return _sweep_problem(command, flags)
+
+
+def _sweep_problem(command: str, flags: argparse.Namespace) -> str | None:
+    from textclf.config.schema import check_command_line
+    from textclf.engine.launch import processes_wanted
     from textclf.errors import TextclfError
 
     try:
-        check_command_line(command if command in ("predict", "export") else "train", flags.overrides, multirun=flags.multirun,
-                           config_dir=flags.config_dir, values=flags.cfg is None, seen=seen)
+        cfg = check_command_line(_config_name(command), flags.overrides, multirun=True, config_dir=flags.config_dir)
+        wanted = processes_wanted(cfg, multirun=True) if command == "train" and cfg is not None else 1
     except TextclfError as e:
         return str(e)
     except Exception:  # noqa: BLE001 - a fault of the check itself must never stop a valid command
         return None
+    return wanted if isinstance(wanted, str) else None
+
+
+def _composition_problem(command: str, flags: argparse.Namespace | None) -> str | None:
+    """Hydra could not compose this command line: textclf's message for it (every problem, the nearest valid
+    names), or None where it cannot judge (Hydra's own message is then shown)."""
+    from textclf.config.schema import check_command_line
+    from textclf.errors import TextclfError
+
+    if flags is None or _elsewhere(flags):
+        return None
+    try:
+        check_command_line(_config_name(command), flags.overrides, multirun=flags.multirun,
+                           config_dir=flags.config_dir, values=flags.cfg is None)
+    except TextclfError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - a fault of the check itself: Hydra's message is shown instead
+        return None
     return None
 
 
-def _train_as_rank(args: list[str], seen: dict) -> int:
-    """One process of a multi-process run (torchrun, trainer.devices=N, a submitit task): join the process
-    group, take rank 0's run folder, and on the other ranks have Hydra write nothing (rank 0 writes)."""
-    from textclf.engine.launch import join_processes
+def _refuse(message: str) -> int:
+    from textclf.engine.callbacks import is_main
 
+    if is_main():  # every process of a run finds the same problem: one says it
+        print(f"textclf: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _run_hydra_app(command: str, flags: argparse.Namespace | None) -> int:
+    """Run the Hydra app of `command` on sys.argv; its exit status. Hydra composes the config once; with
+    HYDRA_FULL_ERROR=1 it raises what it would otherwise print, so a composition error gets textclf's message and
+    a Refused (the config check, trainer.devices) is printed here, once."""
+    from hydra.errors import CompactHydraException, ConfigCompositionException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from textclf.engine.callbacks import launched
+    from textclf.errors import Refused
+
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        extra = join_processes(seen)
-    except SystemExit as e:
-        return int(e.code or 0)
-    sys.argv = ["textclf-train", *args[1:], *extra]
-    try:
-        COMMANDS["train"]()
+        COMMANDS[command]()
+    except Refused as e:
+        return _refuse(str(e.error))
+    except CompactHydraException as e:
+        problem = _composition_problem(command, flags) if isinstance(
+            e, (ConfigCompositionException, OverrideParseException)) else None
+        if problem:
+            return _refuse(problem)
+        print(e, file=sys.stderr)  # as Hydra prints it
+        if isinstance(e.__cause__, OmegaConfBaseException):
+            print(e.__cause__, file=sys.stderr)
+        return 1
     finally:
-        from textclf.engine.distributed import shutdown
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+        if launched():  # a process of a multi-process run joined the process group (textclf.engine.launch)
+            from textclf.engine.distributed import shutdown
 
-        shutdown()
+            shutdown()
     return 0
 
 
@@ -242,32 +330,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     if command == "train":
         args = _resume_folder(args)
-    seen: dict = {}
-    problem = _config_problem(command, args[1:], seen)
+    flags = hydra_flags(args[1:])
+    problem = _before_hydra(command, flags)
     if problem:
-        from textclf.engine.callbacks import is_main
-
-        if is_main():  # every process of a run finds the same problem: one says it
-            print(f"textclf: error: {problem}", file=sys.stderr)
-        return 2
-    if command == "train":
-        from textclf.engine.callbacks import launched
-        from textclf.engine.launch import processes_wanted, start_processes
-
-        wanted = processes_wanted(seen)
-        if isinstance(wanted, str):
-            print(f"textclf: error: {wanted}", file=sys.stderr)
-            return 2
-        if wanted > 1:
-            return start_processes(wanted, args[1:], seen)
-        if launched():
-            return _train_as_rank(args, seen)
+        return _refuse(problem)
     # @hydra.main reads sys.argv: drop the subcommand so Hydra sees only its own arguments
     extra = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout", f"hydra.job.name={command}"] \
         if command in ("info", "validate") else []  # they write nothing
     sys.argv = [f"textclf-{command}", *args[1:], *extra]
-    COMMANDS[command]()
-    return 0
+    return _run_hydra_app(command, flags)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The checks a run makes before any weights load, in one place: `textclf train` runs them first, and
-`textclf validate` runs exactly them and prints what they found.
+`textclf validate` runs exactly them and prints what they found. Both commands' config was checked before, by the
+same single call (textclf.config.check.ConfigCheck); what is here needs the data or the backbone.
 
 Exits 2 with one message naming the key, file, column or rows at fault; otherwise validate prints rows per
 file, the task, the classes and their counts, text lengths, and warnings (texts repeated with conflicting
@@ -41,14 +42,13 @@ class Checked:
 
 
 def preflight(cfg: DictConfig) -> Checked:
-    """Every check before weights load: the config, the data files and labels, the loss and monitor against
-    the task, precision against the device, the folds against the classes, the backbone's files and limits."""
+    """Every check before weights load that needs more than the config: the data files and labels, the loss and
+    monitor against the task, precision against the device, the folds against the classes, the backbone's files and
+    limits. The config itself was checked once, when Hydra composed it (textclf.config.check)."""
     from hydra.utils import instantiate
 
-    from textclf.config.schema import validate
     from textclf.engine.kfold import make_folds
 
-    validate(cfg)
     build_augmenter(cfg.get("augment"))  # its options' ranges and augment.mlm_model's folder; nothing loads yet
     check_tricks(cfg)
     splits = load_splits(cfg.data)
@@ -56,7 +56,7 @@ def preflight(cfg: DictConfig) -> Checked:
     check_leakage(cfg.data, splits)
     cfg, monitor, labels = check_objective(cfg, labels)
     check_calibration(cfg, labels)
-    if str(cfg.trainer.get("sampler", "random")) == "balanced":
+    if str(cfg.trainer.sampler) == "balanced":
         balanced_weights(np.asarray(y), labels.task)  # regression has no classes to balance: refused here
     device = check_device(cfg.trainer)
     valid = splits.get("valid")
@@ -83,7 +83,7 @@ def encode_labels(cfg: DictConfig, splits: dict[str, Split]):
     labels = LabelSpace.fit(splits["train"].labels, cfg.task, where=where, sep=str(data.label_sep),
                             target_names=names)
     # an unknown positive_label is refused here, before any model loads
-    labels = dataclasses.replace(labels, threshold=float(cfg.threshold)).with_positive(cfg.get("positive_label"))
+    labels = dataclasses.replace(labels, threshold=float(cfg.threshold)).with_positive(cfg.positive_label)
     y = labels.encode(splits["train"].labels, where)
     valid, test = splits.get("valid"), splits.get("test")
     y_valid = labels.encode(valid.labels, f"data.valid_file {data.valid_file!r}") if valid else None
@@ -116,7 +116,7 @@ def check_objective(cfg: DictConfig, labels: LabelSpace) -> tuple[DictConfig, st
 
 def check_calibration(cfg: DictConfig, labels: LabelSpace) -> None:
     """calibrate=temperature fits a temperature to probabilities: a regression task has none."""
-    if cfg.get("calibrate", "none") != "none" and labels.task == "regression":
+    if cfg.calibrate != "none" and labels.task == "regression":
         raise TextclfError(f"calibrate={cfg.calibrate} applies to binary, multiclass and multilabel tasks; this task "
                            f"is regression (its outputs are values, not probabilities): set calibrate=none")
 
@@ -189,7 +189,7 @@ def check_model_path(name_or_path: str) -> None:
 
 def check_init_from(mcfg) -> None:
     """model.init_from names weights that exist and are of a kind textclf reads (no tensors read yet)."""
-    if mcfg.get("init_from"):
+    if mcfg.init_from:
         from textclf.models.init_from import check_source
 
         check_source(str(mcfg.init_from))

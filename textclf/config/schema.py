@@ -7,10 +7,12 @@ step). The `_target_` groups (loss, optimizer, ...) and each named logger have k
 chosen option: those are checked against the signature of what the option builds, its annotations (or defaults)
 giving the types.
 
-- validate(cfg), validate_predict(cfg): check a composed config (train, check, info and predict call them).
-- check_command_line(...): compose the config as a command is about to, and turn Hydra's composition errors
-  (an unknown option, key or group; an override that does not parse) into the same kind of message, with the
-  nearest valid name, followed by what validate finds. The CLI calls it before handing over to Hydra.
+- validate(cfg), validate_predict(cfg), validate_export(cfg): check a composed config, once per composition
+  (textclf.config.check says where each command makes that one call).
+- check_command_line(...): compose the config as a command would (through Hydra's compose API), and turn Hydra's
+  composition errors (an unknown option, key or group; an override that does not parse) into the same kind of
+  message, with the nearest valid name, followed by what validate finds. The CLI calls it only when Hydra has
+  refused to compose a command line, and before a sweep starts (textclf.cli).
 
 This module imports nothing heavy at the top: the CLI uses it on every start. The few choices that live
 elsewhere (truncations, metrics) and the `_target_` classes are imported when a config is checked.
@@ -23,6 +25,7 @@ import difflib
 import importlib
 import inspect
 import math
+import os
 import re
 import types
 import typing
@@ -32,6 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -295,9 +302,10 @@ SCHEMAS = {"train": (TrainConfig, "invalid configuration"), "predict": (PredictC
 
 
 # ----------------------------------------------------------------------------- validate a composed config
-def validate(cfg: DictConfig) -> None:
-    """Every problem of a composed train config in one TextclfError, or nothing."""
-    _raise("invalid configuration", problems(cfg, TrainConfig))
+def validate(cfg: DictConfig, *, lenient: bool = False) -> None:
+    """Every problem of a composed train config in one TextclfError, or nothing. lenient: before Hydra's run has
+    started (see problems)."""
+    _raise("invalid configuration", problems(cfg, TrainConfig, lenient=lenient))
 
 
 def validate_predict(cfg: DictConfig) -> None:
@@ -312,7 +320,7 @@ def validate_export(cfg: DictConfig) -> None:
 
 def problems(cfg: DictConfig, schema: type, *, lenient: bool = False) -> list[Problem]:
     """(key, problem) for everything in `cfg` that `schema` refuses. lenient: skip values that need Hydra's
-    run-time state to resolve (${hydra:...}), as when the command line is checked before Hydra starts."""
+    run-time state to resolve (${hydra:...}), as when a config is checked before Hydra's run has started."""
     found: list[Problem] = []
     _check_node(cfg, schema, "", found, lenient)
     found += _cross_key_problems(cfg, schema)
@@ -686,19 +694,17 @@ def _first_line(e: BaseException | str) -> str:
 
 # ----------------------------------------------------------------------------- the command line
 def check_command_line(config_name: str, overrides: Sequence[str], *, multirun: bool = False,
-                       config_dir: str | None = None, values: bool = True, seen: dict | None = None) -> None:
-    """Compose `config_name` with `overrides` as a command is about to and raise one TextclfError listing every
+                       config_dir: str | None = None, values: bool = True) -> DictConfig | None:
+    """Compose `config_name` with `overrides` as a command would and raise one TextclfError listing every
     problem: overrides that do not parse, unknown options, groups and keys (each with the nearest valid name),
-    then, with values=True, what validate finds in the composed config.
+    then, with values=True, what validate finds in the composed config. Otherwise return the composed config
+    (without its hydra node when values=True), or None when nothing composed.
 
     It never refuses what it cannot evaluate: without multirun a sweep is left to Hydra (which says to add -m);
     in a multirun each swept key is composed with its first value, its other options are checked by name, and
     the values of swept keys are not judged (interval(...) and glob(...) only by their key). A composition
     error it does not recognise is left to Hydra too.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
     schema, heading = SCHEMAS[config_name]
     parser = OverridesParser.create()
     found: list[Problem] = []
@@ -716,7 +722,7 @@ def check_command_line(config_name: str, overrides: Sequence[str], *, multirun: 
             compose.append(text)
             continue
         if not multirun:
-            return  # Hydra explains: add -m to sweep, or quote the value
+            return None  # Hydra explains: add -m to sweep, or quote the value
         swept.add(o.key_or_group)
         if _is_hydra_key(o.key_or_group):
             continue
@@ -732,26 +738,21 @@ def check_command_line(config_name: str, overrides: Sequence[str], *, multirun: 
 
     with _hydra(config_dir) as hydra, warnings.catch_warnings():  # Hydra warns once more when it composes
         if hydra is None:
-            return
+            return None
+        loader, searchpath = hydra
         warnings.simplefilter("ignore")
-        cfg, faults, dropped, gave_up = _compose(hydra, config_name, compose, parser)
+        cfg, faults, dropped, gave_up = _compose(config_name, compose, parser, searchpath)
         if gave_up and not faults and not found:
-            return
-        found += [_describe_fault(fault, cfg, hydra) for fault in faults]
+            return None
+        found += [_describe_fault(fault, cfg, loader) for fault in faults]
         if cfg is not None:
-            groups = set(hydra.config_loader.list_groups(""))
+            groups = set(loader.list_groups(""))
             for name, options in sweeps:
-                known = hydra.config_loader.get_group_options(name) if name in groups or "/" in name else []
+                known = loader.get_group_options(name) if name in groups or "/" in name else []
                 found += [_no_such_option(name, option, known) for option in options if known and option not in known]
             for name in by_key_only:
                 if name not in groups and OmegaConf.select(cfg, name, default=_ABSENT) is _ABSENT:
                     found.append(_unknown_key(name, cfg, groups))
-    if seen is not None and cfg is not None:
-        seen["cfg"] = cfg  # the composed config, for the caller (its hydra node is dropped below)
-        try:
-            seen["run_dir"] = str(OmegaConf.select(cfg, "hydra.run.dir"))  # ${now:...} resolved here, once
-        except Exception:  # noqa: BLE001 - an interpolation only Hydra's own run can resolve
-            seen["run_dir"] = None
     if values and cfg is not None:
         with open_dict(cfg):
             cfg.pop("hydra", None)
@@ -759,6 +760,7 @@ def check_command_line(config_name: str, overrides: Sequence[str], *, multirun: 
         found += [(where, what) for where, what in problems(cfg, schema, lenient=True)
                   if not any(where == s or where.startswith(s + ".") for s in skip)]
     _raise(heading, list(dict.fromkeys(found)))
+    return cfg
 
 
 _ABSENT = object()
@@ -780,35 +782,19 @@ def _is_hydra_key(name: str) -> bool:
 
 @contextmanager
 def _hydra(config_dir: str | None):
-    """A Hydra instance on textclf.conf (and --config-dir), like the one @hydra.main makes, or None if Hydra
-    cannot start (it says why when it starts for real). One that was running already is put back after."""
-    import os
-
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
-
-    search_path = create_config_search_path("pkg://textclf.conf")
+    """Hydra on textclf.conf through its compose API, as @hydra.main starts it: (its config loader, the
+    hydra.searchpath override that adds --config-dir), or None if the folder is missing (Hydra says so when it
+    starts for real). --config-dir's folder comes after textclf.conf's in the search path, where Hydra's own flag
+    puts it. A Hydra that was running already is put back after."""
+    searchpath = []
     if config_dir is not None:
         if not os.path.isdir(config_dir):
             yield None
             return
-        search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(config_dir)}",
-                            anchor=SearchPathQuery(provider="schema"))
-    gh = GlobalHydra.instance()
-    before = gh.hydra if gh.is_initialized() else None
-    gh.clear()
-    try:
-        try:
-            hydra = Hydra.create_main_hydra2(task_name="textclf", config_search_path=search_path)
-        except Exception:  # noqa: BLE001
-            hydra = None
-        yield hydra
-    finally:
-        gh.clear()
-        if before is not None:
-            gh.initialize(before)
+        folder = "file://" + os.path.abspath(config_dir).replace("\\", "\\\\").replace("'", "\\'")
+        searchpath = [f"hydra.searchpath=['{folder}']"]
+    with initialize_config_module(config_module="textclf.conf", job_name="textclf", version_base="1.3"):
+        yield GlobalHydra.instance().config_loader(), searchpath
 
 
 @dataclass
@@ -819,19 +805,16 @@ class _Fault:
     where: str = ""  # the config whose defaults list names a missing option (not an override)
 
 
-def _compose(hydra, config_name: str, overrides: list[str], parser):
-    """Compose, dropping each override Hydra refuses (and those under a refused option) and trying again.
-    Returns (the config or None, the faults, the keys of dropped overrides, whether an error was not ours)."""
-    from hydra.errors import MissingConfigException
-    from hydra.types import RunMode
-
+def _compose(config_name: str, overrides: list[str], parser, searchpath: list[str]):
+    """Compose (with the hydra node), dropping each override Hydra refuses (and those under a refused option) and
+    trying again. Returns (the config or None, the faults, the keys of dropped overrides, whether an error was not
+    ours)."""
     remaining = list(zip(overrides, parser.parse_overrides(overrides)))
     faults: list[_Fault] = []
     dropped: set[str] = set()
     for _ in range(len(overrides) + 1):
         try:
-            cfg = hydra.compose_config(config_name, [t for t, _ in remaining], run_mode=RunMode.RUN, from_shell=True,
-                                       with_log_configuration=False)
+            cfg = compose(config_name, [*searchpath, *(t for t, _ in remaining)], return_hydra_config=True)
             return cfg, faults, dropped, False
         except MissingConfigException as e:
             missing = e.missing_cfg_file or ""
@@ -882,14 +865,14 @@ def _chosen(o) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
-def _describe_fault(fault: _Fault, cfg: DictConfig | None, hydra) -> Problem:
+def _describe_fault(fault: _Fault, cfg: DictConfig | None, loader) -> Problem:
     if fault.kind == "option":
-        return _no_such_option(fault.name, fault.option, hydra.config_loader.get_group_options(fault.name), fault.where)
+        return _no_such_option(fault.name, fault.option, loader.get_group_options(fault.name), fault.where)
     if fault.kind == "added":
         return fault.name, f"already set; drop the + to change it ({fault.name}=...)"
     if fault.kind == "chosen":
         return f"+{fault.name}", f"{fault.name} already has an option; drop the + to change it ({fault.name}=...)"
-    groups = set(hydra.config_loader.list_groups("")) if cfg is not None else set()
+    groups = set(loader.list_groups("")) if cfg is not None else set()
     return _unknown_key(fault.name, cfg, groups)
 
 

@@ -4,40 +4,75 @@
   textclf train trainer.devices=N ...                  textclf starts torchrun's own launcher (standalone,
                                                        this machine) with the same command line
 
-Every process composes the same config; the run folder is rank 0's (Hydra's ${now:...} in hydra.run.dir would
-otherwise differ by a second between processes), passed to every process as hydra.run.dir.
+Both happen in Processes, a Hydra callback (after the config check, before the run folder is locked): Hydra has
+composed the config, and nothing is written yet. Every process composes the same config; the run folder is rank
+0's (Hydra's ${now:...} in hydra.run.dir would otherwise differ by a second between processes): textclf passes it to
+the processes it starts as hydra.run.dir, and every process of a launch takes rank 0's before Hydra makes it.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from typing import Any
+
+import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import get_args_parser, run
+
+from textclf.engine import distributed
+from textclf.engine.callbacks import launched, rank
+from textclf.errors import Refused, TextclfError
 
 log = logging.getLogger(__name__)
+
+
+class Processes(Callback):
+    """Hydra callback (hydra.callbacks in train.yaml) for a single `textclf train` run: with trainer.devices=N, start
+    N processes on this machine and end this one with their exit status; in a process a launcher started (torchrun,
+    or the processes started here), join the process group and take rank 0's run folder."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.job.name != "train":
+            return
+        if launched():
+            join_processes(config)
+            return
+        wanted = processes_wanted(config)
+        if isinstance(wanted, str):
+            raise Refused(TextclfError(wanted))
+        if wanted > 1:
+            # @hydra.main read this command line from sys.argv: the processes get it as it is
+            raise SystemExit(start_processes(wanted, sys.argv[1:], run_dir_of(config)))
+
+
+def run_dir_of(config: DictConfig) -> str:
+    """hydra.run.dir as Hydra is about to make it (${now:...} resolves once per config)."""
+    try:
+        return str(config.hydra.run.dir)
+    except Exception as e:  # noqa: BLE001 - an interpolation only Hydra's own run can resolve
+        raise Refused(TextclfError(f"trainer.devices: hydra.run.dir does not resolve before the run starts ({e}); "
+                                   f"give it explicitly (hydra.run.dir=<folder>)")) from None
 
 
 def _quote(path: str) -> str:
     return "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def processes_wanted(seen: dict) -> int | str:
+def processes_wanted(cfg: DictConfig, multirun: bool = False) -> int | str:
     """How many processes `textclf train` should start itself for trainer.devices (1: none, run here), or the
     message refusing the combination."""
-    from textclf.engine.callbacks import launched
-
-    cfg, flags = seen.get("cfg"), seen.get("flags")
-    if cfg is None or flags is None or flags.cfg is not None or launched():
-        return 1  # --help/--cfg, or a launcher (torchrun, submitit) already decided
-    tcfg = cfg.get("trainer") or {}
-    devices, device = tcfg.get("devices", 1), str(tcfg.get("device", "auto"))
-    import torch
-
+    if launched():
+        return 1  # a launcher (torchrun, submitit) already decided
+    devices, device = cfg.trainer.devices, str(cfg.trainer.device)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     on_gpu = device.startswith("cuda") or (device == "auto" and gpus > 0)
     n = (gpus if on_gpu else 1) if devices == "auto" else int(devices)
     if n <= 1:
         return 1
-    if flags.multirun:
+    if multirun:
         return (f"trainer.devices={devices} in a multirun: a sweep job runs in one process with the basic launcher; "
                 f"for multi-process jobs use launcher=submitit_local or launcher=slurm with "
                 f"hydra.launcher.tasks_per_node={n} (README: More than one GPU or machine)")
@@ -50,16 +85,9 @@ def processes_wanted(seen: dict) -> int | str:
     return n
 
 
-def start_processes(n: int, args: list[str], seen: dict) -> int:
-    """Run this command line as n processes on this machine through torchrun's launcher; its exit status."""
-    run_dir = seen.get("run_dir")
-    if not run_dir:
-        print("textclf: error: trainer.devices: hydra.run.dir does not resolve before the run starts; give it "
-              "explicitly (hydra.run.dir=<folder>)", file=sys.stderr)
-        return 2
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
+def start_processes(n: int, args: list[str], run_dir: str) -> int:
+    """Run this command line as n processes on this machine through torchrun's launcher, into run_dir; their exit
+    status."""
     if "OMP_NUM_THREADS" not in os.environ:  # n processes share the cores (torchrun would say 1 and warn)
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
     launch_args = get_args_parser().parse_args(
@@ -72,36 +100,31 @@ def start_processes(n: int, args: list[str], seen: dict) -> int:
         run(launch_args)
     except ChildFailedError as e:
         failures = sorted(e.failures.items())
-        rank, failure = failures[0]
+        process, failure = failures[0]
         code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 128 - (failure.exitcode or -1)
         if failure.exitcode not in (2, 130, 143):  # those said what happened themselves
-            print(f"textclf: error: process {rank} of {n} failed (exit code {failure.exitcode}); its log: "
+            print(f"textclf: error: process {process} of {n} failed (exit code {failure.exitcode}); its log: "
                   f"{run_dir}/train.log", file=sys.stderr)
         return int(code)
     return 0
 
 
-def join_processes(seen: dict) -> list[str]:
-    """In one process of a multi-process run: join the process group and return the Hydra overrides that give
-    every process rank 0's run folder (and keep the others from writing .hydra/ and the log file)."""
-    from textclf.engine import distributed
-
-    rank = distributed.rank()
-    flags = seen.get("flags")
-    if flags is not None and flags.multirun:
-        if rank == 0:
-            print("textclf: error: -m (multirun) inside a multi-process launch: run the sweep with "
-                  "launcher=submitit_local or launcher=slurm (hydra.launcher.tasks_per_node=N), or torchrun one run",
-                  file=sys.stderr)
-        raise SystemExit(2)
+def join_processes(config: DictConfig) -> None:
+    """In one process of a multi-process run: join the process group and take rank 0's run folder; the other ranks
+    have Hydra write nothing (no .hydra/, no log file: rank 0 writes) and log warnings only."""
     distributed.init_from_env()
-    run_dir = distributed.broadcast(seen.get("run_dir"))
-    if not run_dir:
-        if rank == 0:
-            print("textclf: error: hydra.run.dir does not resolve before the run starts; give it explicitly "
-                  "(hydra.run.dir=<folder>)", file=sys.stderr)
-        raise SystemExit(2)
-    extra = [f"hydra.run.dir={_quote(run_dir)}"]
-    if rank != 0:
-        extra += ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING"]
-    return extra
+    run_dir = distributed.broadcast(run_dir_of(config) if rank() == 0 else None)
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.run.dir = run_dir
+        if rank() == 0:
+            return
+        config.hydra.output_subdir = None
+        logging_cfg = config.hydra.job_logging
+        to_file = [name for name, h in (logging_cfg.get("handlers") or {}).items() if h is not None and "filename" in h]
+        for name in to_file:
+            del logging_cfg.handlers[name]
+        for node in [logging_cfg.get("root"), *(logging_cfg.get("loggers") or {}).values()]:
+            if node is not None and node.get("handlers") is not None:
+                node.handlers = [h for h in node.handlers if h not in to_file]
+        if logging_cfg.get("root") is not None:
+            logging_cfg.root.level = "WARNING"
