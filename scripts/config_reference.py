@@ -469,7 +469,8 @@ class Markdown:
     in code; command lines as code; '- ' lines as a list; other lines separated by hard line breaks."""
 
     def __init__(self, keys: set[str]):
-        known = sorted((k for k in keys if "." in k or "_" in k), key=len, reverse=True)
+        keys = set(keys) | {k.rsplit(".", 1)[-1] for k in keys}  # the bare names too: grad_accum_steps
+        known = sorted((k for k in keys if "." in k or "_" in k.strip("_")), key=len, reverse=True)
         self.key_re = re.compile(r"(?<![\w`/.=-])(" + "|".join(map(re.escape, known)) + r")(?![\w/=(-]|\.[a-z])") \
             if known else None
 
