@@ -153,7 +153,7 @@ def fake_run(labels, y, groups, probs, tune=True, main=False, run_dir=None):
     from textclf.commands.train import TrainRun
 
     run = TrainRun.__new__(TrainRun)
-    run.cfg = OmegaConf.create({"tune_threshold": tune, "threshold": 0.5})
+    run.cfg = OmegaConf.create({"tune_threshold": tune, "threshold": 0.5, "calibrate": "none"})
     run.labels, run.monitor, run.main, run.run_dir = labels, "macro_f1", main, run_dir
     run.data = SimpleNamespace(y=y)
     outputs = FoldOutputs(len(y), probs.shape[1])

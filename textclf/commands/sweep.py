@@ -127,7 +127,7 @@ def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bo
 
     # a finished run that overwrite=true does not replace is only read: refused, or found finished (its score
     # returned); its status.json stays as it is
-    kept = (run_dir / folder.MANIFEST).exists() and not bool(cfg.get("overwrite", False))
+    kept = (run_dir / folder.MANIFEST).exists() and not cfg.overwrite
 
     def record(status: dict) -> None:
         if not kept:
@@ -278,7 +278,7 @@ class RunFolderGuard(Callback):
         except TextclfError as e:
             print(f"textclf: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        if (run_dir / folder.MANIFEST).exists() and not bool(config.get("overwrite", False)):
+        if (run_dir / folder.MANIFEST).exists() and not config.overwrite:
             write_nothing_into(config)
 
 

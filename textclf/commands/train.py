@@ -155,8 +155,8 @@ class TrainRun:
     def prepare(self, cfg: DictConfig, checked: Checked) -> tuple[dict, str]:
         """The data files' fingerprints and how the run starts in its folder (engine.checkpoint.prepare_run_dir)."""
         inputs = input_fingerprints(cfg.data, checked.splits)
-        return inputs, prepare_run_dir(self.run_dir, cfg, inputs, resume=bool(cfg.get("resume", False)),
-                                       overwrite=bool(cfg.get("overwrite", False)))
+        return inputs, prepare_run_dir(self.run_dir, cfg, inputs, resume=bool(cfg.resume),
+                                       overwrite=bool(cfg.overwrite))
 
     # ------------------------------------------------------------------------- 2. one fold
     def train_fold(self, fold: Fold) -> FoldResult:
@@ -227,7 +227,7 @@ class TrainRun:
         model = build_classifier(cfg.model, cfg.pooling, cfg.head, self.labels.num_outputs,
                                  name_or_path=self.checked.name_or_path, backbone_config=self.checked.backbone_config,
                                  init_from=self.init_weights())
-        if cfg.head.get("prior_bias", True) and not cfg.model.get("init_from"):
+        if model.head.prior_bias and not cfg.model.init_from:  # the head records head.prior_bias
             prior_bias(model, self.labels, data.y[fold.train_rows])
         collate = Collator.for_tokenizer(self.checked.tokenizer, data.encoded, data.y)
         # loaders draw their worker seeds from their own generator: each new iterator would otherwise take a number
@@ -240,7 +240,7 @@ class TrainRun:
         # trainer.batch_size is per process: the global batch (world x batch_size rows) is grouped, then dealt out
         train_seqs = data.encoded.seq_rows(fold.train_rows)
         weights = None
-        if str(tcfg.get("sampler", "random")) == "balanced":  # class-balanced draws, length grouping kept
+        if str(tcfg.sampler) == "balanced":  # class-balanced draws, length grouping kept
             weights = balanced_weights(data.encoded.seq_labels(data.y)[train_seqs], self.labels.task)
         batch = fold_batch_size(tcfg, len(train_seqs), world)
         train_batches = EpochBatches(train_seqs, lengths, batch * world, int(tcfg.length_window),
@@ -274,7 +274,7 @@ class TrainRun:
                           precision=str(tcfg.precision), monitor=self.selection_metric(),
                           early_stopping_patience=tcfg.early_stopping_patience, hooks=hooks, objective=objective,
                           log_every_steps=int(tcfg.log_every_steps),
-                          eval_every_steps=tcfg.eval_every_steps, evals_per_epoch=tcfg.get("evals_per_epoch"),
+                          eval_every_steps=tcfg.eval_every_steps, evals_per_epoch=tcfg.evals_per_epoch,
                           limit_train_batches=n_train, callbacks=self.callbacks, fold=fold.index,
                           desc=f"fold {fold.index}", steps_per_epoch=steps_per_epoch)
         return (trainer, loader(batch_sampler=train_batches), loader(batch_sampler=valid_batches), eval_loss_fn)
@@ -282,7 +282,7 @@ class TrainRun:
     def init_weights(self):
         """model.init_from, the same weights for every fold; None without it. The first fold's build writes
         init_report.json (what loaded, what did not and why) into the run folder."""
-        if not self.cfg.model.get("init_from"):
+        if not self.cfg.model.init_from:
             return None
         if getattr(self, "_init_from", None) is None:
             from textclf.models.init_from import InitFrom
@@ -307,7 +307,7 @@ class TrainRun:
         summary = {"task": labels.task, "monitor": self.monitor, "folds": results}
         summary["mean"], summary["std"] = summarize(results)
         summary["score"] = summary["mean"][self.monitor]
-        if self.cfg.get("calibrate", "none") == "temperature":
+        if self.cfg.calibrate == "temperature":
             oof = self.calibrate_oof(summary, y[scored], oof)
         summary["oof"] = compute_metrics(labels, y[scored], oof)
         if labels.task != "regression":
@@ -443,7 +443,7 @@ def augment_run(checked: Checked) -> Augmented | None:
 
 def augment_seed(cfg: DictConfig) -> int:
     """augment.seed, or trainer.seed when it is null."""
-    seed = cfg.augment.get("seed")
+    seed = cfg.augment.seed
     return int(cfg.trainer.seed if seed is None else seed)
 
 
@@ -509,7 +509,7 @@ def tunes_threshold(cfg, task: str) -> bool:
     """tune_threshold: true / false, or auto: on for multilabel tasks. Briefly trained, a ten-label model's
     probabilities rank well long before rare labels reach 0.5: at a fixed 0.5 only the most frequent labels are
     ever predicted (macro-F1 0.07 on a ten-label table after one epoch, README)."""
-    value = cfg.get("tune_threshold", "auto")
+    value = cfg.tune_threshold
     return task == "multilabel" if value == "auto" else bool(value)
 
 

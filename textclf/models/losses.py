@@ -33,7 +33,7 @@ def default_loss_for(task: str):
 
 def build_loss(loss_cfg, labels, y_train):
     """Instantiate the loss; `class_weights: balanced` becomes n / (K * count_k) on this fold's rows."""
-    weights = loss_cfg.get("class_weights")
+    weights = loss_cfg.get("class_weights")  # only the losses that weight classes (ce, bce, focal, ...) have the key
     if weights is None:
         return instantiate(loss_cfg)
     k = len(labels.classes)
