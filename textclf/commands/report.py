@@ -18,6 +18,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from textclf.data.metrics import direction_of
+from textclf.io import write_csv, write_text
+from textclf.observe.plots import new_figure, save_figure, short
 from textclf.run import folder
 from textclf.run.folder import read_status
 
@@ -67,8 +74,6 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def read_job(root: Path, path: Path) -> Job:
-    from textclf.commands.sweep import direction_of
-
     name = "." if path == root else path.relative_to(root).as_posix()
     m = re.match(r"^(\d+)_", path.name)
     job = Job(path=path, name=name, num=int(m.group(1)) if m else None)
@@ -129,8 +134,6 @@ def _order(j: Job):
 def _overrides(path: Path, status: dict) -> list[str]:
     file = path / ".hydra" / "overrides.yaml"
     if file.exists():
-        from omegaconf import OmegaConf
-
         try:
             return [str(o) for o in OmegaConf.load(file)]
         except Exception:  # noqa: BLE001 - unreadable: fall back to the status file or folder name
@@ -201,10 +204,6 @@ def rows(jobs: list[Job]) -> list[dict]:
 
 
 def write_report(root: Path, jobs: list[Job], by: str = "mean") -> tuple[Path, Path]:
-    import pandas as pd
-
-    from textclf.io import write_csv, write_text
-
     table = pd.DataFrame(rows(jobs))
     csv_path, md_path = Path(root) / "report.csv", Path(root) / "report.md"
     write_csv(csv_path, table)
@@ -220,8 +219,6 @@ def write_plot(path: Path, jobs: list[Job], by: str = "mean") -> Path | None:
         if fig is None:
             Path(path).unlink(missing_ok=True)  # an earlier picture would show scores this report does not have
             return None
-        from textclf.observe.plots import save_figure
-
         return save_figure(fig, path)
     except Exception as e:  # noqa: BLE001 - matplotlib missing or broken: report.csv and report.md still stand
         log.warning("report.png not written: %s: %s", type(e).__name__, e)
@@ -248,10 +245,6 @@ def plot_labels(jobs: list[Job]) -> dict[int, str]:
 def report_figure(jobs: list[Job], by: str = "mean"):
     """Each ranked job's mean ± std over folds (error bar), its fold scores (dots) and out-of-fold score
     (diamond), best on top; failed or unscored jobs marked below. None when no job has a score."""
-    import numpy as np
-
-    from textclf.observe.plots import new_figure, short
-
     ranked = [j for j in jobs if j.rank is not None]
     if not ranked:
         log.info("report.png not written: no job has a score")
@@ -322,8 +315,6 @@ def _draw_ranked(ax, shown: list[Job], by: str, hi: float, span: float) -> None:
 
 def _draw_unranked(ax, marked: list[Job], first_row: int, metric: str, lo: float, span: float) -> None:
     """Failed or unscored jobs below the ranked ones, each with why."""
-    from textclf.observe.plots import short
-
     for k, j in enumerate(marked):
         why = j.status if j.status != "ok" else f"ok, {j.metric or 'no'} metric" if j.metric != metric else "no score"
         if j.error:
@@ -335,8 +326,6 @@ def _draw_unranked(ax, marked: list[Job], first_row: int, metric: str, lo: float
 
 
 def _figure_title(jobs, ranked, shown, unranked, marked, by: str) -> str:
-    from textclf.observe.plots import short
-
     title = f"{len(ranked)} ranked job(s), best first by {'out-of-fold score' if by == 'oof' else 'mean over folds'}"
     if len(ranked) > len(shown):
         title += f" (top {len(shown)} shown)"

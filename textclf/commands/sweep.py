@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -25,12 +26,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict, read_write
 
+from textclf.commands.report import collect, print_report, write_report
 from textclf.data.metrics import direction_of
+from textclf.engine.callbacks import is_main, launched
+from textclf.engine.distributed import init_from_env
+from textclf.engine.kfold import free_memory
+from textclf.errors import TextclfError, own_errors
 from textclf.run import folder
 from textclf.run.folder import write_status
+from textclf.run.signals import Interrupted
 
 log = logging.getLogger("textclf")
 
@@ -49,13 +59,6 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
     throughout (a multirun's job takes it here; a single run's RunFolderGuard took it before Hydra wrote into the
     folder) and releases it at the end; a job stopped by SIGINT / SIGTERM exits 130 / 143 and ends a multirun.
     """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from textclf.errors import TextclfError
-
-    from textclf.engine.callbacks import is_main
-
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
@@ -83,8 +86,6 @@ def join_submitit_tasks() -> None:
     """A submitit job with several tasks (hydra.launcher.tasks_per_node / nodes) is one multi-process run: export
     the torch.distributed environment from submitit's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and join
     the process group. Other jobs: nothing."""
-    from textclf.engine.callbacks import launched
-
     if "SUBMITIT_EXECUTOR" not in os.environ or launched():
         return
     try:
@@ -96,8 +97,6 @@ def join_submitit_tasks() -> None:
     if env.num_tasks <= 1:
         return
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    from textclf.engine.distributed import init_from_env
-
     init_from_env()
     if env.global_rank != 0:
         for handler in list(logging.getLogger().handlers):  # rank 0 writes the job's log file
@@ -109,9 +108,6 @@ def join_submitit_tasks() -> None:
 def _run_as_follower(fn, cfg: DictConfig) -> float | None:
     """A process of a multi-process run other than rank 0: it trains its share; rank 0 holds the lock, writes
     status.json and reports errors (this one exits with the same status, quietly)."""
-    from textclf.run.signals import Interrupted
-    from textclf.errors import TextclfError, own_errors
-
     try:
         with own_errors():
             return fn(cfg)
@@ -122,9 +118,6 @@ def _run_as_follower(fn, cfg: DictConfig) -> float | None:
 
 
 def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bool) -> float | None:
-    from textclf.run.signals import Interrupted
-    from textclf.errors import TextclfError, own_errors
-
     # a finished run that overwrite=true does not replace is only read: refused, or found finished (its score
     # returned); its status.json stays as it is
     kept = (run_dir / folder.MANIFEST).exists() and not cfg.overwrite
@@ -165,8 +158,6 @@ def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bo
             raise
         log_to_files(f"job failed: {failure['error']}" + (f"\n{failure['traceback']}" if failure["traceback"] else ""))
     if failure is not None:  # outside the except block: the traceback's frames (a model, its tensors) are gone
-        from textclf.engine.kfold import free_memory
-
         free_memory()
         where = ("not recorded: the finished run in the folder is kept" if kept
                  else f"recorded in {run_dir / folder.STATUS}")
@@ -196,15 +187,11 @@ def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bo
 
 def resume_command(hc, run_dir: Path) -> str:
     """The command that resumes this job: its own overrides (a resume needs the same settings) and its folder."""
-    import shlex
-
     own = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite")]
     return " ".join(["textclf", "train", *map(shlex.quote, own), shlex.quote(f"resume={run_dir}")])
 
 
 def error_message(e: BaseException) -> str:
-    from textclf.errors import TextclfError
-
     if isinstance(e, TextclfError):
         return str(e)
     text = f"{type(e).__name__}: {e}".strip()
@@ -231,8 +218,6 @@ def limit_threads(hc) -> None:
     n_jobs = int(launcher.get("n_jobs") or 1)
     n_jobs = cores if n_jobs < 0 else n_jobs
     if n_jobs > 1:
-        import torch
-
         torch.set_num_threads(max(1, cores // n_jobs))
 
 
@@ -266,10 +251,6 @@ class RunFolderGuard(Callback):
     are locked by run_job (Hydra has written its .hydra/ by then). validate and info neither lock nor write."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from textclf.errors import TextclfError
-
-        from textclf.engine.callbacks import is_main
-
         if config.hydra.job.name != "train" or not is_main():  # a multi-process run: rank 0 locks for all
             return
         run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))  # as Hydra's run_job makes it
@@ -284,8 +265,6 @@ class RunFolderGuard(Callback):
 
 def write_nothing_into(config: DictConfig) -> None:
     """No .hydra/ folder and no log file for this run (its log goes to the console only)."""
-    from omegaconf import open_dict, read_write
-
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.output_subdir = None
         logging_cfg = config.hydra.job_logging
@@ -307,8 +286,6 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
             return
-        from textclf.commands.report import collect, print_report, write_report
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
