@@ -587,13 +587,13 @@ class Page:
         self.lines.append(text)
 
     def entry(self, key: str, value: Any, text: str, facts: list[str] | None = None, anchor_id: str | None = None,
-              rendered: str | None = None) -> None:
+              rendered: str | None = None, value_label: str = "default") -> None:
         """`key` as the term; default, type and allowed values, then the description, as its definition."""
         term = f"`{key}`"
         if anchor_id and anchor_id not in self.anchors:
             self.anchors.add(anchor_id)
             term = f'<a id="{anchor_id}"></a>{term}'
-        lead = " · ".join(f for f in [f"default {_value(value)}"] + (facts or []) if f)
+        lead = " · ".join(f for f in [f"{value_label} {_value(value)}"] + (facts or []) if f)
         body = rendered if rendered is not None else self.md.block(text, "    ")
         self.w(f"{term}\n:   {lead}" + (f"\n\n    {body}" if body else "") + "\n")
 
@@ -687,8 +687,8 @@ class Page:
                 dotted = ".".join(e.path)
                 if file.package == "_global_":
                     key = dotted
-                    if not e.comment and not dotted.startswith("hydra."):
-                        self.entry(key, e.value, "", rendered=f"Sets {self.link(dotted)}.")
+                    if not e.comment and not dotted.startswith("hydra."):  # a key documented where it lives
+                        self.entry(key, e.value, "", rendered=f"See {self.link(dotted)}.", value_label="set to")
                         continue
                 else:
                     key = f"{group.name}.{dotted}"
