@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from transformers import AutoModel
 
 from textclf import __version__
+from textclf.config.options import chosen
 from textclf.config.schema import validate_export
 from textclf.data.tables import marks_segments, resolve_path
 from textclf.errors import TextclfError
@@ -176,7 +177,7 @@ def quantize_int8(fp32: Path, int8: Path) -> None:
 def export(cfg: DictConfig) -> None:
     validate_export(cfg)
     run_dir = resolve_path(str(cfg.run_dir))
-    run_cfg, labels, weights = load_run(run_dir, cfg.get("folds"))
+    run_cfg, labels, weights = load_run(run_dir, cfg.folds)
     out = check_export_output(cfg, run_dir)
     require("onnx", "onnxscript", "onnxruntime", what="textclf export format=onnx")
     run = RunModel.load(run_dir, run_cfg, labels, weights)
@@ -202,13 +203,14 @@ def export_fold(run, path: Path, names: list[str], out: Path, cfg: DictConfig) -
     """One fold: export, check against PyTorch, quantize when asked; its entry in export.json."""
     fold = path.parent.name
     model = load_torch_model(path, run.make_model, "cpu")
-    what = f"{fold}: the {run.backbone_config.model_type} backbone with pooling={_option(run.cfg.pooling)}"
+    pooling = chosen("pooling", run_dir=run.run_dir)
+    what = f"{fold}: the {run.backbone_config.model_type} backbone with pooling={pooling}"
     fp32 = out / f"{fold}.onnx"
-    export_graph(model, names, fp32, opset=cfg.get("opset"), what=what)
+    export_graph(model, names, fp32, opset=cfg.opset, what=what)
     feeds = check_inputs(run, names)
     entry = {"fold": fold, "file": fp32.name, "weights_sha256": sha256(path),
              "max_abs_diff": verify(model, session(fp32), feeds, what)}
-    if cfg.get("quantize") == "int8":
+    if cfg.quantize == "int8":
         int8 = out / f"{fold}.int8.onnx"
         quantize_int8(fp32, int8)
         fp32.unlink()
@@ -221,16 +223,11 @@ def export_fold(run, path: Path, names: list[str], out: Path, cfg: DictConfig) -
     return entry
 
 
-def _option(node) -> str:
-    target = str(node.get("_target_", "?")).rsplit(".", 1)[-1]
-    return target.removesuffix("Pooling").lower() or target
-
-
 def check_export_output(cfg: DictConfig, run_dir: Path) -> Path:
     """The export folder: default <run_dir>/export; never the run folder itself, one of its fold or backbone
     folders, a file, or a folder holding other files."""
-    out = resolve_path(str(cfg.output)) if cfg.get("output") else run_dir / "export"
-    where = f"output {str(cfg.get('output') or out)!r}"
+    out = resolve_path(str(cfg.output)) if cfg.output else run_dir / "export"
+    where = f"output {str(cfg.output or out)!r}"
     if out.exists() and not out.is_dir():
         raise TextclfError(f"{where} is a file: export writes a folder (several models, the tokenizer, labels.json); "
                            f"give a folder name, e.g. output={out.with_suffix('')}_onnx")
@@ -252,7 +249,7 @@ def export_manifest(run, names: list[str], folds: list[dict], cfg: DictConfig) -
     import onnxruntime
 
     tokenizer, mcfg = run.tokenizer, run.cfg.model
-    return {"written_by": "textclf", "version": __version__, "format": "onnx", "quantize": cfg.get("quantize"),
+    return {"written_by": "textclf", "version": __version__, "format": "onnx", "quantize": cfg.quantize,
             "inputs": names, "output": "logits", "tolerance": TOLERANCE, "folds": folds,
             "task": run.labels.task, "max_length": int(mcfg.max_length), "truncation": str(mcfg.truncation),
             "padding_side": tokenizer.padding_side, "pad_token_id": int(tokenizer.pad_token_id or 0),

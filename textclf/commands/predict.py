@@ -72,7 +72,7 @@ def check_input_columns(cfg: DictConfig, run_cfg: DictConfig) -> None:
     clashes = column_clashes([(key(n), columns[n]) for n in ("text_col", "text_pair_col", "label_col")])
     if clashes:
         raise TextclfError("; ".join(f"{where}: {what}" for where, what in clashes))
-    if cfg.get("text_pair_col") and not run_cfg.data.get("text_pair_col"):
+    if cfg.text_pair_col and not run_cfg.data.text_pair_col:
         raise TextclfError(f"text_pair_col={cfg.text_pair_col}: the run was trained on single texts (no "
                            f"data.text_pair_col), so it cannot read text pairs; drop text_pair_col")
 
@@ -93,7 +93,7 @@ BACKENDS = ("torch", "onnx")
 def predict(cfg: DictConfig) -> None:
     validate_predict(cfg)
     run_dir = resolve_path(str(cfg.run_dir))
-    run_cfg, labels, weights = load_run(run_dir, cfg.get("folds"))
+    run_cfg, labels, weights = load_run(run_dir, cfg.folds)
     out = check_output(cfg, run_dir)
     check_input_columns(cfg, run_cfg)
     backend = check_backend(cfg, run_dir, weights)
@@ -118,7 +118,7 @@ def check_backend(cfg: DictConfig, run_dir: Path, weights: list[Path]) -> Callab
             raise TextclfError(f"precision={cfg.precision} applies to backend=torch; backend=onnx runs the exported "
                                f"models as they were exported (fp32, or int8 with `textclf export ... quantize=int8`): "
                                f"drop precision")
-        export_dir = check_export(run_dir, weights, cfg.get("export_dir"))
+        export_dir = check_export(run_dir, weights, cfg.export_dir)
         return lambda run: onnx_folds(export_dir, run.weights, str(cfg.device))
     device = check_predict_device(str(cfg.device))
     return lambda run: torch_folds(run.weights, run.make_model, device, str(cfg.precision))
@@ -157,7 +157,7 @@ def write_predictions(out: Path, source: InputTable, run: RunModel, folds: list[
     for stale in remove_stale_temps(out):  # an earlier predict into `out` that was killed outright
         log.info("removed %s, the partial output of a predict that was killed", stale.name)
     mcfg, labels, kept = run.cfg.model, run.labels, []
-    aggregate = str(mcfg.get("window_aggregate", "mean"))
+    aggregate = str(mcfg.window_aggregate)
     with interrupt_as_exit(out), atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f, \
             tqdm(total=n_rows, desc="predict", unit="rows", unit_scale=True, mininterval=1.0) as bar:
         for start, split in source.chunks():
@@ -198,9 +198,9 @@ def input_columns(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
     """The input table's columns and encoding: predict's options, else the run's own."""
     return OmegaConf.create({
         "text_col": cfg.text_col or run_cfg.data.text_col,
-        "text_pair_col": cfg.text_pair_col if cfg.text_pair_col is not None else run_cfg.data.get("text_pair_col"),
+        "text_pair_col": cfg.text_pair_col if cfg.text_pair_col is not None else run_cfg.data.text_pair_col,
         "label_col": cfg.label_col or run_cfg.data.label_col,
-        "label_sep": run_cfg.data.get("label_sep", "|"),
-        "encoding": run_cfg.data.get("encoding", "utf-8"),
-        "encoding_errors": run_cfg.data.get("encoding_errors", "replace"),
+        "label_sep": run_cfg.data.label_sep,
+        "encoding": run_cfg.data.encoding,
+        "encoding_errors": run_cfg.data.encoding_errors,
     })

@@ -33,6 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 from textclf.commands.report import collect, print_report, write_report
+from textclf.config.options import chosen
 from textclf.data.metrics import direction_of
 from textclf.engine.callbacks import is_main, launched
 from textclf.engine.distributed import init_from_env
@@ -233,14 +234,12 @@ def conditional_params(cfg: DictConfig, trial) -> None:
 
 
 def _chosen(cfg: DictConfig, trial, group: str) -> str | None:
+    """The trial's own choice of the group, else the one fixed on the command line, else the composed config's."""
     if group in trial.params:
         return str(trial.params[group])
     if group in trial.user_attrs:  # fixed on the command line
         return str(trial.user_attrs[group])
-    try:
-        return str(cfg.hydra.runtime.choices.get(group))
-    except Exception:  # noqa: BLE001 - no hydra node: nothing chosen
-        return None
+    return chosen(group, cfg)
 
 
 class RunFolderGuard(Callback):

@@ -26,7 +26,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from textclf.data.augment import Augmented, build_augmenter
-from textclf.commands.validate import Checked, option_named, preflight
+from textclf.commands.validate import Checked, preflight
+from textclf.config.options import chosen
 from textclf.data.tables import Collator, EpochBatches, Encoded, LabelSpace, balanced_weights, sorted_batches, tokenize_with
 from textclf.engine import distributed
 from textclf.engine.callbacks import Callback, Callbacks, RunContext, is_main
@@ -429,7 +430,7 @@ def augment_run(checked: Checked) -> Augmented | None:
     augmenter = build_augmenter(cfg.get("augment"))
     if augmenter is None:
         return None
-    option = option_named("augment", str(cfg.augment._target_))
+    option = chosen("augment", cfg)
     train_split = checked.splits["train"]
     if train_split.pairs is not None:
         log.info("augment=%s changes data.text_col only; each copy keeps its row's data.text_pair_col as is", option)
@@ -451,7 +452,8 @@ def augment_report(checked: Checked, augmented: Augmented, data: RunData, folds:
     """augment.json: what was made, how many rows each fold trains on, a few examples to read."""
     node = OmegaConf.to_container(checked.cfg.augment, resolve=True)
     texts = checked.splits["train"].texts
-    return {"augment": option_named("augment", str(node.pop("_target_"))), **node, "seed": augment_seed(checked.cfg),
+    node.pop("_target_")
+    return {"augment": chosen("augment", checked.cfg), **node, "seed": augment_seed(checked.cfg),
             "source_rows": len(texts), "augmented_rows": len(augmented.texts),
             "folds": [{"fold": f.index, "train_rows": len(f.train_rows),
                        "augmented_train_rows": len(data.with_copies(f.train_rows)) - len(f.train_rows),

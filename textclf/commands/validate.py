@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from textclf.config.options import chosen
 from textclf.data.augment import build_augmenter
 from textclf.data.tables import LabelSpace, Split, balanced_weights, check_leakage, conflicting_duplicates, load_splits
 from textclf.errors import TextclfError
@@ -108,7 +109,7 @@ def check_objective(cfg: DictConfig, labels: LabelSpace) -> tuple[DictConfig, st
                            f"choose one of {', '.join(metrics_for_task(labels.task))}")
     loss_cls = get_class(cfg.loss._target_)
     if labels.task not in getattr(loss_cls, "tasks", (labels.task,)):
-        raise TextclfError(f"loss={option_named('loss', cfg.loss._target_)} does not fit task {labels.task!r} "
+        raise TextclfError(f"loss={chosen('loss', cfg)} does not fit task {labels.task!r} "
                            f"(it fits: {', '.join(loss_cls.tasks)})")
     single_logit = labels.task == "binary" and getattr(loss_cls, "single_logit_binary", False)
     return cfg, monitor, dataclasses.replace(labels, single_logit=single_logit)
@@ -119,16 +120,6 @@ def check_calibration(cfg: DictConfig, labels: LabelSpace) -> None:
     if cfg.calibrate != "none" and labels.task == "regression":
         raise TextclfError(f"calibrate={cfg.calibrate} applies to binary, multiclass and multilabel tasks; this task "
                            f"is regression (its outputs are values, not probabilities): set calibrate=none")
-
-
-def option_named(group: str, target: str) -> str:
-    """The option of a config group (what the user types) whose YAML builds `target`; else the class name."""
-    from importlib.resources import files
-
-    for path in sorted(files("textclf.conf").joinpath(group).iterdir(), key=lambda p: p.name):
-        if path.name.endswith(".yaml") and f"_target_: {target}\n" in path.read_text(encoding="utf-8"):
-            return path.name[: -len(".yaml")]
-    return target.rsplit(".", 1)[-1]
 
 
 def check_device(tcfg):
@@ -221,7 +212,7 @@ def validate_run_inputs(cfg: DictConfig) -> dict:
     checked = preflight(cfg)
     labels = checked.labels
     report = {"task": labels.task, "classes": labels.names, "files": {}, "monitor": checked.monitor,
-              "loss": option_named("loss", checked.cfg.loss._target_), "folds": len(checked.folds)}
+              "loss": chosen("loss", checked.cfg), "folds": len(checked.folds)}  # loss=auto: the loss it chose
     for name, split in checked.splits.items():
         lengths = np.array([len(t) for t in split.texts])
         report["files"][name] = {"path": split.source, "rows": len(split),

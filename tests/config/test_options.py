@@ -1,0 +1,53 @@
+"""chosen(group): the option a component came from, as the user types it, from Hydra's record of the composition
+(the running job's, a config's hydra node, a run folder's .hydra/hydra.yaml), and from the node's _target_ only
+where that record is missing or does not describe the node."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import textclf.cli  # noqa: F401  (registers the textclf_* resolvers the presets use)
+from textclf.commands.validate import resolved_copy
+from textclf.config.options import chosen
+from textclf.models.losses import default_loss_for
+
+
+def composed(overrides=(), hydra_node=False):
+    with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+def test_hydras_record_names_options_that_build_the_same_class():
+    cfg = composed(["head=mlp", "loss=focal", "adversarial=fgm"], hydra_node=True)
+    assert (chosen("head", cfg), chosen("loss", cfg), chosen("adversarial", cfg)) == ("mlp", "focal", "fgm")
+    assert chosen("ema", cfg) == "none" and chosen("launcher", cfg) is None
+
+
+def test_loss_auto_made_concrete_is_named_by_the_loss_it_became():
+    cfg = composed(["loss=auto"], hydra_node=True)
+    assert chosen("loss", cfg) == "auto"
+    for task, option in (("multilabel", "bce"), ("multiclass", "ce"), ("regression", "mse")):
+        concrete = OmegaConf.merge(cfg, {"loss": None}, {"loss": default_loss_for(task)})
+        assert chosen("loss", concrete) == option
+
+
+def test_without_hydras_record_the_option_is_the_one_whose_yaml_builds_the_target():
+    cfg = composed(["pooling=attention", "augment=eda"])
+    assert chosen("pooling", cfg) == "attention" and chosen("augment", cfg) == "eda"
+    assert chosen("loss", resolved_copy(cfg, loss=default_loss_for("binary"))) == "ce"
+    custom = OmegaConf.merge(cfg, {"pooling": {"_target_": "my.own.GatedPooling"}})
+    assert chosen("pooling", custom) == "GatedPooling"
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["hydra.yaml", "output_subdir=null"])
+def test_a_run_folder_answers_from_its_record_or_its_config(tmp_path, recorded):
+    cfg = composed(["pooling=weighted_layer", "head=multi_sample"], hydra_node=True)
+    if recorded:
+        (tmp_path / ".hydra").mkdir()
+        (tmp_path / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": cfg.hydra}), encoding="utf-8")
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(job), encoding="utf-8")
+    assert chosen("pooling", run_dir=tmp_path) == "weighted_layer"
+    # three head options build ClassificationHead: only Hydra's record tells them apart
+    assert chosen("head", run_dir=tmp_path) == ("multi_sample" if recorded else "default")
