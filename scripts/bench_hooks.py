@@ -58,7 +58,7 @@ def build(cfg, batches, labels_n: int, name_or_path, backbone_config, device):
     from hydra.utils import instantiate
 
     from textclf.engine.hooks import build_hooks
-    from textclf.engine.trainer import Trainer
+    from textclf.engine.trainer import FitSettings, Trainer
     from textclf.models.losses import CrossEntropyLoss
     from textclf.models import build_classifier
 
@@ -70,9 +70,11 @@ def build(cfg, batches, labels_n: int, name_or_path, backbone_config, device):
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=100_000)
     hooks = build_hooks(cfg.get("adversarial"), cfg.get("ema"))
     objective = instantiate(cfg.rdrop, task="multiclass", single_logit=False) if cfg.get("rdrop") else None
-    trainer = Trainer(model, CrossEntropyLoss().to(device), optimizer, scheduler, device=device, epochs=1,
-                      precision=str(cfg.trainer.precision), hooks=hooks, objective=objective,
-                      max_grad_norm=cfg.trainer.max_grad_norm, desc="bench")
+    settings = FitSettings(device, 1, "macro_f1", precision=str(cfg.trainer.precision),
+                           max_grad_norm=cfg.trainer.max_grad_norm, desc="bench")
+    # no evaluator: the steps are timed one by one, never evaluated
+    trainer = Trainer(model, CrossEntropyLoss().to(device), optimizer, scheduler, settings, None, hooks=hooks,
+                      objective=objective)
     for h in trainer.hooks:
         h.on_fit_start(trainer)
     return trainer
@@ -85,7 +87,8 @@ def run_steps(trainer, batches) -> list[float]:
     times = []
     for batch in batches:
         t0 = time.perf_counter()
-        trainer._train_epoch([batch], 0)
+        for _ in trainer._train_epoch([batch], 0):  # one batch, one optimizer step
+            trainer.meter.flush()  # the loss read back, as the loop does at an epoch's last step
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

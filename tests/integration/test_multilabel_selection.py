@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_module
 
 from textclf.data.metrics import compute_metrics
 from textclf.data.tasks import LabelSpace
-from textclf.commands.train import score_logits, train
+from textclf.commands.train import train
+from textclf.engine.evaluate import score_logits
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +47,10 @@ def small_multilabel(n: int = 60) -> pd.DataFrame:
 def test_best_evaluation_is_chosen_at_tuned_thresholds(tune, tiny_bert, tmp_path, monkeypatch):
     """Scripted scores (a tiny model's barely move): at 0.5 the first evaluation is best, at tuned thresholds the
     third; the fold keeps the third only when thresholds are tuned."""
-    import textclf.commands.train as train_module
+    import textclf.engine.evaluate as evaluate_module
 
     monkeypatch.chdir(tmp_path)
-    real, calls = train_module.score_logits, []
+    real, calls = evaluate_module.score_logits, []
 
     def scripted(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -59,7 +60,7 @@ def test_best_evaluation_is_chosen_at_tuned_thresholds(tune, tiny_bert, tmp_path
             out["tuned_macro_f1"] = 0.9 if len(calls) == 3 else 0.6
         return out
 
-    monkeypatch.setattr(train_module, "score_logits", scripted)
+    monkeypatch.setattr(evaluate_module, "score_logits", scripted)
     small_multilabel().to_csv(tmp_path / "train.csv", index=False)
     overrides = ["data=csv", "data.train_file=train.csv", f"model.name_or_path={tiny_bert}", "model.max_length=16",
                  "trainer.epochs=2", "trainer.evals_per_epoch=3", "trainer.batch_size=8", "trainer.device=cpu",

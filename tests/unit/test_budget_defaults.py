@@ -15,7 +15,7 @@ from textclf.engine.hooks.awp import AWP
 from textclf.engine.hooks.ema import EMA
 from textclf.engine.hooks.fgm import FGM
 from textclf.engine.hooks.pgd import PGD
-from textclf.engine.trainer import Trainer, eval_positions
+from textclf.engine.trainer import FitSettings, Trainer, eval_positions
 from textclf.errors import TextclfError
 
 
@@ -35,8 +35,8 @@ def tiny_model(hidden: int = 32) -> nn.Module:
 def trainer_for(model, hooks, *, steps_per_epoch: int | None, epochs: int = 2) -> Trainer:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return Trainer(model, nn.CrossEntropyLoss(), optimizer, scheduler, device=torch.device("cpu"), epochs=epochs,
-                   max_grad_norm=None, hooks=hooks, steps_per_epoch=steps_per_epoch)
+    settings = FitSettings(torch.device("cpu"), epochs, "macro_f1", log_every_steps=10, steps_per_epoch=steps_per_epoch)
+    return Trainer(model, nn.CrossEntropyLoss(), optimizer, scheduler, settings, None, hooks=hooks)
 
 
 def batch(seed: int = 0) -> dict:
@@ -155,16 +155,22 @@ def sized_loaders(n_train: int, batch_size: int = 4):
 def test_evals_per_epoch_evaluates_n_times_in_every_epoch(accum, expected):
     """11 batches an epoch, 3 evaluations each: a steady interval (every 4 steps) would evaluate at 12 right after
     the first epoch's end at 11, 7 times in 2 epochs; and trainer.eval_every_steps still wins."""
+    from test_hooks import fit  # tests/unit is on sys.path (pytest's rootdir-relative import)
+
     train, valid = sized_loaders(44)
     optimizer = torch.optim.SGD((model := tiny_model()).parameters(), lr=0.01)
+    settings = FitSettings(torch.device("cpu"), 2, "macro_f1", max_grad_norm=1.0, log_every_steps=10, evals_per_epoch=3,
+                           grad_accum_steps=accum)
     trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-                      device=torch.device("cpu"), epochs=2, evals_per_epoch=3, grad_accum_steps=accum)
-    result = trainer.fit(train, valid, lambda rows, logits: {"macro_f1": 0.5})
+                      settings, None)
+    result = fit(trainer, train, valid, lambda rows, logits: {"macro_f1": 0.5})
     assert [row["step"] for row in result.history] == expected
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    settings = FitSettings(torch.device("cpu"), 2, "macro_f1", max_grad_norm=1.0, log_every_steps=10, evals_per_epoch=3,
+                           eval_every_steps=5)
     trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-                      device=torch.device("cpu"), epochs=2, evals_per_epoch=3, eval_every_steps=5)
-    assert [row["step"] for row in trainer.fit(train, valid, lambda rows, logits: {"macro_f1": 0.5}).history] == \
+                      settings, None)
+    assert [row["step"] for row in fit(trainer, train, valid, lambda rows, logits: {"macro_f1": 0.5}).history] == \
         [5, 10, 11, 15, 20, 22]
 
 

@@ -42,10 +42,12 @@ def test_evaluation_batches_are_dealt_out_in_turn():
 
 
 def test_a_checkpoint_of_another_process_count_is_refused(tmp_path):
-    from textclf.engine.trainer import Trainer
+    import torch
+
+    from textclf.engine.trainer import FitSettings, Trainer
 
     trainer = Trainer.__new__(Trainer)
-    trainer.ddp, trainer.desc = None, "fold 0"
+    trainer.ddp, trainer.settings = None, FitSettings(torch.device("cpu"), 1, "macro_f1", desc="fold 0")
     trainer.checkpoint = type("C", (), {"folder": tmp_path})()
     state = {"ranks": [{"rng": 1, "meter": {}}, {"rng": 2, "meter": {}}], "rng": 1, "meter": {}}
     with pytest.raises(TextclfError, match=r"written by a run of 2 process\(es\), this one has 1: resume with the "

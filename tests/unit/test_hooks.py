@@ -20,7 +20,7 @@ from textclf.engine.hooks.awp import AWP
 from textclf.engine.hooks.ema import EMA
 from textclf.engine.hooks.fgm import FGM
 from textclf.engine.hooks.pgd import PGD
-from textclf.engine.trainer import Trainer
+from textclf.engine.trainer import FitResult, FitSettings, Scores, Trainer, predict_logits
 from textclf.errors import TextclfError
 
 EMB = "backbone.embeddings.word_embeddings.weight"
@@ -40,11 +40,32 @@ def tiny_model(seed: int = 0) -> nn.Module:
     return TextClassifier(backbone, MeanPooling(32), ClassificationHead(32, 3, dropout=0.0)).train()
 
 
-def make_trainer(model, hooks=(), *, epochs: int = 1, **kw) -> Trainer:
+def make_trainer(model, hooks=(), *, epochs: int = 1, **settings) -> Trainer:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return Trainer(model, nn.CrossEntropyLoss(), optimizer, scheduler, device=torch.device("cpu"), epochs=epochs,
-                   max_grad_norm=None, hooks=hooks, **kw)
+    settings = FitSettings(torch.device("cpu"), epochs, "macro_f1", log_every_steps=10, **settings)
+    return Trainer(model, nn.CrossEntropyLoss(), optimizer, scheduler, settings, None, hooks=hooks)
+
+
+class Scripted:
+    """An evaluator whose metrics are score(rows, logits), on the model's real validation predictions."""
+
+    def __init__(self, loader, score, settings: FitSettings):
+        self.loader, self.score, self.settings = loader, score, settings
+
+    def evaluate(self, model) -> Scores:
+        rows, logits = predict_logits(model, self.loader, self.settings.device, self.settings.precision)
+        return Scores(self.score(rows, logits), rows, logits, len(rows))
+
+
+def fit(trainer: Trainer, train, valid, score, saved: list | None = None) -> FitResult:
+    """Run a fit to its end, scoring each evaluation with score(rows, logits); a copy of each new best's weights
+    goes to `saved`, taken as train.py takes them."""
+    trainer.evaluator = Scripted(valid, score, trainer.settings)
+    for evaluation in trainer.fit(train):
+        if evaluation.is_best and saved is not None:
+            saved.append({k: v.clone() for k, v in evaluation.model.state_dict().items()})
+    return trainer.result
 
 
 def make_batch(seed: int = 0, n: int = 4, width: int = 7) -> dict:
@@ -378,8 +399,7 @@ def test_fit_saves_the_shadow_and_trains_on_the_live_weights():
     model = tiny_model()
     trainer = make_trainer(model, [live_at_eval, ema, held_at_eval], epochs=2)
     scores, saved = iter([0.1, 0.2]), []
-    trainer.fit(train, valid, lambda rows, logits: {"macro_f1": next(scores)},
-                on_improve=lambda state: saved.append({k: v.clone() for k, v in state.items()}))
+    fit(trainer, train, valid, lambda rows, logits: {"macro_f1": next(scores)}, saved)
 
     assert len(saved) == 2
     shadow = ema.shadow_state()
@@ -391,7 +411,7 @@ def test_fit_saves_the_shadow_and_trains_on_the_live_weights():
 
     # and EMA never changes training: the same fit without it ends on the same live weights, bit for bit
     plain = tiny_model()
-    make_trainer(plain, [], epochs=2).fit(train, valid, lambda rows, logits: {"macro_f1": 0.0})
+    fit(make_trainer(plain, [], epochs=2), train, valid, lambda rows, logits: {"macro_f1": 0.0})
     assert_same_weights(plain, weights_of(model))
 
 
@@ -403,7 +423,7 @@ def test_each_attack_trains_with_ema_accumulation_and_precision(kind, precision)
     attack = {"fgm": FGM(), "pgd": PGD(steps=2), "awp": AWP(start_epoch=0)}[kind]
     trainer = make_trainer(model, [attack, EMA(decay=0.9)], grad_accum_steps=2, precision=precision)
     before = weights_of(model)
-    result = trainer.fit(train, valid, lambda rows, logits: {"macro_f1": float(np.isfinite(logits).all())})
+    result = fit(trainer, train, valid, lambda rows, logits: {"macro_f1": float(np.isfinite(logits).all())})
     assert result.best_metrics["macro_f1"] == 1.0
     assert trainer.global_step == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -79,20 +79,19 @@ class Bag(nn.Module):
 
 
 def test_the_trainer_replaces_a_nan_first_evaluation_by_a_later_finite_one():
-    from test_hooks import tiny_loaders  # tests/unit is on sys.path (pytest's rootdir-relative import)
+    from test_hooks import fit, tiny_loaders  # tests/unit is on sys.path (pytest's rootdir-relative import)
 
-    from textclf.engine.trainer import Trainer
+    from textclf.engine.trainer import FitSettings, Trainer
 
     torch.manual_seed(0)
     model = Bag()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, scheduler, device=torch.device("cpu"), epochs=3,
-                      monitor="pearson")
+    settings = FitSettings(torch.device("cpu"), 3, "pearson", max_grad_norm=1.0, log_every_steps=10)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, scheduler, settings, None)
     train, valid = tiny_loaders()
     scores, saved = iter([float("nan"), 0.2, 0.1]), []
-    result = trainer.fit(train, valid, lambda rows, logits: {"pearson": next(scores)},
-                         on_improve=lambda state: saved.append({k: v.clone() for k, v in state.items()}))
+    result = fit(trainer, train, valid, lambda rows, logits: {"pearson": next(scores)}, saved)
     assert result.best_metrics["pearson"] == 0.2 and result.best_epoch == 2
     assert len(saved) == 2  # the NaN evaluation's weights were overwritten by the finite one's (epoch 2)
 

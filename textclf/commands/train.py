@@ -180,20 +180,14 @@ class TrainRun:
         if not self.resuming and self.main:
             checkpoint.clear()
         distributed.barrier()
-        trainer, train_loader, valid_loader, eval_loss_fn = self.build_fold(dataclasses.replace(fold,
-                                                                                                train_rows=train_rows))
+        trainer, train_loader = self.build_fold(dataclasses.replace(fold, train_rows=train_rows))
         if distributed.active():  # the same initial weights everywhere (DDP checks), then each rank its own dropout
             torch.manual_seed(int(self.cfg.trainer.seed) + fold.index + 7919 * distributed.rank())
-        labels, y = self.labels, self.data.y
-        aggregate = str(self.cfg.model.window_aggregate)
-        fit = trainer.fit(train_loader, valid_loader,
-                          lambda rows, logits: score_logits(labels, y[rows], logits, eval_loss_fn,
-                                                            tuned=self.selects_tuned(),
-                                                            default=float(self.cfg.threshold)),
-                          on_improve=(lambda state: save_weights(fold_dir / folder.WEIGHTS, state))
-                          if self.main else None,
-                          reduce=lambda rows, logits: self.data.encoded.aggregate(rows, logits, aggregate),
-                          checkpoint=checkpoint, stop=self.stop)
+        labels = self.labels
+        for evaluation in trainer.fit(train_loader, checkpoint=checkpoint, stop=self.stop):
+            if evaluation.is_best and self.main:  # the evaluated weights (with ema=default, the average) are in now
+                save_weights(fold_dir / folder.WEIGHTS, evaluation.model.state_dict())
+        fit = trainer.result
         rows, logits = fit.best_valid_logits
         best = {k: v for k, v in fit.best_metrics.items() if k not in ("epoch", "step")}
         result = FoldResult(fold.index, {"fold": fold.index, "best_epoch": fit.best_epoch,
@@ -219,7 +213,8 @@ class TrainRun:
         from hydra.utils import instantiate
 
         from textclf.engine.hooks import build_hooks
-        from textclf.engine.trainer import Trainer
+        from textclf.engine.evaluate import TaskEvaluator
+        from textclf.engine.trainer import FitSettings, Trainer
         from textclf.models.losses import build_loss
         from textclf.models import build_classifier
 
@@ -270,15 +265,18 @@ class TrainRun:
                 log.info("optimizer: learning rate by parameter group: %s", lrs)
             if objective is not None:
                 log.info("rdrop: %s", objective.describe())
-        trainer = Trainer(model, loss_fn.to(device), optimizer, scheduler, device=device, epochs=int(tcfg.epochs),
-                          grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
-                          precision=str(tcfg.precision), monitor=self.selection_metric(),
-                          early_stopping_patience=tcfg.early_stopping_patience, hooks=hooks, objective=objective,
-                          log_every_steps=int(tcfg.log_every_steps),
-                          eval_every_steps=tcfg.eval_every_steps, evals_per_epoch=tcfg.evals_per_epoch,
-                          limit_train_batches=n_train, callbacks=self.callbacks, fold=fold.index,
-                          desc=f"fold {fold.index}", steps_per_epoch=steps_per_epoch)
-        return (trainer, loader(batch_sampler=train_batches), loader(batch_sampler=valid_batches), eval_loss_fn)
+        settings = FitSettings(device=device, epochs=int(tcfg.epochs), monitor=self.selection_metric(),
+                               grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
+                               precision=str(tcfg.precision), early_stopping_patience=tcfg.early_stopping_patience,
+                               log_every_steps=int(tcfg.log_every_steps), eval_every_steps=tcfg.eval_every_steps,
+                               evals_per_epoch=tcfg.evals_per_epoch, limit_train_batches=n_train,
+                               steps_per_epoch=steps_per_epoch, fold=fold.index, desc=f"fold {fold.index}")
+        evaluator = TaskEvaluator(loader(batch_sampler=valid_batches), data.encoded, self.labels, data.y, settings,
+                                  loss_fn=eval_loss_fn, aggregate=str(cfg.model.window_aggregate),
+                                  tuned=self.selects_tuned(), threshold=float(cfg.threshold))
+        trainer = Trainer(model, loss_fn.to(device), optimizer, scheduler, settings, evaluator, hooks=hooks,
+                          objective=objective, callbacks=self.callbacks)
+        return trainer, loader(batch_sampler=train_batches)
 
     def init_weights(self):
         """model.init_from, the same weights for every fold; None without it. The first fold's build writes
@@ -613,30 +611,6 @@ def output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
-
-
-def score_logits(labels: LabelSpace, y_true: np.ndarray, logits: np.ndarray, loss_fn=None,
-                 tuned: bool = False, default: float = 0.5) -> dict:
-    """The task's metrics from raw logits, plus the loss (the training objective) when loss_fn is given. With
-    `tuned` (multilabel, tune_threshold on) also tuned_<metric> for each decision metric: decided at per-label
-    thresholds tuned on these same rows, which is what the run's decisions will be after tuning (an evaluation's
-    model is chosen by them; the thresholds themselves are tuned again, out of sample, on the out-of-fold rows)."""
-    from textclf.data.metrics import TUNED_METRICS, compute_metrics
-    from textclf.data.tasks import tune_space
-
-    outputs = labels.outputs(logits)
-    out = compute_metrics(labels, y_true, outputs)
-    if tuned and labels.task == "multilabel":
-        thresholds, _ = tune_space(labels, y_true, outputs, default)
-        decided = dataclasses.replace(labels, threshold=thresholds).decide(outputs)
-        at = compute_metrics(labels, y_true, outputs, decided=decided)
-        out.update({f"tuned_{k}": at[k] for k in TUNED_METRICS if k in at})
-    if loss_fn is not None:
-        import torch
-
-        with torch.no_grad():
-            out["loss"] = float(loss_fn(torch.from_numpy(logits).float(), torch.from_numpy(y_true)))
-    return out
 
 
 def save_run_files(run_dir: Path, cfg: DictConfig, tokenizer, backbone_config) -> None:

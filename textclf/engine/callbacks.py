@@ -20,6 +20,9 @@ Rows are flat dicts of numbers:
                 (loss, macro_f1, ...)
 
 Only the main process of a run receives events (`is_main`): callbacks never check ranks themselves.
+
+Callbacks observe; they never change training (what changes a step is a hook: textclf.engine.hooks). The fold's
+best weights are kept by the recipe itself, from the Evaluation events that Trainer.fit yields.
 """
 from __future__ import annotations
 

@@ -1,7 +1,11 @@
 """Fit one model on one split: the loop, evaluation (each epoch's end and every N steps), the best kept.
 
-The loop emits the fold's events (textclf.engine.callbacks): fold start, a step row every `log_every_steps`
-optimizer steps, each evaluation, each new best, each checkpoint.
+`Trainer(model, loss, optimizer, scheduler, FitSettings(...), evaluator, hooks=..., objective=..., callbacks=...)`;
+`for evaluation in trainer.fit(train_loader): ...` yields each evaluation (the caller saves the best weights), and
+`trainer.result` is the fit's summary. One optimizer step reads in this file (_train_epoch, optimizer_step), plus
+the objective (engine/objective.py) and whichever hooks are on (engine/hooks/). The loop also reports the fold's
+events to the callbacks (textclf.engine.callbacks): fold start, a step row every `log_every_steps` optimizer steps,
+each evaluation, each new best, each checkpoint.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Generator, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +29,7 @@ from textclf.engine import distributed
 from textclf.engine.callbacks import Callback, Callbacks, is_main
 from textclf.run.checkpoint import fault_point, rng_state, set_rng_state
 from textclf.engine.hooks import Hook
-from textclf.engine.objective import StandardObjective, model_inputs
+from textclf.engine.objective import Objective, StandardObjective, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +140,59 @@ class LossMeter:
                 setattr(self, k, v)
 
 
+@dataclass(frozen=True)
+class FitSettings:
+    """How one fit trains, fixed for the fit: every number and name the loop reads besides its components (model,
+    loss, optimizer, schedule, hooks, objective, evaluator, callbacks). train.py builds it from cfg.trainer and the
+    fold; the defaults are the plain loop's (no accumulation, clipping, step rows, early stopping or limits)."""
+
+    device: torch.device
+    epochs: int
+    monitor: str  # the metric that chooses the fold's best evaluation (and that early stopping watches)
+    grad_accum_steps: int = 1
+    max_grad_norm: float | None = None  # clip the gradients' total norm to this before each step; None: no clipping
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with loss scaling on CUDA)
+    early_stopping_patience: int | None = None  # stop after this many evaluations without a new best
+    log_every_steps: int = 0  # a step row (callbacks' on_step) every N optimizer steps; 0: none
+    eval_every_steps: int | None = None  # evaluate every N optimizer steps, and at each epoch's end
+    # N evaluations an epoch: N - 1 inside it, at evenly spread optimizer steps, and its end; unused when
+    # eval_every_steps is set
+    evals_per_epoch: int | None = None
+    limit_train_batches: int | None = None  # train on each epoch's first N batches only
+    steps_per_epoch: int | None = None  # the fold's optimizer steps an epoch: hooks' `auto` values are computed from it
+    fold: int = 0  # the fold the events are reported for
+    desc: str = "train"  # names the fit in logs, progress bars and error messages
+
+
+@dataclass
+class Scores:
+    """What an evaluator returns: the metrics and the validation outputs they were computed from."""
+
+    metrics: dict  # every metric of the task (loss, macro_f1, ...)
+    rows: np.ndarray  # the validation rows scored (a long text's windows are folded into its row)
+    logits: np.ndarray  # their logits, in `rows` order
+    sequences: int  # the sequences the model ran on (each window of a long text counts): evaluation throughput
+
+
+class Evaluator(Protocol):
+    """Scores a model on the fold's validation rows (a run's: textclf.engine.evaluate.TaskEvaluator)."""
+
+    def evaluate(self, model: torch.nn.Module) -> Scores: ...
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `fit` yields after each evaluation. While the caller handles it, `model` holds the weights that were
+    evaluated (with ema=default the average, swapped in for the evaluation): a caller that keeps the best model
+    saves `model.state_dict()` then. Training goes on, with the live weights, when the caller asks for the next."""
+
+    step: int  # optimizer steps so far
+    epoch: float  # 1-based; fractional for an evaluation inside an epoch
+    metrics: dict  # the evaluation's row: step, epoch, train_loss and every metric (callbacks' on_evaluate)
+    is_best: bool  # the fold's best evaluation so far, by FitSettings.monitor
+    model: torch.nn.Module  # the module itself (not a multi-process wrapper)
+
+
 @dataclass
 class FitResult:
     best_epoch: int
@@ -154,46 +211,43 @@ def eval_positions(steps_in_epoch: int, n: int) -> frozenset[int]:
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer, scheduler, *,
-                 device: torch.device, epochs: int, grad_accum_steps: int = 1, max_grad_norm: float | None = 1.0,
-                 precision: str = "fp32", monitor: str = "macro_f1", early_stopping_patience: int | None = None,
-                 hooks: Sequence[Hook] = (), objective=None, log_every_steps: int = 10,
-                 eval_every_steps: int | None = None, evals_per_epoch: int | None = None,
-                 limit_train_batches: int | None = None,
-                 callbacks: Callback | None = None, fold: int = 0, desc: str = "train",
-                 steps_per_epoch: int | None = None):
+    """Fits one model on one split. `fit` is the loop, and it calls nothing outside the trainer but its components:
+    the objective (how a batch becomes a loss), the hooks (tricks that change a step: textclf.engine.hooks), the
+    evaluator (how the model scores), the callbacks (who watches: textclf.engine.callbacks); the caller gets each
+    evaluation as an event. compute_loss, backward and optimizer_step are the pieces hooks reuse."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer, scheduler, settings: FitSettings,
+                 evaluator: Evaluator | None, *, hooks: Sequence[Hook] = (), objective: Objective | None = None,
+                 callbacks: Callback | None = None):
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
-        self.device, self.epochs, self.accum = device, epochs, max(1, grad_accum_steps)
-        self.max_grad_norm, self.precision, self.monitor = max_grad_norm, precision, monitor
-        self.patience, self.hooks, self.desc = early_stopping_patience, list(hooks), desc
-        self.log_every, self.eval_every, self.limit_train = int(log_every_steps or 0), eval_every_steps, limit_train_batches
-        # N evaluations per epoch (N - 1 inside it, at evenly spread optimizer steps, and the epoch's end); unused
-        # when eval_every_steps is set
-        self.evals_per_epoch = None if eval_every_steps else evals_per_epoch
-        self.callbacks, self.fold = callbacks if callbacks is not None else Callbacks(), fold
+        self.settings, self.evaluator, self.hooks = settings, evaluator, list(hooks)
+        self.objective = objective if objective is not None else StandardObjective()
+        self.callbacks = callbacks if callbacks is not None else Callbacks()
+        self.device, self.accum = settings.device, max(1, settings.grad_accum_steps)
         # the fold's optimizer steps, which budget-aware defaults (hooks' `auto` values) are computed from
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = steps_per_epoch * epochs if steps_per_epoch else None
+        self.steps_per_epoch = settings.steps_per_epoch
+        self.total_steps = settings.steps_per_epoch * settings.epochs if settings.steps_per_epoch else None
         # fp16 needs loss scaling on CUDA; bf16 and fp32 do not
-        self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=(settings.precision == "fp16" and self.device.type == "cuda"))
         # several processes: forwards and backwards go through the DDP wrapper; `model` stays the module itself
         # (what hooks, EMA and saving see). The gradient all-reduce runs once per optimizer step: on the group's
         # last micro-batch, in its last backward (FGM/PGD/AWP backward more than once: only the last syncs)
         self.main = is_main()
-        self.ddp = distributed.wrap(model.to(device), device) if distributed.active() else None
+        self.ddp = distributed.wrap(model.to(self.device), self.device) if distributed.active() else None
         self.net = self.ddp if self.ddp is not None else model
         self.sync_group = True  # the micro-batch in flight is its accumulation group's last
         self.batch_scale = 1.0  # this rank's share of the global batch (distributed.ShardedBatches.scales)
         self.global_step = self.epoch = 0
         self.skipped_step = False
         self.group_size = self.accum  # batches in the current accumulation group
-        self.objective = objective if objective is not None else StandardObjective()  # how a batch becomes a loss
         self.checkpoint = self.stop = None
-        self.meter = LossMeter(device)
+        self.meter = LossMeter(self.device)
         self.grad_norm: torch.Tensor | None = None
         self.step_lr = 0.0
         self.progress = self._fresh_progress()
         self.best_logits = None  # (rows, logits) of the best evaluation's validation predictions
+        self.result: FitResult | None = None  # set when a fit has run to its end
 
     # -- the pieces hooks reuse
     def compute_loss(self, batch: dict, last: bool = True) -> torch.Tensor:
@@ -202,7 +256,7 @@ class Trainer:
         last backward all-reduces the gradients (DDP decides that at the forward)."""
         sync = self.ddp is None or (last and self.sync_group)
         with contextlib.nullcontext() if sync else self.ddp.no_sync():
-            return self.objective(self.net, batch, self.loss_fn, lambda: autocast(self.device, self.precision))
+            return self.objective(self.net, batch, self.loss_fn, lambda: autocast(self.device, self.settings.precision))
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss * (self.batch_scale / self.group_size)).backward()
@@ -215,9 +269,10 @@ class Trainer:
         return distributed.average_([g.detach().clone() for g in grads])
 
     def optimizer_step(self) -> None:
-        if self.max_grad_norm:
+        max_grad_norm = self.settings.max_grad_norm
+        if max_grad_norm:
             self.scaler.unscale_(self.optimizer)
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.step_lr = self._lr()  # the learning rate this step uses (the schedule moves on below)
         self.scaler.step(self.optimizer)
@@ -232,93 +287,98 @@ class Trainer:
             h.after_step(self)
 
     # -- the loop
-    def fit(self, train_loader, valid_loader, score_fn: Callable[[np.ndarray, np.ndarray], dict],
-            on_improve: Callable[[dict], None] | None = None,
-            reduce: Callable[[np.ndarray, np.ndarray], tuple] | None = None, checkpoint=None,
-            stop=None) -> FitResult:
-        """score_fn(rows, logits) -> metrics dict; on_improve(state_dict) is called for each new best;
-        reduce(rows, logits) -> (rows, logits) turns the loader's sequences into input rows (sliding windows);
-        checkpoint (a FoldCheckpoint) saves the fold's state every N steps and each epoch, and a fit that finds
-        one continues from it exactly; stop (engine.interrupt.StopSignals): a signal stops the fit after the
+    def fit(self, train_loader, checkpoint=None, stop=None) -> Iterator[Evaluation]:
+        """Train for settings.epochs, yielding an Evaluation after each evaluation (each epoch's end, and inside an
+        epoch at settings.eval_every_steps or evals_per_epoch); once the events run out, self.result holds the
+        FitResult. checkpoint (a FoldCheckpoint) saves the fold's state every N steps and each epoch, and a fit that
+        finds one continues from it exactly; stop (run.signals.StopSignals): a signal stops the fit after the
         optimizer step or evaluation in progress, with a checkpoint there (Interrupted)."""
-        self.valid_loader, self.score_fn, self.on_improve, self.reduce = valid_loader, score_fn, on_improve, reduce
-        self.stop = stop
+        s, self.stop, self.result = self.settings, stop, None
         start_epoch, start_batch = self._start(checkpoint)
         n_batches = self.batches_per_epoch(train_loader)
         p = self.progress
-        for epoch in range(start_epoch, self.epochs):
+        for epoch in range(start_epoch, s.epochs):
             self.epoch = epoch
             if hasattr(train_loader.batch_sampler, "set_epoch"):
                 train_loader.batch_sampler.set_epoch(epoch)
             t0, eval_time = time.perf_counter(), p["eval_time"]
-            stop = self._train_epoch(train_loader, epoch, start_batch if epoch == start_epoch else 0, n_batches)
-            stop = stop or self._evaluate(epoch + 1)
+            stopped = False
+            steps = self._train_epoch(train_loader, epoch, start_batch if epoch == start_epoch else 0, n_batches)
+            for done in steps:  # after each optimizer step: `done` batches of the epoch are trained
+                stopped = yield from self._after_step(epoch, done, n_batches)
+                if stopped:
+                    break
+            steps.close()
+            stopped = stopped or (yield from self._evaluate(epoch + 1))
             p["train_time"] += time.perf_counter() - t0 - (p["eval_time"] - eval_time)
-            if stop:
+            if stopped:
                 log.info("%s: early stop at step %d (%s did not improve for %d evaluations)",
-                         self.desc, self.global_step, self.monitor, p["stale"])
+                         s.desc, self.global_step, s.monitor, p["stale"])
                 break
-            if checkpoint is not None and epoch + 1 < self.epochs:
+            if checkpoint is not None and epoch + 1 < s.epochs:
                 self._save_checkpoint(epoch + 1, 0)
                 fault_point(f"epoch:{checkpoint.tag}:{epoch + 1}")
-            if epoch + 1 < self.epochs:  # after the last epoch the fold finishes: its results are the safe point
+            if epoch + 1 < s.epochs:  # after the last epoch the fold finishes: its results are the safe point
                 self._stop_if_asked(epoch + 1, 0, saved=True)
         trained = distributed.sum_over_ranks(p["train_samples"]) if self.ddp is not None else p["train_samples"]
-        return FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"], p["steps"],
-                         trained / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
+        self.result = FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"], p["steps"],
+                                trained / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
 
     def batches_per_epoch(self, loader) -> int:
-        return len(loader) if self.limit_train is None else min(len(loader), int(self.limit_train))
+        limit = self.settings.limit_train_batches
+        return len(loader) if limit is None else min(len(loader), int(limit))
 
-    def _train_epoch(self, loader, epoch: int, start: int = 0, n_batches: int | None = None) -> bool:
-        """One epoch from batch `start` on (a resumed fold). True when early stopping ends the fit."""
+    def _train_epoch(self, loader, epoch: int, start: int = 0, n_batches: int | None = None) -> Iterator[int]:
+        """One epoch from batch `start` on (a resumed fold): forward, backward and the hooks for each batch, an
+        optimizer step at each accumulation group's end, after which it yields the number of batches done."""
         n_batches = self.batches_per_epoch(loader) if n_batches is None else n_batches
         self.model.train()
         if start == 0:
             self.meter.start_epoch()
         self._row_t0 = time.perf_counter()
-        bar = tqdm(total=n_batches, initial=start, desc=f"{self.desc} epoch {epoch + 1}/{self.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True, mininterval=BAR_INTERVAL, **bar_off(not self.main))
+        self._bar = tqdm(total=n_batches, initial=start, desc=f"{self.settings.desc} epoch {epoch + 1}/"
+                         f"{self.settings.epochs}", unit="batch", leave=False, dynamic_ncols=True,
+                         mininterval=BAR_INTERVAL, **bar_off(not self.main))
         # a resumed epoch skips the batches it had done: the epoch's batch order is the same as before
         batches = itertools.islice(loader, start, n_batches)
-        scales = getattr(loader.batch_sampler, "scales", None)  # set by iterating: after islice starts it
-        for i, batch in enumerate(batches, start=start):
-            batch = to_device(batch, self.device)
-            # the last accumulation group of an epoch may be short: average over the batches it has
-            self.group_size = min(self.accum, n_batches - (i // self.accum) * self.accum)
-            self.sync_group = (i + 1) % self.accum == 0 or i + 1 == n_batches
-            self.batch_scale = scales[i] if scales else 1.0
-            again = self.ddp is not None and any(h.backwards_again(self) for h in self.hooks)
-            loss = self.compute_loss(batch, last=not again)
-            self.backward(loss)
-            for h in self.hooks:
-                h.after_backward(self, batch)
-            self.meter.add(loss * self.batch_scale, batch["input_ids"].size(0))
-            self.progress["train_samples"] += batch["input_ids"].size(0)
-            bar.update()
-            if (i + 1) % self.accum == 0 or i + 1 == n_batches:
-                self.optimizer_step()
-                if self._after_step(epoch, i + 1, n_batches, bar):
-                    bar.close()
-                    return True
-        bar.close()
-        return False
+        scales = getattr(getattr(loader, "batch_sampler", None), "scales", None)  # set by iterating: after islice
+        try:
+            for i, batch in enumerate(batches, start=start):
+                batch = to_device(batch, self.device)
+                # the last accumulation group of an epoch may be short: average over the batches it has
+                self.group_size = min(self.accum, n_batches - (i // self.accum) * self.accum)
+                self.sync_group = (i + 1) % self.accum == 0 or i + 1 == n_batches
+                self.batch_scale = scales[i] if scales else 1.0
+                again = self.ddp is not None and any(h.backwards_again(self) for h in self.hooks)
+                loss = self.compute_loss(batch, last=not again)
+                self.backward(loss)
+                for h in self.hooks:
+                    h.after_backward(self, batch)
+                self.meter.add(loss * self.batch_scale, batch["input_ids"].size(0))
+                self.progress["train_samples"] += batch["input_ids"].size(0)
+                self._bar.update()
+                if (i + 1) % self.accum == 0 or i + 1 == n_batches:
+                    self.optimizer_step()
+                    yield i + 1
+        finally:
+            self._bar.close()
 
-    def _after_step(self, epoch: int, done: int, n_batches: int, bar) -> bool:
-        """Step rows, step-level evaluation and checkpoints after an optimizer step; True to stop early."""
+    def _after_step(self, epoch: int, done: int, n_batches: int) -> Generator[Evaluation, None, bool]:
+        """Step rows, step-level evaluation and checkpoints after an optimizer step; returns True to stop early."""
         step, ckpt, mid_epoch = self.global_step, self.checkpoint, done < n_batches
-        row_due = bool(self.log_every) and step % self.log_every == 0
-        eval_due = mid_epoch and (bool(self.eval_every) and step % self.eval_every == 0
+        log_every, eval_every = self.settings.log_every_steps, self.settings.eval_every_steps
+        row_due = bool(log_every) and step % log_every == 0
+        eval_due = mid_epoch and (bool(eval_every) and step % eval_every == 0
                                   or self._evaluation_inside_epoch(done, n_batches))
         ckpt_due = ckpt is not None and ckpt.due(step) and mid_epoch
         # the loss is read back (and checked) every 10 batches, and before anything that reports it
         if row_due or eval_due or ckpt_due or not mid_epoch or done % 10 == 0:
-            self._check_loss(epoch, done, bar)
+            self._check_loss(epoch, done)
         if row_due:
             self._step_row(epoch)
         stop = False
         if eval_due:
-            stop = self._evaluate(round(epoch + done / n_batches, 4))
+            stop = yield from self._evaluate(round(epoch + done / n_batches, 4))
             self.model.train()
         if ckpt is not None and not stop:
             if ckpt_due:
@@ -330,9 +390,10 @@ class Trainer:
 
     def _evaluation_inside_epoch(self, done: int, n_batches: int) -> bool:
         """evals_per_epoch=N: True at the optimizer steps that split this epoch into N even parts (the epoch's end
-        evaluates anyway). Counted within the epoch, so an epoch whose steps N does not divide evaluates N times too."""
-        return bool(self.evals_per_epoch) and -(-done // self.accum) in eval_positions(
-            -(-n_batches // self.accum), int(self.evals_per_epoch))
+        evaluates anyway). Counted within the epoch, so an epoch whose steps N does not divide evaluates N times too.
+        eval_every_steps, when set, wins."""
+        n = None if self.settings.eval_every_steps else self.settings.evals_per_epoch
+        return bool(n) and -(-done // self.accum) in eval_positions(-(-n_batches // self.accum), int(n))
 
     def _stop_if_asked(self, epoch: int, batch_index: int, saved: bool) -> None:
         """A safe point: when a signal asked the run to stop, checkpoint here (unless just done) and stop. With
@@ -346,17 +407,17 @@ class Trainer:
             return
         if self.checkpoint is not None and not saved:
             self._save_checkpoint(epoch, batch_index)
-        self.stop.check(f"at fold {self.fold}, step {self.global_step}",
+        self.stop.check(f"at fold {self.settings.fold}, step {self.global_step}",
                         "checkpoint saved" if self.checkpoint is not None else "no checkpoint in this process")
 
-    def _check_loss(self, epoch: int, done: int, bar) -> None:
+    def _check_loss(self, epoch: int, done: int) -> None:
         k = self.meter.pending_batches
         mean = self.meter.flush()
         if not math.isfinite(mean):
-            raise TextclfError(f"{self.desc}: the training loss became {mean} at epoch {epoch + 1}, in batches "
-                               f"{done + 1 - k}..{done} (optimizer step {self.global_step}); lower optimizer.lr or "
-                               f"use precision=fp32")
-        bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.step_lr:.2e}")
+            raise TextclfError(f"{self.settings.desc}: the training loss became {mean} at epoch {epoch + 1}, in "
+                               f"batches {done + 1 - k}..{done} (optimizer step {self.global_step}); lower "
+                               f"optimizer.lr or use precision=fp32")
+        self._bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self.step_lr:.2e}")
 
     def _step_row(self, epoch: int) -> None:
         loss, samples = self.meter.take_row()
@@ -367,45 +428,44 @@ class Trainer:
                "samples_per_s": samples / max(now - self._row_t0, 1e-9)}
         self._row_t0 = now
         self.progress["steps"].append(row)
-        self.callbacks.on_step(self.fold, row)
+        self.callbacks.on_step(self.settings.fold, row)
 
     def _lr(self) -> float:
         return max(g["lr"] for g in self.optimizer.param_groups)
 
-    def _evaluate(self, epoch: float) -> bool:
-        """Evaluate, keep a new best; True when early stopping ends the fit."""
-        p = self.progress
+    def _evaluate(self, epoch: float) -> Generator[Evaluation, None, bool]:
+        """Evaluate and keep a new best; yields the Evaluation between the hooks' before_evaluate and after_evaluate
+        (so the caller sees the evaluated weights); returns True when early stopping ends the fit."""
+        s, p = self.settings, self.progress
         self.meter.flush()
         for h in self.hooks:
             h.before_evaluate(self)
         t0 = time.perf_counter()
-        rows, logits = predict_logits(self.model, self.valid_loader, self.device, self.precision,
-                                      desc=f"{self.desc} eval")
-        fault_point(f"eval:{self.fold}:{self.global_step}")
-        p["eval_time"] += time.perf_counter() - t0
-        self._row_t0 += time.perf_counter() - t0  # a step row's samples/s counts training time only
-        p["eval_samples"] += len(rows)
-        if self.reduce is not None:
-            rows, logits = self.reduce(rows, logits)
-        row = {"step": self.global_step, "epoch": epoch, "train_loss": self.meter.epoch_mean(),
-               **self.score_fn(rows, logits)}
+        scores = self.evaluator.evaluate(self.model)
+        fault_point(f"eval:{s.fold}:{self.global_step}")
+        elapsed = time.perf_counter() - t0
+        p["eval_time"] += elapsed
+        self._row_t0 += elapsed  # a step row's samples/s counts training time only
+        p["eval_samples"] += scores.sequences
+        row = {"step": self.global_step, "epoch": epoch, "train_loss": self.meter.epoch_mean(), **scores.metrics}
         p["history"].append(row)
-        log.info("%s step %d (epoch %s/%d): %s", self.desc, self.global_step, epoch, self.epochs,
+        log.info("%s step %d (epoch %s/%d): %s", s.desc, self.global_step, epoch, s.epochs,
                  "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k not in ("step", "epoch")))
-        self.callbacks.on_evaluate(self.fold, row)
+        self.callbacks.on_evaluate(s.fold, row)
         best = p["best"]
-        if better(self.monitor, row[self.monitor], None if best is None else best[self.monitor]):
+        is_best = better(s.monitor, row[s.monitor], None if best is None else best[s.monitor])
+        if is_best:
             p["best"], p["best_epoch"], p["stale"] = row, math.ceil(epoch), 0
-            order = np.argsort(rows, kind="stable")
-            self.best_logits = (rows[order], logits[order])
-            if self.on_improve is not None:
-                self.on_improve(self.model.state_dict())
-            self.callbacks.on_best(self.fold, row)
+            order = np.argsort(scores.rows, kind="stable")
+            self.best_logits = (scores.rows[order], scores.logits[order])
         else:
             p["stale"] += 1
+        yield Evaluation(self.global_step, epoch, row, is_best, self.model)
+        if is_best:
+            self.callbacks.on_best(s.fold, row)
         for h in self.hooks:
             h.after_evaluate(self)
-        return bool(self.patience and p["stale"] >= self.patience)
+        return bool(s.early_stopping_patience and p["stale"] >= s.early_stopping_patience)
 
     # -- checkpoints
     @staticmethod
@@ -424,16 +484,16 @@ class Trainer:
         saved = checkpoint.load() if checkpoint is not None else None
         position = (0, 0) if saved is None else self._restore(*saved)
         if saved is not None:
-            log.info("%s: resuming at epoch %d, batch %d (optimizer step %d)", self.desc, position[0] + 1,
+            log.info("%s: resuming at epoch %d, batch %d (optimizer step %d)", self.settings.desc, position[0] + 1,
                      position[1], self.global_step)
-        self.callbacks.on_fold_start(self.fold, self.global_step)
+        self.callbacks.on_fold_start(self.settings.fold, self.global_step)
         return position
 
     def _save_checkpoint(self, epoch: int, batch_index: int) -> None:
         snapshot = self._snapshot(epoch, batch_index)  # every rank: it gathers each rank's own part
         if self.main:
             self.checkpoint.save(self.model, snapshot)
-        self.callbacks.on_checkpoint(self.fold, self.global_step)
+        self.callbacks.on_checkpoint(self.settings.fold, self.global_step)
 
     def _snapshot(self, epoch: int, batch_index: int) -> dict:
         best_logits = self.best_logits
@@ -453,7 +513,7 @@ class Trainer:
         processes cannot continue this run exactly."""
         ranks, world = state.get("ranks"), distributed.world_size() if self.ddp is not None else 1
         if (len(ranks) if ranks else 1) != world:
-            raise TextclfError(f"{self.desc}: the checkpoint in {self.checkpoint.folder} was written by a run of "
+            raise TextclfError(f"{self.settings.desc}: the checkpoint in {self.checkpoint.folder} was written by a run of "
                                f"{len(ranks) if ranks else 1} process(es), this one has {world}: resume with the "
                                f"same number of processes, or delete that folder to restart the fold")
         return ranks[distributed.rank()] if ranks else state
