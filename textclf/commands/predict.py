@@ -66,7 +66,7 @@ def check_input_columns(cfg: DictConfig, run_cfg: DictConfig) -> None:
     """The columns predict reads against the run's: none named for two roles, no pair column the run never saw."""
 
     def key(name):
-        return name if cfg.get(name) is not None else f"{name} (the run's data.{name})"
+        return name if cfg[name] is not None else f"{name} (the run's data.{name})"
 
     columns = input_columns(cfg, run_cfg)
     clashes = column_clashes([(key(n), columns[n]) for n in ("text_col", "text_pair_col", "label_col")])

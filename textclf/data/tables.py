@@ -507,7 +507,7 @@ def _plain(v):
 def load_splits(data_cfg) -> dict[str, Split]:
     splits = {"train": load_split("train", data_cfg.train_file, data_cfg, need_labels=True)}
     for name in ("valid", "test"):
-        path = data_cfg.get(f"{name}_file")
+        path = data_cfg[f"{name}_file"]
         if path:
             if name == "valid" and _same_file(data_cfg.train_file, path):
                 raise TextclfError(f"data.valid_file {path!r} is the same file as data.train_file: every validation "
@@ -523,7 +523,7 @@ def check_leakage(data_cfg, splits: dict[str, Split]) -> None:
     more basic problem)."""
     for name in ("valid", "test"):
         if name in splits:
-            path = data_cfg.get(f"{name}_file")
+            path = data_cfg[f"{name}_file"]
             check_overlap(splits["train"], splits[name], f"data.{name}_file {path!r}",
                           same=name == "test" and _same_file(data_cfg.train_file, path))
 

@@ -287,7 +287,7 @@ def input_fingerprints(data_cfg, splits: dict) -> dict:
 
     out = {}
     for name, split in splits.items():
-        key, given = f"data.{name}_file", str(data_cfg.get(f"{name}_file"))
+        key, given = f"data.{name}_file", str(data_cfg[f"{name}_file"])
         if given.startswith(EMBEDDED_PREFIX):
             rows = json.dumps([split.texts, split.pairs, split.labels], default=str, ensure_ascii=False)
             out[key] = {"file": given, "rows": len(split), "rows_sha256": hashlib.sha256(rows.encode()).hexdigest()}
