@@ -42,6 +42,7 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from textclf.config.shipped import shipped_config
 from textclf.errors import TextclfError
 
 TASKS = ("auto", "binary", "multiclass", "multilabel", "regression")
@@ -595,8 +596,6 @@ def _parameters(obj: Any) -> dict[str, inspect.Parameter] | None:
 
 def _shipped(label: str, schema: type) -> str:
     """What conf/ sets `label` to, for the message about a key a config lacks (the schema holds no defaults)."""
-    from textclf.config.shipped import shipped_config
-
     name = next(n for n, (root, _) in SCHEMAS.items()
                 if root is schema or any(tp is schema for _, tp in _fields(root).values()))
     try:
