@@ -1,6 +1,6 @@
-"""One `textclf train` composes its config once and validates it once, in the process that runs it: the run is
-driven in-process through `textclf.cli.main` (as the console script runs it), with Hydra's composition, the schema
-check and the run-folder lock counted.
+"""One `textclf train` composes its config once, validates it once and locks its run folder once, in the process
+that runs it: the run is driven in-process through `textclf.cli.main` (as the console script runs it), with Hydra's
+composition, the schema check and the run-folder lock counted.
 
 Hydra's `@hydra.main` composes the config itself; in Hydra 1.3 it first composes a throwaway copy in multirun
 mode only to read `hydra.mode` (`Hydra.get_mode`), then the config the run uses. That probe is Hydra's, made on
@@ -56,16 +56,16 @@ def in_process_cli(monkeypatch, tmp_path):
     root.handlers[:], root.level = handlers, level
 
 
-def test_one_train_composes_once_and_validates_once(tiny_bert, tmp_path, counted, in_process_cli):
+def test_one_train_composes_validates_and_locks_once(tiny_bert, tmp_path, counted, in_process_cli):
     write_frame(make_frame(30, seed=0), tmp_path / "train.csv")
     run_dir = tmp_path / "run"
     rc = in_process_cli(["train", "data=csv", "data.train_file=train.csv", "debug=fast",
                          *tiny_overrides(tiny_bert, run_dir)])
     assert rc == 0 and (run_dir / "run.json").exists()
-    print(dict(counted))
     assert counted["compose:RUN"] == 1, dict(counted)  # Hydra's run; nothing composes it again
     assert counted["compose:mode probe"] <= 1, dict(counted)  # Hydra's own get_mode (see the module docstring)
     assert counted["validate"] == 1, dict(counted)
+    assert counted["lock"] == 1, dict(counted)
 
 
 def test_a_refused_config_is_composed_and_validated_once(tmp_path, counted, in_process_cli, capsys):
