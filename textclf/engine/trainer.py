@@ -303,12 +303,12 @@ class Trainer:
                 train_loader.batch_sampler.set_epoch(epoch)
             t0, eval_time = time.perf_counter(), p["eval_time"]
             stopped = False
-            steps = self._train_epoch(train_loader, epoch, start_batch if epoch == start_epoch else 0, n_batches)
-            for done in steps:  # after each optimizer step: `done` batches of the epoch are trained
-                stopped = yield from self._after_step(epoch, done, n_batches)
-                if stopped:
-                    break
-            steps.close()
+            with contextlib.closing(self._train_epoch(train_loader, epoch, start_batch if epoch == start_epoch else 0,
+                                                      n_batches)) as steps:
+                for done in steps:  # after each optimizer step (`done`: the epoch's batches trained so far)
+                    stopped = yield from self._after_step(epoch, done, n_batches)
+                    if stopped:
+                        break
             stopped = stopped or (yield from self._evaluate(epoch + 1))
             p["train_time"] += time.perf_counter() - t0 - (p["eval_time"] - eval_time)
             if stopped:
