@@ -14,8 +14,9 @@ giving the types.
   message, with the nearest valid name, followed by what validate finds. The CLI calls it only when Hydra has
   refused to compose a command line, and before a sweep starts (textclf.cli).
 
-This module imports nothing heavy at the top: the CLI uses it on every start. The few choices that live
-elsewhere (truncations, metrics) and the `_target_` classes are imported when a config is checked.
+This module imports nothing heavy at the top (Hydra and OmegaConf only): a config is checked before torch loads. The
+few choices that live elsewhere (truncations, metrics) and the `_target_` classes are imported when a config is
+checked.
 """
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ Both happen in Processes, a Hydra callback (after the config check, before the r
 composed the config, and nothing is written yet. Every process composes the same config; the run folder is rank
 0's (Hydra's ${now:...} in hydra.run.dir would otherwise differ by a second between processes): textclf passes it to
 the processes it starts as hydra.run.dir, and every process of a launch takes rank 0's before Hydra makes it.
+
+torch is imported inside the functions that need it: Hydra imports every callback's module before the first one
+runs, and a config the check refuses should not wait for torch to load.
 """
 from __future__ import annotations
 
@@ -16,13 +19,9 @@ import os
 import sys
 from typing import Any
 
-import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-from torch.distributed.run import get_args_parser, run
 
-from textclf.engine import distributed
 from textclf.engine.callbacks import launched, rank
 from textclf.errors import Refused, TextclfError
 
@@ -66,6 +65,8 @@ def processes_wanted(cfg: DictConfig, multirun: bool = False) -> int | str:
     message refusing the combination."""
     if launched():
         return 1  # a launcher (torchrun, submitit) already decided
+    import torch
+
     devices, device = cfg.trainer.devices, str(cfg.trainer.device)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     on_gpu = device.startswith("cuda") or (device == "auto" and gpus > 0)
@@ -88,6 +89,9 @@ def processes_wanted(cfg: DictConfig, multirun: bool = False) -> int | str:
 def start_processes(n: int, args: list[str], run_dir: str) -> int:
     """Run this command line as n processes on this machine through torchrun's launcher, into run_dir; their exit
     status."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
     if "OMP_NUM_THREADS" not in os.environ:  # n processes share the cores (torchrun would say 1 and warn)
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
     launch_args = get_args_parser().parse_args(
@@ -112,6 +116,8 @@ def start_processes(n: int, args: list[str], run_dir: str) -> int:
 def join_processes(config: DictConfig) -> None:
     """In one process of a multi-process run: join the process group and take rank 0's run folder; the other ranks
     have Hydra write nothing (no .hydra/, no log file: rank 0 writes) and log warnings only."""
+    from textclf.engine import distributed
+
     distributed.init_from_env()
     run_dir = distributed.broadcast(run_dir_of(config) if rank() == 0 else None)
     with read_write(config.hydra), open_dict(config.hydra):
