@@ -51,3 +51,17 @@ def test_a_run_folder_answers_from_its_record_or_its_config(tmp_path, recorded):
     assert chosen("pooling", run_dir=tmp_path) == "weighted_layer"
     # three head options build ClassificationHead: only Hydra's record tells them apart
     assert chosen("head", run_dir=tmp_path) == ("multi_sample" if recorded else "default")
+
+
+def test_a_running_jobs_record_that_does_not_describe_the_node_is_not_trusted():
+    """Hydra's record of another composition (a job run earlier in this process) does not name this config's
+    option: augment=none builds nothing, so it cannot be where an EDA node came from."""
+    from hydra.core.hydra_config import HydraConfig
+
+    earlier, now = composed(["augment=none"], hydra_node=True), composed(["augment=eda", "loss=focal"])
+    before = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(earlier)
+    try:
+        assert chosen("augment", now) == "eda" and chosen("loss", now) == "focal"
+    finally:
+        HydraConfig.instance().cfg = before

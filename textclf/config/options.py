@@ -60,18 +60,23 @@ def _shipped_options(group: str) -> list:
 
 
 def _builds(group: str, option: str, target: str) -> bool | None:
-    """Whether the shipped option's YAML builds `target`; None: it cannot say (not a shipped option, as a
-    --config-dir one is, or one whose _target_ comes from its defaults list)."""
+    """Whether the shipped option's YAML builds `target` (`none` builds nothing); None: it cannot say (not a shipped
+    option, as a --config-dir one is, or one whose _target_ comes from its defaults list)."""
     for path in _shipped_options(group):
         if path.name == f"{option}.yaml":
-            text = path.read_text(encoding="utf-8")
-            return f"_target_: {target}\n" in text if "\n_target_:" in f"\n{text}" else None
+            node = _load(path)
+            return None if "defaults" in node else node.get("_target_") == target
     return None
 
 
 def _option_building(group: str, target: str) -> str:
     """The shipped option whose YAML builds `target`, else the class name."""
     for path in _shipped_options(group):
-        if f"_target_: {target}\n" in path.read_text(encoding="utf-8"):
+        if _load(path).get("_target_") == target:
             return path.name[: -len(".yaml")]
     return target.rsplit(".", 1)[-1]
+
+
+def _load(path) -> DictConfig:
+    node = OmegaConf.create(path.read_text(encoding="utf-8"))  # an empty file (`none`) is an empty node
+    return node if isinstance(node, DictConfig) else OmegaConf.create({})
