@@ -10,6 +10,10 @@ multirun the report of the sweep folder is printed and written (textclf.commands
 
 RunFolderGuard (a Hydra callback) takes a single run's folder lock before Hydra writes into it, and keeps Hydra
 from writing into a finished run's folder at all.
+
+torch, the fold loop, the metrics and the report are imported inside the functions that need them: Hydra imports
+every callback's module (RunFolderGuard, SweepReport) before the config check runs, and a config the check refuses
+should not wait for them to load.
 """
 from __future__ import annotations
 
@@ -26,18 +30,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
-from textclf.commands.report import collect, print_report, write_report
 from textclf.config.options import chosen
-from textclf.data.metrics import direction_of
 from textclf.engine.callbacks import is_main, launched
-from textclf.engine.distributed import init_from_env
-from textclf.engine.kfold import free_memory
 from textclf.errors import TextclfError, own_errors
 from textclf.run import folder
 from textclf.run.folder import write_status
@@ -49,6 +48,8 @@ log = logging.getLogger("textclf")
 def sweeper_direction(monitor: str) -> str:
     """The `textclf_direction` resolver: Optuna's direction for trainer.monitor (auto: macro_f1, maximize).
     Regression's auto monitor is rmse, which is minimised: set trainer.monitor=rmse or hydra.sweeper.direction."""
+    from textclf.data.metrics import direction_of
+
     return direction_of("macro_f1" if monitor == "auto" else monitor) or "maximize"
 
 
@@ -98,6 +99,8 @@ def join_submitit_tasks() -> None:
     if env.num_tasks <= 1:
         return
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    from textclf.engine.distributed import init_from_env
+
     init_from_env()
     if env.global_rank != 0:
         for handler in list(logging.getLogger().handlers):  # rank 0 writes the job's log file
@@ -159,12 +162,16 @@ def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bo
             raise
         log_to_files(f"job failed: {failure['error']}" + (f"\n{failure['traceback']}" if failure["traceback"] else ""))
     if failure is not None:  # outside the except block: the traceback's frames (a model, its tensors) are gone
+        from textclf.engine.kfold import free_memory
+
         free_memory()
         where = ("not recorded: the finished run in the folder is kept" if kept
                  else f"recorded in {run_dir / folder.STATUS}")
         print(f"textclf: job {base['job']} failed: {failure['error'].splitlines()[0]}\n  {where}; the sweep goes on",
               file=sys.stderr)
         return None
+
+    from textclf.data.metrics import direction_of
 
     metrics = _read_json(run_dir / folder.METRICS) or {}
     monitor = metrics.get("monitor") or _configured_monitor(cfg)
@@ -219,6 +226,8 @@ def limit_threads(hc) -> None:
     n_jobs = int(launcher.get("n_jobs") or 1)
     n_jobs = cores if n_jobs < 0 else n_jobs
     if n_jobs > 1:
+        import torch
+
         torch.set_num_threads(max(1, cores // n_jobs))
 
 
@@ -285,6 +294,8 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
             return
+        from textclf.commands.report import collect, print_report, write_report
+
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
