@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 from conftest import make_frame, tiny_overrides, write_frame
 from hydra._internal.hydra import Hydra  # only to count compositions: textclf itself uses Hydra's public API
+from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from textclf.config import schema
@@ -42,11 +43,13 @@ def counted(monkeypatch):
 
 @pytest.fixture
 def in_process_cli(monkeypatch, tmp_path):
-    """Run `textclf.cli.main` here, in tmp_path; Hydra's logging set-up and sys.argv are put back after."""
+    """Run `textclf.cli.main` here, in tmp_path; sys.argv, Hydra's logging set-up and its record of the running job
+    (HydraConfig, which later tests in this process must not see) are put back after."""
     from textclf.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield main
