@@ -86,11 +86,15 @@ def acquisitions(monkeypatch):
 
 @pytest.fixture
 def in_process_cli(monkeypatch, tmp_path):
-    """`textclf.cli.main` run here, in tmp_path; Hydra's logging set-up and sys.argv are put back after."""
+    """`textclf.cli.main` run here, in tmp_path; sys.argv, Hydra's logging set-up and its record of the running job
+    (HydraConfig, which later tests in this process must not see) are put back after."""
+    from hydra.core.hydra_config import HydraConfig
+
     from textclf.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield main
