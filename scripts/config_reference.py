@@ -263,11 +263,7 @@ def rule_text(rule: Any) -> str:
     if isinstance(rule, schema.Range):
         return _escape(str(rule))
     if isinstance(rule, schema.Choice):
-        try:
-            options = tuple(rule.options())
-        except Exception:  # noqa: BLE001 - a choice read from elsewhere that does not import: say where
-            options = tuple(rule.values) + ((f"the names in {rule.ref}",) if rule.ref else ())
-        return "one of " + ", ".join(f"`{o}`" for o in options)
+        return "one of " + ", ".join(f"`{o}`" for o in rule.options())
     if isinstance(rule, schema.Check):
         return _escape(str(getattr(rule, "expect", "") or ""))
     return _escape(str(rule))

@@ -15,8 +15,8 @@ giving the types.
   refused to compose a command line, and before a sweep starts (textclf.cli).
 
 This module imports nothing heavy at the top (Hydra and OmegaConf only): a config is checked before torch loads. The
-few choices that live elsewhere (truncations, metrics) and the `_target_` classes are imported when a config is
-checked.
+named choices come from textclf.config.choices (plain values); the `_target_` classes are imported when a config is
+checked, for their signatures.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from textclf.config.choices import AGGREGATES, CALIBRATIONS, METRICS, TRUNCATIONS
 from textclf.config.shipped import shipped_config
 from textclf.errors import TextclfError
 
@@ -88,16 +89,12 @@ class Range:
 
 @dataclass(frozen=True)
 class Choice:
-    """One of `values`, plus those of `ref` ("module.NAME"), read when a config is checked."""
+    """One of `values` (the lists that other modules act on are in textclf.config.choices)."""
 
     values: tuple = ()
-    ref: str | None = None
 
     def options(self) -> tuple:
-        if self.ref is None:
-            return self.values
-        module, name = self.ref.rsplit(".", 1)
-        return self.values + tuple(getattr(importlib.import_module(module), name))
+        return self.values
 
 
 @dataclass(frozen=True)
@@ -188,12 +185,12 @@ class ModelConfig:
     name_or_path: str = key(hint="a folder, a hub id, or embedded:minilm",
                             nonempty="required (a folder, a hub id, or embedded:minilm)")
     max_length: int = key(Range(8))
-    truncation: str = key(Choice(ref="textclf.data.tables.TRUNCATIONS"))
+    truncation: str = key(Choice(TRUNCATIONS))
     head_fraction: float = key(Range(0, 1),
                                hint="the share of the tokens kept from the start with truncation=head_tail")
     window_stride: Optional[int] = key(Range(1))
     max_windows: Optional[int] = key(Range(1))
-    window_aggregate: str = key(Choice(ref="textclf.data.tables.AGGREGATES"))
+    window_aggregate: str = key(Choice(AGGREGATES))
     trust_remote_code: bool
     gradient_checkpointing: bool
     freeze_embeddings: bool
@@ -220,7 +217,7 @@ class TrainerConfig:
     precision: str = key(Choice(PRECISIONS))
     seed: int = key(Range(0))
     deterministic: bool
-    monitor: str = key(Choice(("auto",), ref="textclf.data.metrics.METRICS"))
+    monitor: str = key(Choice(("auto", *METRICS)))
     early_stopping_patience: Optional[int] = key(Range(1))
     length_window: int = key(Range(1))
     num_workers: int = key(Range(0))
@@ -256,7 +253,7 @@ class TrainConfig:
     threshold: float = key(Range(0, 1, open_low=True, open_high=True))
     tune_threshold: Union[bool, str] = key(Check(lambda v: v in (True, False, "auto"),
                                            "true, false or auto (true for multilabel tasks)"))
-    calibrate: str = key(Choice((), ref="textclf.engine.calibrate.CALIBRATIONS"),
+    calibrate: str = key(Choice(CALIBRATIONS),
                          hint="temperature: logits scaled to calibrated probabilities; not for regression")
     positive_label: Optional[Union[str, int]] = key(hint="binary: the class F1 is about, as it appears in "
                                                     "the data; null: the second class in sorted order")

@@ -6,12 +6,8 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import (accuracy_score, classification_report, f1_score, precision_recall_fscore_support,
                              roc_auc_score)
 
-#: metric name -> True when larger is better
-METRICS = {"accuracy": True, "macro_f1": True, "micro_f1": True, "f1": True, "roc_auc": True,
-           "subset_accuracy": True, "rmse": False, "mae": False, "pearson": True, "spearman": True, "loss": False}
-#: multilabel decision metrics that evaluations also score at thresholds tuned on their own rows (tuned_<name>)
-TUNED_METRICS = ("micro_f1", "macro_f1", "subset_accuracy")
-METRICS.update({f"tuned_{k}": True for k in TUNED_METRICS})
+from textclf.config.choices import METRICS, TUNED_METRICS  # noqa: F401  (the names live with the config's choices)
+
 TASK_METRICS = {
     "binary": ["accuracy", "f1", "roc_auc", "macro_f1", "micro_f1", "loss"],
     "multiclass": ["accuracy", "macro_f1", "micro_f1", "loss"],

@@ -25,6 +25,7 @@ import torch
 from hydra.utils import get_original_cwd
 from tqdm.auto import tqdm
 
+from textclf.config.choices import TRUNCATIONS
 from textclf.errors import TextclfError
 from textclf.io import bar_off
 
@@ -570,8 +571,6 @@ from textclf.data.tasks import LabelSpace  # noqa: E402,F401  (labels live with 
 
 
 # ----------------------------------------------------------------------------- tokenization
-TRUNCATIONS = ("head", "tail", "head_tail", "window")
-AGGREGATES = ("mean", "max")
 
 
 @dataclass

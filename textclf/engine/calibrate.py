@@ -22,7 +22,6 @@ from scipy.optimize import minimize_scalar
 from textclf.errors import TextclfError
 
 KINDS = ("softmax", "sigmoid")
-CALIBRATIONS = ("none", "temperature")
 LOG_T_BOUNDS = (-3.0, 3.0)  # T from about 0.05 to 20
 #: sigmoid probabilities this close to 0 or 1 come back as logits of +-34.5 (float64 keeps no more of them)
 EPS = 1e-15
