@@ -60,7 +60,7 @@ def build(cfg, batches, labels_n: int, name_or_path, backbone_config, device):
     from textclf.engine.hooks import build_hooks
     from textclf.engine.trainer import FitSettings, Trainer
     from textclf.models.losses import CrossEntropyLoss
-    from textclf.models import build_classifier
+    from textclf.models.classifier import build_classifier
 
     torch.manual_seed(0)
     model = build_classifier(cfg.model, cfg.pooling, cfg.head, labels_n, name_or_path=name_or_path,

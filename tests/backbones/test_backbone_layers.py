@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tiny_models import ARCHS, EMBEDDING_PREFIXES, LAYER_PREFIX, LAYERS
 
-from textclf.models import build_classifier
+from textclf.models.classifier import build_classifier
 from textclf.models.layers import find_layers
 
 CONF = resources.files("textclf.conf")

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tiny_models import ARCHS, HAS_POOLER
 
 from textclf.errors import TextclfError
-from textclf.models import build_classifier
+from textclf.models.classifier import build_classifier
 from textclf.models.backbone import load_tokenizer
 from textclf.models.pooling import summary_positions
 

@@ -29,7 +29,7 @@ def test_class_weights_of_the_wrong_length_are_a_clear_error():
 
 
 def test_gradient_checkpointing_trains_like_the_plain_model(tiny_bert):
-    from textclf.models import build_classifier
+    from textclf.models.classifier import build_classifier
 
     def grads(checkpointing: bool):
         torch.manual_seed(0)

@@ -175,7 +175,7 @@ def test_tail_truncation_keeps_the_end(tiny_bert):
 # ----------------------------------------------------------------------------- sorted inference restores order
 def test_predict_logits_over_sorted_batches_restores_input_order(tiny_bert, tiny_tokenizer):
     from textclf.engine.trainer import predict_logits
-    from textclf.models import build_classifier
+    from textclf.models.classifier import build_classifier
 
     torch.manual_seed(0)
     model_cfg = model_node({"trust_remote_code": False, "gradient_checkpointing": False})

@@ -122,7 +122,7 @@ def _predict(model, tok, enc: Encoded, how: str = "mean") -> np.ndarray:
 
 
 def test_a_text_that_fits_one_window_predicts_the_same_with_or_without_windows(tiny_bert, tiny_tokenizer):
-    from textclf.models import build_classifier
+    from textclf.models.classifier import build_classifier
 
     mcfg = model_node({"name_or_path": str(tiny_bert), "max_length": 12, "truncation": "head",
                              "trust_remote_code": False, "gradient_checkpointing": False})

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
 from textclf.errors import TextclfError
-from textclf.models import build_classifier
+from textclf.models.classifier import build_classifier
 from textclf.models.pooling import AttentionPooling, GeMPooling, MaxPooling, MeanPooling, MinPooling
 
 CONF = resources.files("textclf.conf")

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from textclf.errors import TextclfError
-from textclf.models import build_classifier
+from textclf.models.classifier import build_classifier
 from textclf.models.init_from import InitFrom, compare_keys, group_names, resolve_init_from
 
 POOLING = {"_target_": "textclf.models.pooling.MeanPooling"}

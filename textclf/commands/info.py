@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
-from textclf.models import build_classifier
+from textclf.models.classifier import build_classifier
 from textclf.models.backbone import load_backbone_config, resolve_name_or_path
 
 log = logging.getLogger(__name__)

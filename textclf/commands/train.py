@@ -216,7 +216,7 @@ class TrainRun:
         from textclf.engine.evaluate import TaskEvaluator
         from textclf.engine.trainer import FitSettings, Trainer
         from textclf.models.losses import build_loss
-        from textclf.models import build_classifier
+        from textclf.models.classifier import build_classifier
 
         cfg, tcfg, data, device = self.cfg, self.cfg.trainer, self.data, self.device
         seed = int(tcfg.seed)
@@ -376,7 +376,7 @@ class TrainRun:
 
     def test_outputs(self) -> np.ndarray:
         """The test file's outputs: the run's folds ensembled, exactly as `textclf predict` does it."""
-        from textclf.models import build_classifier
+        from textclf.models.classifier import build_classifier
 
         cfg, checked = self.cfg, self.checked
         weights = [folder.fold_dir(self.run_dir, f.index) / folder.WEIGHTS for f in self.folds]

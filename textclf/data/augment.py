@@ -24,12 +24,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import transformers
 from hydra.utils import instantiate
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from textclf.data.tables import resolve_path
 from textclf.errors import TextclfError, own_errors
 from textclf.io import bar_off, quiet_transformers
 
@@ -350,6 +348,8 @@ EMBEDDING_KEYS = ("word_embeddings.weight", "word_embedding.weight", "embed_toke
 def input_embeddings(name_or_path: str) -> np.ndarray:
     """The backbone's input-embedding matrix (vocabulary x dim, float32): only that tensor, read from the folder's
     safetensors file(s); otherwise (a .bin checkpoint, a hub id) from the model loaded whole."""
+    import transformers  # here, not at the top: config checks import this module for its signatures
+
     folder = Path(name_or_path)
     files = []
     index = folder / "model.safetensors.index.json"
@@ -379,6 +379,9 @@ def input_embeddings(name_or_path: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- the masked-LM model
 def masked_lm_folder(mlm_model) -> Path:
     """augment.mlm_model as a local folder with config.json whose architectures (when listed) include a head."""
+    # here, not at the top: config checks import this module for its signatures (tables loads pandas)
+    from textclf.data.tables import resolve_path
+
     what = ("give a local folder holding a masked-language model saved with save_pretrained (config.json, weights, "
             "tokenizer), e.g. bert-base-uncased")
     if not isinstance(mlm_model, str) or not mlm_model.strip():
@@ -408,6 +411,8 @@ def no_head_error(folder, why: str) -> TextclfError:
 def load_masked_lm(folder: Path):
     """(model in eval mode, tokenizer) from the folder; a model whose head weights the checkpoint lacks (they
     would start random) is refused."""
+    import transformers  # here, not at the top: config checks import this module for its signatures
+
     quiet_transformers()
     try:
         model, info = transformers.AutoModelForMaskedLM.from_pretrained(str(folder), output_loading_info=True)

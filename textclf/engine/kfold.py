@@ -1,4 +1,9 @@
-"""Splits and the fold loop: a fresh model, optimizer and hooks per fold; out-of-fold and test predictions."""
+"""Splits and the fold loop: a fresh model, optimizer and hooks per fold; out-of-fold and test predictions.
+
+The config check imports this module for the signatures of the splitters (the kfold options' `_target_`s), before
+it refuses or accepts a config: sklearn, iterstrat and pandas (with the data tables) are imported in the functions
+that split or read tables, so that a refused config does not wait for them.
+"""
 from __future__ import annotations
 
 import gc
@@ -7,12 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold, train_test_split
 
-from textclf.data.tables import read_table
 from textclf.errors import TextclfError
 from textclf.run.checkpoint import FoldResult
 from textclf.run.folder import FOLDS
@@ -60,6 +61,9 @@ class Holdout:
         """strat: what to stratify on (class ids, regression bins), or None for a plain shuffled split."""
         if n_valid_file_rows:
             return [Fold(0, np.arange(n), np.arange(n, n + n_valid_file_rows))]
+        # here, not at the top: config checks import this module for its splitters' signatures
+        from sklearn.model_selection import train_test_split
+
         n_test = max(int(round(n * self.holdout)), len(np.unique(strat)) if strat is not None else 1)
         train_rows, valid_rows = train_test_split(np.arange(n), test_size=n_test, random_state=self.seed,
                                                   stratify=strat)
@@ -124,6 +128,9 @@ class KFoldSplit:
         return self.select(folds)
 
     def _splits(self, strat, n: int, groups, seed):
+        # here, not at the top: config checks import this module for its splitters' signatures
+        from sklearn.model_selection import KFold
+
         return KFold(self.n_splits, shuffle=self.shuffle, random_state=seed).split(np.zeros(n))
 
 
@@ -144,6 +151,9 @@ class StratifiedKFoldSplit(KFoldSplit):
         check_class_counts(y, names, self.n_splits)
 
     def _splits(self, strat, n: int, groups, seed):
+        # here, not at the top: config checks import this module for its splitters' signatures
+        from sklearn.model_selection import KFold, StratifiedKFold
+
         if strat is None:
             if seed == self.seed or seed is None:  # once per run, not per repeat
                 log.info("kfold=stratified: nothing to stratify on for this task; using shuffled KFold "
@@ -164,6 +174,9 @@ class MultilabelStratifiedKFoldSplit(KFoldSplit):
         check_class_counts(y, names, self.n_splits)
 
     def _splits(self, strat, n: int, groups, seed):
+        # here, not at the top: config checks import this module for its splitters' signatures
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
         if strat is None:
             return super()._splits(strat, n, groups, seed)
         if strat.ndim == 1:  # class ids or bins: one-hot, each class a "label"
@@ -180,6 +193,9 @@ class GroupKFoldSplit(KFoldSplit):
     needs_groups = True
 
     def _splits(self, strat, n: int, groups, seed):
+        # here, not at the top: config checks import this module for its splitters' signatures
+        from sklearn.model_selection import GroupKFold
+
         return GroupKFold(self.n_splits, shuffle=self.shuffle, random_state=seed).split(np.zeros(n), groups=groups)
 
 
@@ -191,6 +207,9 @@ class StratifiedGroupKFoldSplit(KFoldSplit):
     needs_groups = True
 
     def _splits(self, strat, n: int, groups, seed):
+        # here, not at the top: config checks import this module for its splitters' signatures
+        from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
         if strat is None:
             if seed == self.seed or seed is None:
                 log.info("kfold=stratified_group: nothing to stratify on for this task; using GroupKFold")
@@ -249,6 +268,11 @@ def warn_rare_labels(y: np.ndarray, names: list[str], n_splits: int) -> None:
 
 def read_groups(data_cfg, n: int, splitter=None) -> np.ndarray:
     """data.group_col of the training table as integer group ids (one per row, in file order)."""
+    # here, not at the top: config checks import this module for its splitters' signatures
+    import pandas as pd
+
+    from textclf.data.tables import read_table
+
     kind = f"kfold={splitter.name if splitter is not None else 'group'}"
     col = data_cfg.group_col if data_cfg is not None else None
     if not col or not isinstance(col, str):
@@ -283,6 +307,9 @@ def folds_table(folds: list[Fold], n_rows: int):
     """folds.csv: the fold that validates each training row (-1: training only, as with a holdout).
 
     With kfold.repeats > 1 every row appears once per repeat (repeat 0's rows first)."""
+    # here, not at the top: config checks import this module for its splitters' signatures
+    import pandas as pd
+
     repeats = sorted({f.repeat for f in folds}) or [0]
     parts = []
     for r in repeats:
@@ -296,6 +323,9 @@ def folds_table(folds: list[Fold], n_rows: int):
 
 def read_folds_csv(path: Path, n: int, splitter) -> list[Fold]:
     """Every fold of an existing folds.csv, checked against the data's row count and the configured folds."""
+    # here, not at the top: config checks import this module for its splitters' signatures
+    import pandas as pd
+
     try:
         table = pd.read_csv(path)
     except Exception as e:  # noqa: BLE001 - any parse error is the file's fault

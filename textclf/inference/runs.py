@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from textclf.data.tasks import LabelSpace
 from textclf.errors import TextclfError
-from textclf.models import build_classifier
+from textclf.models.classifier import build_classifier
 from textclf.models.backbone import load_backbone_config, load_tokenizer
 from textclf.run import folder
 from textclf.run.manifest import verify

@@ -7,8 +7,6 @@ import logging
 import os
 from pathlib import Path
 
-import transformers
-
 from textclf.data.tables import resolve_path
 from textclf.errors import TextclfError
 from textclf.io import quiet_transformers
@@ -124,6 +122,8 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
 
 
 def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_code: bool = False):
+    import transformers  # here, not at the top: config checks import this module for its signatures
+
     quiet_transformers()
     spm_error = _sentencepiece_error(name_or_path, None)
     if spm_error is not None:
@@ -146,6 +146,8 @@ def load_tokenizer(name_or_path: str, *, truncation: str = "head", trust_remote_
 
 def load_backbone_config(name_or_path: str, *, hidden_dropout=None, attention_dropout=None,
                          trust_remote_code: bool = False):
+    import transformers  # here, not at the top: config checks import this module for its signatures
+
     quiet_transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -170,6 +172,8 @@ def load_backbone(name_or_path: str, config, *, pretrained: bool = True, trust_r
 
     A pretrained load reports what transformers' (silenced) log would have said: see report_loading. uses_pooler:
     the pooling reads the pooler output; weights_follow: model.init_from loads weights over it afterwards."""
+    import transformers  # here, not at the top: config checks import this module for its signatures
+
     quiet_transformers()
     try:
         if pretrained:

@@ -31,10 +31,13 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from textclf.data.tasks import LabelSpace
 from textclf.io import write_json
 from textclf.run.lock import RunLock
+
+if TYPE_CHECKING:
+    from textclf.data.tasks import LabelSpace
 
 CONFIG = "config.yaml"
 LOG = "train.log"
@@ -149,4 +152,7 @@ def write_labels(run_dir: str | os.PathLike, labels: LabelSpace) -> None:
 
 
 def read_labels(run_dir: str | os.PathLike) -> LabelSpace:
+    # here, not at the top: Hydra imports this module (RunFolderGuard) before the config check; tasks loads sklearn
+    from textclf.data.tasks import LabelSpace
+
     return LabelSpace.from_dict(json.loads((Path(run_dir) / LABELS).read_text(encoding="utf-8")))
