@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 from typing import Any
 
 import numpy as np
