@@ -358,3 +358,26 @@ def assert_refused_clearly(rc: int, out: str, err: str, patterns, *, no_model: s
         assert console.count("textclf: error") == 1, shown
         assert "textclf: error" in err, shown
     assert no_model not in console, f"the data check came after the model load:\n{shown}"
+
+
+@pytest.fixture
+def in_process_cli(monkeypatch, tmp_path):
+    """`textclf.cli.main` run in this process, in tmp_path (to count what one command does); sys.argv, Hydra's
+    logging set-up and its record of the running job (HydraConfig, which later tests in this process must not
+    see) are put back after."""
+    import logging
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from textclf.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield main
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:], root.level = handlers, level

@@ -7,14 +7,11 @@ mode only to read `hydra.mode` (`Hydra.get_mode`), then the config the run uses.
 every run of every Hydra app: it is counted apart, so the test says what textclf controls."""
 from __future__ import annotations
 
-import logging
-import sys
 from collections import Counter
 
 import pytest
 from conftest import make_frame, tiny_overrides, write_frame
 from hydra._internal.hydra import Hydra  # only to count compositions: textclf itself uses Hydra's public API
-from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from textclf.config import schema
@@ -39,24 +36,6 @@ def counted(monkeypatch):
     monkeypatch.setattr(schema, "problems", counting("validate", schema.problems))
     monkeypatch.setattr(RunLock, "acquire", counting("lock", RunLock.acquire))
     return counts
-
-
-@pytest.fixture
-def in_process_cli(monkeypatch, tmp_path):
-    """Run `textclf.cli.main` here, in tmp_path; sys.argv, Hydra's logging set-up and its record of the running job
-    (HydraConfig, which later tests in this process must not see) are put back after."""
-    from textclf.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield main
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:], root.level = handlers, level
 
 
 def test_one_train_composes_validates_and_locks_once(tiny_bert, tmp_path, counted, in_process_cli):

@@ -4,8 +4,6 @@ once (not once per layer it passes through) and leaves none behind."""
 from __future__ import annotations
 
 import ast
-import logging
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -82,26 +80,6 @@ def acquisitions(monkeypatch):
 
     monkeypatch.setattr(RunLock, "acquire", counting)
     return counts
-
-
-@pytest.fixture
-def in_process_cli(monkeypatch, tmp_path):
-    """`textclf.cli.main` run here, in tmp_path; sys.argv, Hydra's logging set-up and its record of the running job
-    (HydraConfig, which later tests in this process must not see) are put back after."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from textclf.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield main
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:], root.level = handlers, level
 
 
 def test_one_train_takes_the_run_folder_lock_once(tiny_bert, tmp_path, acquisitions, in_process_cli):
