@@ -11,6 +11,7 @@ import textclf.cli  # noqa: F401  (registers the textclf_* resolvers the presets
 from textclf.commands.validate import resolved_copy
 from textclf.config.options import chosen
 from textclf.models.losses import default_loss_for
+from textclf.run import folder
 
 
 def composed(overrides=(), hydra_node=False):
@@ -48,9 +49,10 @@ def test_a_run_folder_answers_from_its_record_or_its_config(tmp_path, recorded):
         (tmp_path / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": cfg.hydra}), encoding="utf-8")
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(job), encoding="utf-8")
-    assert chosen("pooling", run_dir=tmp_path) == "weighted_layer"
+    run_cfg, record = OmegaConf.load(tmp_path / folder.CONFIG), folder.read_choices(tmp_path)
+    assert chosen("pooling", run_cfg, choices=record) == "weighted_layer"
     # three head options build ClassificationHead: only Hydra's record tells them apart
-    assert chosen("head", run_dir=tmp_path) == ("multi_sample" if recorded else "default")
+    assert chosen("head", run_cfg, choices=record) == ("multi_sample" if recorded else "default")
 
 
 def test_a_running_jobs_record_that_does_not_describe_the_node_is_not_trusted():

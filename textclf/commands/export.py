@@ -203,7 +203,7 @@ def export_fold(run, path: Path, names: list[str], out: Path, cfg: DictConfig) -
     """One fold: export, check against PyTorch, quantize when asked; its entry in export.json."""
     fold = path.parent.name
     model = load_torch_model(path, run.make_model, "cpu")
-    pooling = chosen("pooling", run_dir=run.run_dir)
+    pooling = chosen("pooling", run.cfg, choices=folder.read_choices(run.run_dir))
     what = f"{fold}: the {run.backbone_config.model_type} backbone with pooling={pooling}"
     fp32 = out / f"{fold}.onnx"
     export_graph(model, names, fp32, opset=cfg.opset, what=what)

@@ -20,6 +20,7 @@
   *.png                  plots (plots=true): learning_curves.png; confusion_matrix.png and reliability.png
                          (classification); precision_recall.png (binary, multilabel); predicted_vs_true.png (regression)
   run.json               written last: the run is finished (the SHA-256 of every file predict loads)
+  .hydra/hydra.yaml      Hydra's own record of the run (hydra.output_subdir): the options chosen for each group
 
 Every name below appears in this table, and no other module of the package spells one
 (tests/integration/test_run_folder_once.py checks both), so the table and the names cannot drift.
@@ -32,6 +33,8 @@ import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from omegaconf import OmegaConf
 
 from textclf.io import write_json
 from textclf.run.lock import RunLock
@@ -54,6 +57,8 @@ OOF = "oof.csv"
 METRICS = "metrics.json"
 TEST_PREDICTIONS = "test_predictions.csv"
 MANIFEST = "run.json"
+#: Hydra writes it (hydra.output_subdir=.hydra); textclf only reads the options chosen from it
+HYDRA_RECORD = ".hydra/hydra.yaml"
 #: the PNGs textclf.observe.plots writes
 PLOT_FILES = ("learning_curves.png", "confusion_matrix.png", "precision_recall.png", "reliability.png",
               "predicted_vs_true.png")
@@ -156,3 +161,12 @@ def read_labels(run_dir: str | os.PathLike) -> LabelSpace:
     from textclf.data.tasks import LabelSpace
 
     return LabelSpace.from_dict(json.loads((Path(run_dir) / LABELS).read_text(encoding="utf-8")))
+
+
+def read_choices(run_dir: str | os.PathLike):
+    """The option Hydra composed for each group of the run (hydra.runtime.choices); None for a run written with
+    hydra.output_subdir=null, which keeps no record."""
+    record = Path(run_dir) / HYDRA_RECORD
+    if not record.is_file():
+        return None
+    return OmegaConf.select(OmegaConf.load(record), "hydra.runtime.choices", default=None)
