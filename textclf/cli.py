@@ -12,7 +12,9 @@ import argparse
 import contextlib
 import io
 import os
+import signal
 import sys
+import threading
 from functools import partial
 
 import hydra
@@ -71,16 +73,59 @@ OmegaConf.register_new_resolver("textclf_direction", _direction, replace=True)
 
 def _run(fn, cfg: DictConfig):
     from textclf.errors import TextclfError, own_errors
+    from textclf.io import file_fault
 
     try:
-        with own_errors():
+        with own_errors(), _stop_on_sigterm():
             return fn(cfg)
-    except TextclfError as e:
+    except (TextclfError, OSError) as e:
+        message = str(e) if isinstance(e, TextclfError) else file_fault(e)
+        if message is None:
+            raise
         from textclf.commands.sweep import log_to_files
 
-        log_to_files(f"error: {e}")  # the run's log file; the console gets it once, on stderr
-        print(f"textclf: error: {e}", file=sys.stderr)
+        log_to_files(f"error: {message}")  # the run's log file; the console gets it once, on stderr
+        print(f"textclf: error: {message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: every file is written atomically, none is left half-written
+        signum = e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT
+        print(f"textclf: interrupted ({signal.Signals(signum).name}): nothing half-written was left; run the same "
+              f"command again to start it over", file=sys.stderr)
+        sys.exit(128 + int(signum))
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """SIGTERM (a scheduler, `kill`) stops predict and export as Ctrl-C does: a KeyboardInterrupt carrying the signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _plain(fn, argv: list[str]) -> int:
+    """report, merge, ensemble: a file fault (no space, read-only, ...) or a Ctrl-C is one line, not a traceback."""
+    from textclf.io import file_fault
+
+    try:
+        return fn(argv)
+    except OSError as e:
+        if file_fault(e) is None:
+            raise
+        print(f"textclf: error: {file_fault(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("textclf: interrupted (SIGINT): every file is written atomically, none was left half-written; run "
+              "the same command again", file=sys.stderr)
+        return 130
 
 
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
@@ -315,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = args[0]
     if command in PLAIN_COMMANDS:
-        return PLAIN_COMMANDS[command](args[1:])
+        return _plain(PLAIN_COMMANDS[command], args[1:])
     if command not in COMMANDS:
         print(f"textclf: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Atomic file writes: write a temporary file beside the target, then rename it into place."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -110,3 +111,33 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+#: errno values that are the machine's state (space, permissions, a path in the way), not a bug: one line each
+_FILE_FAULTS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.EEXIST: "a file is in the way",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EIO: "an input/output error of the device",
+}
+
+
+def file_fault(e: BaseException) -> str | None:
+    """One line for an OSError that is the machine's state rather than a bug (no space, read-only, a path that is a
+    file, ...): what failed and on which file, and how to go on; None for anything else."""
+    if not isinstance(e, OSError) or e.errno not in _FILE_FAULTS:
+        return None
+    target = e.filename if e.filename is not None else "a file"
+    hint = {errno.ENOSPC: "free some space (or write to another disk) and run the command again",
+            errno.EDQUOT: "free some space (or write to another disk) and run the command again",
+            errno.EROFS: "write to a folder you can write to",
+            errno.EACCES: "write to a folder you can write to, or fix its permissions",
+            errno.EPERM: "write to a folder you can write to, or fix its permissions",
+            }.get(e.errno, "give another path")
+    return f"cannot write or read {target}: {_FILE_FAULTS[e.errno]}; {hint}"

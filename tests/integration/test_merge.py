@@ -50,6 +50,9 @@ def fake_job(folder, folds, *, lr=1e-4, split="row,fold\n0,0\n1,1\n2,2\n"):
     for f in folds:
         (folder / f"fold_{f}").mkdir()
         (folder / f"fold_{f}" / "result.json").write_text("{}")
+    from textclf.run.manifest import write_manifest
+
+    write_manifest(folder)  # a finished job: merge joins only those
     return folder
 
 

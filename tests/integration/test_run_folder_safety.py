@@ -325,7 +325,7 @@ def test_a_resume_on_a_data_file_edited_in_place_is_refused_or_starts_over(tiny_
 # ----------------------------------------------------------------------------- what overwrite removes
 def test_only_the_files_textclf_writes_are_removed(tmp_path):
     from textclf.run.checkpoint import remove_run_outputs
-    from textclf.run.folder import RUN_OUTPUTS
+    from textclf.run.folder import RECORD, RUN_NAMES, RUN_OUTPUTS, claim
 
     run_dir = tmp_path / "run"
     ours = [*RUN_OUTPUTS, "folds.csv", ".oof.csv.abc123.tmp", "backbone/config.json", "backbone/vocab.txt",
@@ -337,9 +337,11 @@ def test_only_the_files_textclf_writes_are_removed(tmp_path):
     for name in ours + kept:
         (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / name).write_text(name)
+    # the folder's record names what the run wrote (a run records these before writing them)
+    claim(run_dir, [*RUN_NAMES, "fold_0/", "fold_1/", "tb/", "backbone/config.json", "backbone/vocab.txt"])
     config = {"logger": {"tensorboard": {"_target_": "textclf.observe.loggers.TensorBoardLogger", "subdir": "tb"}}}
     remove_run_outputs(run_dir, [config], keep_folds_csv=False)
-    left = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    left = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and p.name != RECORD)
     assert left == sorted(kept)
     assert not (run_dir / "fold_1").exists(), "a fold folder left empty goes too"
 
@@ -361,8 +363,11 @@ def test_what_a_run_folder_holds_decides_how_a_run_starts(tmp_path):
     from textclf.run.checkpoint import prepare_run_dir
     from textclf.errors import TextclfError
 
+    from textclf.run.folder import RUN_NAMES, claim
+
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    claim(run_dir, RUN_NAMES)  # the run's record, as a run writes it before anything else
     cfg = OmegaConf.create({"optimizer": {"lr": 1e-4}, "resume": False, "overwrite": False, "plots": True})
     inputs = {"data.train_file": {"file": "t.csv", "path": "/d/t.csv", "size": 10, "sha256": "a" * 64}}
     assert prepare_run_dir(run_dir, cfg, inputs) == "fresh"

@@ -36,12 +36,19 @@ def predict(cli, run_dir, kfold_run, tmp_path):
 
 def test_planted_pickles_are_never_executed(cli, kfold_run, run_copy, tmp_path):
     marker = tmp_path / "PWNED"
-    for name in ("fold_0/pytorch_model.bin", "fold_0/model.pt", "backbone/pytorch_model.bin",
-                 "backbone/training_args.bin", "fold_1/optimizer.pt"):
+    for name in ("fold_0/pytorch_model.bin", "fold_0/model.pt", "fold_1/optimizer.pt"):
         with open(run_copy / name, "wb") as f:
             pickle.dump(Planted(marker), f)
     result = predict(cli, run_copy, kfold_run, tmp_path)
     assert result[0] == 0, describe(result)
+    assert not marker.exists(), "predict executed a pickle found in the run folder"
+    # backbone/ is loaded as a folder (the tokenizer reads what it finds there): a file textclf did not write there is
+    # refused by name, and still never run
+    for name in ("backbone/pytorch_model.bin", "backbone/training_args.bin"):
+        with open(run_copy / name, "wb") as f:
+            pickle.dump(Planted(marker), f)
+    rc, out, err = predict(cli, run_copy, kfold_run, tmp_path)
+    assert rc == 2 and "backbone/" in err and "not listed in run.json" in err, describe((rc, out, err))
     assert not marker.exists(), "predict executed a pickle found in the run folder"
 
 

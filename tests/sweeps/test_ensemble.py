@@ -10,6 +10,7 @@ import pytest
 
 from textclf.commands.ensemble import main as ensemble_main
 from textclf.data.tasks import LabelSpace
+from textclf.run.manifest import write_manifest
 
 
 def fake_run(folder: Path, probs: np.ndarray, y: np.ndarray, *, classes=("neg", "neu", "pos"), task="multiclass",
@@ -26,6 +27,7 @@ def fake_run(folder: Path, probs: np.ndarray, y: np.ndarray, *, classes=("neg", 
     (folder / "metrics.json").write_text(json.dumps({"task": task, "monitor": "macro_f1"}))
     if test is not None:
         labels.table(test).to_csv(folder / "test_predictions.csv", index=False)
+    write_manifest(folder)  # run.json last, as train writes it: ensemble verifies every table it reads
     return folder
 
 

@@ -23,6 +23,7 @@ from textclf.data.tasks import split_labels
 from textclf.errors import TextclfError
 from textclf.io import write_csv, write_json
 from textclf.run import folder
+from textclf.run.manifest import verify_run_files
 
 
 @dataclass
@@ -42,6 +43,7 @@ def load_member(path: Path) -> Member:
     missing = [f for f in (folder.LABELS, folder.OOF, folder.FOLDS) if not (path / f).exists()]
     if missing:
         raise TextclfError(f"{path}: no {', '.join(missing)}; blend finished runs of `textclf train`")
+    verify_run_files(path, (folder.LABELS, folder.OOF, folder.FOLDS, folder.METRICS, folder.TEST_PREDICTIONS))
     labels = folder.read_labels(path)
     metrics = json.loads((path / folder.METRICS).read_text(encoding="utf-8")) if (path / folder.METRICS).exists() \
         else {}

@@ -182,14 +182,15 @@ def export(cfg: DictConfig) -> None:
     require("onnx", "onnxscript", "onnxruntime", what="textclf export format=onnx")
     run = RunModel.load(run_dir, run_cfg, labels, weights)
     names = graph_inputs(run)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / EXPORT_MANIFEST).unlink(missing_ok=True)  # a folder with export.json is a finished export
+    start_export(out, weights)
     folds = [export_fold(run, path, names, out, cfg) for path in weights]
-    run.tokenizer.save_pretrained(str(out / "tokenizer"))
+    run.tokenizer.save_pretrained(str(out / TOKENIZER))
     shutil.copyfile(run_dir / folder.LABELS, out / folder.LABELS)
     manifest = export_manifest(run, names, folds, cfg)
-    write_text(out / "README.md", readme(run, manifest))
-    write_json(out / EXPORT_MANIFEST, manifest)
+    write_text(out / README, readme(run, manifest))
+    manifest["files"] = {str(p.relative_to(out)): sha256(p) for p in sorted(out.rglob("*"))
+                         if p.is_file() and p.name not in (EXPORT_MANIFEST, folder.RECORD)}
+    write_json(out / EXPORT_MANIFEST, manifest)  # last: a folder with export.json is a finished export
     for fold in folds:
         log.info("%s -> %s (largest logit difference to PyTorch %.2g, allowed %g%s)", fold["fold"], out / fold["file"],
                  fold["max_abs_diff"], TOLERANCE, f"; int8 keeps the argmax of {fold['int8_argmax_agreement']:.0%} "
@@ -197,6 +198,23 @@ def export(cfg: DictConfig) -> None:
     log.info("exported %d fold(s) of %s to %s: textclf predict run_dir=%s backend=onnx%s ...", len(folds), run_dir, out,
              run_dir, "" if out == run_dir / "export" else f" export_dir={out}")
     print(out)
+
+
+TOKENIZER, README = "tokenizer", "README.md"
+
+
+def start_export(out: Path, weights: list[Path]) -> None:
+    """Record what the export writes (in the export folder's record, and in the run folder's when the export
+    folder is inside it), then remove what an earlier or interrupted export left: the export starts over."""
+    folder.claim_inside_run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fold_names = [n for w in weights for n in (f"{w.parent.name}.onnx", f"{w.parent.name}.int8.onnx")]
+    folder.claim(out, [EXPORT_MANIFEST, f"{TOKENIZER}/", folder.LABELS, README, *fold_names])
+    (out / EXPORT_MANIFEST).unlink(missing_ok=True)  # a folder with export.json is a finished export
+    record = folder.recorded(out) or set()
+    for entry in sorted(out.iterdir()):
+        if entry.name != folder.RECORD and folder.is_recorded(out, entry.name, record):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def export_fold(run, path: Path, names: list[str], out: Path, cfg: DictConfig) -> dict:
@@ -239,9 +257,8 @@ def check_export_output(cfg: DictConfig, run_dir: Path) -> Path:
         place = "the run folder itself" if not inside else f"inside the run's {inside[0]}/"
         raise TextclfError(f"{where} is {place}: the export would mix with the run's own files; leave output out "
                            f"(<run_dir>/export) or give another folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MANIFEST).exists():
-        raise TextclfError(f"{where} already holds files that are not a textclf export (no {EXPORT_MANIFEST}): "
-                           f"give an empty or new folder")
+    # an earlier export (finished or interrupted) is textclf's and is replaced; anything else is the user's
+    folder.refuse_foreign(out, "output", "give an empty or new folder, or move those files out")
     return out
 
 

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf, open_dict
 from textclf.commands.train import TrainRun
 from textclf.errors import TextclfError
 from textclf.run import folder
+from textclf.run.manifest import backbone_files, fold_files, sha256, verify
 
 log = logging.getLogger("textclf.commands.merge")
 
@@ -54,7 +55,12 @@ def comparable(run: Path) -> dict:
 
 
 def collect(runs: list[Path]) -> dict[int, Path]:
-    """fold index -> the run folder holding it finished; every run of the same split and settings."""
+    """fold index -> the run folder holding it finished; every run a finished job (run.json) of the same split,
+    settings and data, whose files are the ones its training wrote."""
+    for run in runs:
+        if not (run / folder.MANIFEST).exists():
+            raise TextclfError(f"{run} is not a finished fold job (no {folder.MANIFEST}): finish it first "
+                               f"(textclf train resume={run}); merge joins finished folds only and never trains")
     first = runs[0]
     base, split = comparable(first), _read(first / folder.FOLDS)
     folds: dict[int, Path] = {}
@@ -72,12 +78,35 @@ def collect(runs: list[Path]) -> dict[int, Path]:
                 log.warning("fold %d is in %s and %s: taking the first", index, folds[index], run)
                 continue
             folds[index] = run
+    for run in dict.fromkeys(folds.values()):  # what merge copies, as each job's training wrote it
+        shared = [n for n in (folder.CONFIG, folder.FOLDS, folder.INPUTS) if (run / n).exists()]
+        verify(run, [*shared, *backbone_files(run),
+                     *(name for index, r in folds.items() if r == run
+                       for name in fold_files(run, folder.fold_dir(run, index)))])
+    check_data(first)
     wanted = expected_folds(first)
     missing = [f for f in wanted if f not in folds]
     if missing:
         raise TextclfError(f"fold(s) {missing} of {len(wanted)} are not finished in any of the given runs "
                            f"({', '.join(map(str, runs))}); train them (kfold.folds={missing}) and merge again")
     return {f: folds[f] for f in wanted}
+
+
+def check_data(run: Path) -> None:
+    """The data files the jobs read (inputs.json) hold the same bytes now: merge scores the out-of-fold outputs
+    against the labels it reads again, and never trains, so other data is refused before anything is copied."""
+    try:
+        inputs = json.loads((run / folder.INPUTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # an older textclf's job: the run's own check compares what it can
+    for key, entry in inputs.items():
+        path = Path(str(entry.get("path", ""))) if isinstance(entry, dict) else None
+        if path is None or "sha256" not in entry or not path.is_file():
+            continue
+        if sha256(path) != entry["sha256"]:
+            raise TextclfError(f"cannot merge: {key} {entry.get('file')!r} ({path}) changed since the fold jobs read "
+                               f"it; merge joins finished folds and never trains: put the data back, or train the "
+                               f"folds again on the new data")
 
 
 def expected_folds(run: Path) -> list[int]:
@@ -92,9 +121,13 @@ def _read(path: Path) -> str | None:
 
 def assemble_into(output: Path, folds: dict[int, Path]) -> None:
     first = next(iter(folds.values()))
-    output.mkdir(parents=True, exist_ok=True)
+    if output.resolve() not in {r.resolve() for r in folds.values()}:
+        folder.refuse_foreign(output, "--output", "give an empty or new --output folder")
     if (output / folder.MANIFEST).exists() and set(folds.values()) != {output}:
         raise TextclfError(f"{output} holds a finished run already; give another --output folder")
+    output.mkdir(parents=True, exist_ok=True)
+    folder.adopt(output)
+    folder.claim(output, [f"{folder.fold_dir(output, i).name}/" for i in folds])
     for name in folder.SHARED:
         src, dst = first / name, output / name
         if src.resolve() == dst.resolve() or not src.exists():
@@ -112,7 +145,7 @@ def assemble_into(output: Path, folds: dict[int, Path]) -> None:
         cfg.kfold.folds = None  # the merged run is the whole split, as a sequential run writes it
     (output / folder.CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     (output / folder.MANIFEST).unlink(missing_ok=True)
-    TrainRun(cfg, output).run()
+    TrainRun(cfg, output, merging=True).run()
 
 
 def main(argv: list[str]) -> int:

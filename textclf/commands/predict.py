@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import json
 import logging
 import signal
@@ -59,6 +60,12 @@ def check_output(cfg: DictConfig, run_dir: Path) -> Path:
                                or inside.parts[0].startswith(folder.FOLD_PREFIX)):
         raise TextclfError(f"{where} is a file of the run itself ({inside}): writing predictions there would break "
                            f"the run; choose another output, e.g. output={run_dir / 'predictions.csv'}")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
+        why = "is a file, not a folder" if not parent.is_dir() else "cannot be written to (read-only or permissions)"
+        raise TextclfError(f"{where}: {parent} {why}; choose an output in a folder you can write to")
+    if inside is not None and len(inside.parts) == 1:  # a table beside the run's files: recorded as textclf's
+        folder.claim_inside_run(out, is_dir=False)
     return out
 
 

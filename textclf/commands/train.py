@@ -30,10 +30,11 @@ from textclf.commands.validate import Checked, preflight
 from textclf.config.options import chosen
 from textclf.data.tables import Collator, EpochBatches, Encoded, LabelSpace, balanced_weights, sorted_batches, tokenize_with
 from textclf.engine import distributed
+from textclf.errors import TextclfError
 from textclf.engine.callbacks import Callback, Callbacks, RunContext, is_main
 from textclf.run import folder
-from textclf.run.checkpoint import (FoldCheckpoint, fault_point, finished_fold, finished_run_score, input_fingerprints,
-                                    prepare_run_dir, save_fold_outputs)
+from textclf.run.checkpoint import (FoldCheckpoint, data_changes, fault_point, finished_fold, finished_run_score,
+                                    input_fingerprints, prepare_run_dir, save_fold_outputs, tensorboard_dirs)
 from textclf.run.signals import StopSignals
 from textclf.engine.kfold import Fold, FoldOutputs, FoldResult, free_memory, make_folds
 from textclf.inference.ensemble import ensemble
@@ -75,8 +76,10 @@ class RunData:
 
 
 class TrainRun:
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, *, merging: bool = False):
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        #: textclf merge: every fold is finished already (copied from the fold jobs); nothing is trained
+        self.merging = merging
         self.main = is_main()  # the one decision of who writes files and logs to loggers
         self.callbacks: Callback = Callbacks()
         self.stop = StopSignals()  # installed by run(); until then it never asks to stop
@@ -87,6 +90,8 @@ class TrainRun:
         # only when no entry above took it (train() called directly, merge); SIGINT / SIGTERM stop at the next safe
         # point (engine.interrupt)
         with folder.hold(self.run_dir) if self.main else contextlib.nullcontext(), StopSignals() as self.stop:
+            if self.main:  # a folder holding the user's files is refused before anything is written
+                folder.adopt(self.run_dir, overwrite=bool(self.cfg.overwrite))
             return self._run()
 
     def _run(self) -> float:
@@ -136,6 +141,9 @@ class TrainRun:
             valid = checked.splits.get("valid")
             self.folds, folds_frame = make_folds(instantiate(cfg.kfold), self.labels, checked.y,
                                                  len(valid) if valid else 0, data_cfg=cfg.data, run_dir=self.run_dir)
+        if self.main:  # recorded before they are written: textclf's own, to resume, replace or remove
+            folder.claim(self.run_dir, [f"{folder.fold_dir(self.run_dir, f.index).name}/" for f in self.folds]
+                         + [f"{d}/" for d in tensorboard_dirs([OmegaConf.to_container(cfg, resolve=True)])])
         log.info("task %s, %d %s: %s", self.labels.task, len(self.labels.classes),
                  "targets" if self.labels.task == "regression" else "classes", ", ".join(self.labels.names[:20]))
         seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
@@ -156,7 +164,13 @@ class TrainRun:
     def prepare(self, cfg: DictConfig, checked: Checked) -> tuple[dict, str]:
         """The data files' fingerprints and how the run starts in its folder (engine.checkpoint.prepare_run_dir)."""
         inputs = input_fingerprints(cfg.data, checked.splits)
-        return inputs, prepare_run_dir(self.run_dir, cfg, inputs, resume=bool(cfg.resume),
+        if self.merging:  # the jobs' data must be the data of now: merge never trains, so it never starts over
+            changed = data_changes(self.run_dir, inputs)
+            if changed:
+                raise TextclfError(f"cannot merge: {'; '.join(changed)}. The fold jobs were trained on other data "
+                                   f"than the files hold now; merge joins finished folds only and never trains: "
+                                   f"put the data back, or train the folds again")
+        return inputs, prepare_run_dir(self.run_dir, cfg, inputs, resume=bool(cfg.resume) or self.merging,
                                        overwrite=bool(cfg.overwrite))
 
     # ------------------------------------------------------------------------- 2. one fold
@@ -167,6 +181,9 @@ class TrainRun:
             log.info("fold %d: finished before, kept", fold.index)
             self.callbacks.on_fold_end(fold.index, kept.result)
             return kept
+        if self.merging:
+            raise TextclfError(f"fold {fold.index} is not finished in the merged run folder {self.run_dir}; merge "
+                               f"never trains: train it (kfold.folds=[{fold.index}]) and merge again")
         train_rows = self.data.with_copies(fold.train_rows)
         copies = f" + {len(train_rows) - len(fold.train_rows)} augmented copies of them" if len(train_rows) > len(
             fold.train_rows) else ""
@@ -621,3 +638,5 @@ def save_run_files(run_dir: Path, cfg: DictConfig, tokenizer, backbone_config) -
     backbone_dir.mkdir(parents=True, exist_ok=True)
     backbone_config.save_pretrained(backbone_dir)
     tokenizer.save_pretrained(backbone_dir)
+    # each file by name: replacing the run removes these, never a file of the user's put beside them
+    folder.claim(run_dir, [str(p.relative_to(run_dir)) for p in backbone_dir.rglob("*") if p.is_file()])

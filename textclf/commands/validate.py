@@ -134,7 +134,7 @@ def check_device(tcfg):
 
 def check_backbone(mcfg):
     """The backbone's tokenizer and config (no weights), and max_length against its positions."""
-    from textclf.models.backbone import load_backbone_config, load_tokenizer, resolve_name_or_path
+    from textclf.models.backbone import check_vocabulary, load_backbone_config, load_tokenizer, resolve_name_or_path
 
     check_model_path(str(mcfg.name_or_path))
     name_or_path = resolve_name_or_path(mcfg.name_or_path)
@@ -143,6 +143,7 @@ def check_backbone(mcfg):
                                            attention_dropout=mcfg.attention_dropout,
                                            trust_remote_code=mcfg.trust_remote_code)
     check_max_length(int(mcfg.max_length), backbone_config, name_or_path)
+    check_vocabulary(tokenizer, backbone_config, f"model.name_or_path={mcfg.name_or_path}")
     return name_or_path, tokenizer, backbone_config
 
 

@@ -17,6 +17,7 @@ from textclf.errors import TextclfError
 from textclf.inference.ensemble import FoldModel
 from textclf.io import bar_off
 from textclf.run import folder
+from textclf.run.manifest import sha256
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def check_export(run_dir: Path, weights: list[Path], export_dir: str | None) -> 
                            f"export_dir=<the folder textclf export wrote>")
     manifest = read_manifest(export_path, where, again)
     exported = {f["fold"]: f for f in manifest["folds"]}
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
     trained = json.loads((run_dir / folder.MANIFEST).read_text(encoding="utf-8"))["files"]
     for path in weights:
         fold = path.parent.name
@@ -76,8 +78,12 @@ def check_export(run_dir: Path, weights: list[Path], export_dir: str | None) -> 
             raise TextclfError(f"{where}: its {fold} was exported from other weights than the run's {fold} now "
                                f"holds (the run was retrained or the export comes from another run): export again "
                                f"({again})")
-        if not (export_path / exported[fold]["file"]).exists():
-            raise TextclfError(f"{where}: {exported[fold]['file']} is missing; export again ({again})")
+        model = exported[fold]["file"]
+        if not (export_path / model).is_file():
+            raise TextclfError(f"{where}: {model} is missing; export again ({again})")
+        if model not in files or sha256(export_path / model) != files[model]:
+            raise TextclfError(f"{where}: {model} changed after textclf exported it (its SHA-256 differs from "
+                               f"{EXPORT_MANIFEST}; replaced, edited or truncated): export again ({again})")
     return export_path
 
 

@@ -13,9 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from textclf.data.tasks import LabelSpace
 from textclf.errors import TextclfError
 from textclf.models.classifier import build_classifier
-from textclf.models.backbone import load_backbone_config, load_tokenizer
+from textclf.models.backbone import check_vocabulary, load_backbone_config, load_tokenizer
 from textclf.run import folder
-from textclf.run.manifest import verify
+from textclf.run.manifest import verify_model_files
 
 
 def find_folds(run_dir: Path, folds=None) -> list[Path]:
@@ -47,7 +47,7 @@ def load_run(run_dir: Path, folds=None) -> tuple[DictConfig, LabelSpace, list[Pa
                        + (f" for folds {list(folds)}" if folds is not None else ""))
     if missing:
         raise TextclfError(f"run_dir {str(run_dir)!r} is not a finished textclf run: missing {', '.join(missing)}")
-    verify(run_dir, weights)
+    verify_model_files(run_dir, weights)
     cfg = OmegaConf.load(run_dir / folder.CONFIG)
     labels = LabelSpace.from_dict(json.loads((run_dir / folder.LABELS).read_text(encoding="utf-8")))
     return cfg, labels, weights
@@ -98,6 +98,7 @@ class RunModel:
         backbone_dir, mcfg = str(run_dir / folder.BACKBONE), run_cfg.model
         tokenizer = load_tokenizer(backbone_dir, truncation=mcfg.truncation, trust_remote_code=mcfg.trust_remote_code)
         backbone_config = load_backbone_config(backbone_dir, trust_remote_code=mcfg.trust_remote_code)
+        check_vocabulary(tokenizer, backbone_config, f"the run's {folder.BACKBONE}/ in {run_dir}")
         return cls(run_dir, run_cfg, labels, weights, tokenizer, backbone_config)
 
     def make_model(self) -> torch.nn.Module:

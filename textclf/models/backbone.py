@@ -166,6 +166,17 @@ def load_backbone_config(name_or_path: str, *, hidden_dropout=None, attention_dr
     return config
 
 
+def check_vocabulary(tokenizer, config, where: str) -> None:
+    """The tokenizer's ids must fit the backbone's embedding table: a tokenizer of another model gives ids past its
+    end, which torch reports as an IndexError deep inside the embedding."""
+    size = getattr(config, "vocab_size", None)
+    tokens = len(tokenizer)
+    if isinstance(size, int) and size > 0 and tokens > size:
+        raise TextclfError(f"{where}: the tokenizer has {tokens} tokens but the backbone's embeddings hold "
+                           f"{size}: the tokenizer belongs to another model. Use the tokenizer saved with the "
+                           f"backbone (its own folder or hub name)")
+
+
 def load_backbone(name_or_path: str, config, *, pretrained: bool = True, trust_remote_code: bool = False,
                   gradient_checkpointing: bool = False, uses_pooler: bool = False, weights_follow: bool = False):
     """The bare encoder (AutoModel). pretrained=False builds it from config alone, for loading a run.

@@ -27,6 +27,7 @@ from textclf.errors import TextclfError
 from textclf.io import atomic_path, save_weights, write_json
 from textclf.run import folder
 from textclf.run.folder import CONFIG, FOLD_FILES, FOLDS, MANIFEST, RUN_OUTPUTS
+from textclf.run.manifest import fold_hashes, verify_fold, sha256
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ def prepare_run_dir(run_dir: Path, cfg, inputs: dict | None = None, *, resume: b
             raise TextclfError(f"resume=true but {run_dir} holds no run to resume (no config.yaml); point "
                                f"hydra.run.dir (or resume=<folder>) at the folder of the interrupted run")
         if finished:  # overwrite=true
+            keep_init_source(run_dir, cfg, "overwrite=true")
             removed = remove_run_outputs(run_dir, [new], keep_folds_csv=False)
             log.warning("overwrite=true: replacing the run in %s (%d of its outputs removed)", run_dir, len(removed))
         return "fresh"
@@ -172,6 +174,7 @@ def prepare_run_dir(run_dir: Path, cfg, inputs: dict | None = None, *, resume: b
     keep_folds = not data and not any(k.startswith(("kfold.", "data.")) and k != "kfold.folds" or k == "trainer.seed"
                                       for k in changed)
     if overwrite:
+        keep_init_source(run_dir, cfg, "overwrite=true")
         removed = remove_run_outputs(run_dir, [old, new], keep_folds_csv=keep_folds)
         log.warning("overwrite=true: replacing the %s run in %s (%d of its outputs removed%s; other files stay)",
                     "finished" if finished else "unfinished", run_dir, len(removed),
@@ -191,10 +194,28 @@ def prepare_run_dir(run_dir: Path, cfg, inputs: dict | None = None, *, resume: b
         raise TextclfError(f"cannot resume {run_dir}: it was started with other settings or data "
                            f"({'; '.join(differences)}); resume with the same settings and data, or use another run "
                            f"folder")
+    keep_init_source(run_dir, cfg, "starting the unfinished run over")
     log.warning("run folder %s holds an earlier run with other settings or data (%s): starting over", run_dir,
                 "; ".join(differences))
     remove_run_outputs(run_dir, [old, new], keep_folds_csv=keep_folds)
     return "fresh"
+
+
+def keep_init_source(run_dir: Path, cfg, what: str) -> None:
+    """model.init_from must never name weights inside what replacing the run in run_dir removes: they would be gone
+    before the new run reads them."""
+    from omegaconf import OmegaConf
+
+    from textclf.data.tables import resolve_path
+
+    given = OmegaConf.select(cfg, "model.init_from", default=None)
+    if not given:
+        return
+    source, here = resolve_path(str(given)).resolve(), run_dir.resolve()
+    if source == here or here in source.parents:
+        raise TextclfError(f"model.init_from={given} is inside the run folder {run_dir}, and {what} would remove "
+                           f"those weights before the new run reads them; nothing was removed. Train into another "
+                           f"folder (hydra.run.dir=<new folder>) to start from them")
 
 
 def finished_run_score(run_dir: Path) -> float:
@@ -217,8 +238,11 @@ def remove_run_outputs(run_dir: Path, configs: list[dict], keep_folds_csv: bool)
     import shutil
 
     removed: list[str] = []
+    record = folder.recorded(run_dir)
 
     def drop(path: Path) -> None:
+        if not folder.is_recorded(run_dir, str(path.relative_to(run_dir)), record):
+            return  # not textclf's (RunFolderGuard refuses such a folder first; this is the last line)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
@@ -232,7 +256,14 @@ def remove_run_outputs(run_dir: Path, configs: list[dict], keep_folds_csv: bool)
         drop(run_dir / name)
         for leftover in run_dir.glob(f".{name}.*.tmp"):  # an interrupted atomic write
             drop(leftover)
-    drop(run_dir / folder.BACKBONE)
+    backbone = run_dir / folder.BACKBONE
+    if backbone.is_dir() and not backbone.is_symlink():  # the files saved there, by name (record): not the user's
+        for path in sorted(backbone.rglob("*"), reverse=True):
+            if path.is_file() and str(path.relative_to(run_dir)) in (record or ()):
+                drop(path)
+            elif path.is_dir():
+                _remove_if_empty(path)
+        _remove_if_empty(backbone)
     for fold_dir in sorted(run_dir.glob(f"{folder.FOLD_PREFIX}*")):
         if fold_dir.is_dir() and not fold_dir.is_symlink() and folder.fold_index(fold_dir) is not None:
             for name in FOLD_FILES:
@@ -283,7 +314,6 @@ def input_fingerprints(data_cfg, splits: dict) -> dict:
     import hashlib
 
     from textclf.data.tables import EMBEDDED_PREFIX, resolve_path
-    from textclf.run.manifest import sha256
 
     out = {}
     for name, split in splits.items():
@@ -363,14 +393,30 @@ def save_fold_outputs(fold_dir: Path, fold: FoldResult) -> None:
     with atomic_path(fold_dir / folder.OUTPUTS) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-    write_json(fold_dir / folder.RESULT, fold.result)
+    write_json(fold_dir / folder.RESULT, {**fold.result, HASHES: fold_hashes(fold_dir)})
+
+
+#: result.json's key for the SHA-256 of the fold's weights and outputs (not a metric: read back apart)
+HASHES = "sha256"
 
 
 def finished_fold(fold_dir: Path, index: int):
-    """The fold a resumed run had finished (result.json written), read back; None when it had not."""
+    """The fold a resumed run had finished (result.json written), read back after its weights and outputs are
+    verified against the hashes its training wrote; None when it had not finished."""
     if not (fold_dir / folder.RESULT).exists():
         return None
-    arrays = np.load(fold_dir / folder.OUTPUTS, allow_pickle=False)
-    curves = {k[len("curve_"):]: arrays[k] for k in arrays.files if k.startswith("curve_")}
-    result = json.loads((fold_dir / folder.RESULT).read_text(encoding="utf-8"))
-    return FoldResult(index, result, arrays["oof_rows"], arrays["oof"], curves)
+    try:
+        result = json.loads((fold_dir / folder.RESULT).read_text(encoding="utf-8"))
+        assert isinstance(result, dict)
+    except (OSError, ValueError, AssertionError):
+        raise TextclfError(f"cannot resume: {fold_dir / folder.RESULT} is unreadable; delete {fold_dir} and resume "
+                           f"again to train that fold again") from None
+    hashes = result.pop(HASHES, None)
+    verify_fold(fold_dir, hashes if isinstance(hashes, dict) else None)
+    try:
+        arrays = np.load(fold_dir / folder.OUTPUTS, allow_pickle=False)
+        curves = {k[len("curve_"):]: arrays[k] for k in arrays.files if k.startswith("curve_")}
+        return FoldResult(index, result, arrays["oof_rows"], arrays["oof"], curves)
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise TextclfError(f"cannot resume: {fold_dir / folder.OUTPUTS} is unreadable ({type(e).__name__}); delete "
+                           f"{fold_dir} and resume again to train that fold again") from None

@@ -19,7 +19,11 @@
   test_predictions.csv   when data.test_file is given: probabilities averaged over folds
   *.png                  plots (plots=true): learning_curves.png; confusion_matrix.png and reliability.png
                          (classification); precision_recall.png (binary, multilabel); predicted_vs_true.png (regression)
-  run.json               written last: the run is finished (the SHA-256 of every file predict loads)
+  run.json               written last: the run is finished (the SHA-256 of every file predict, export, merge and
+                         ensemble load: config, labels, backbone/ files, fold weights and outputs, tables)
+  .textclf-record.json   the folder's own record of what textclf writes in it: a name (or a folder, `name/`) not in
+                         it is the user's, and textclf never writes, replaces or removes it
+  export/                `textclf export`'s default output (export.json: the SHA-256 of every file in it)
   .hydra/hydra.yaml      Hydra's own record of the run (hydra.output_subdir): the options chosen for each group
 
 Every name below appears in this table, and no other module of the package spells one
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
+from textclf.errors import TextclfError
 from textclf.io import write_json
 from textclf.run.lock import RunLock
 
@@ -57,6 +62,8 @@ OOF = "oof.csv"
 METRICS = "metrics.json"
 TEST_PREDICTIONS = "test_predictions.csv"
 MANIFEST = "run.json"
+RECORD = ".textclf-record.json"
+EXPORT = "export"
 #: Hydra writes it (hydra.output_subdir=.hydra); textclf only reads the options chosen from it
 HYDRA_RECORD = ".hydra/hydra.yaml"
 #: the PNGs textclf.observe.plots writes
@@ -83,6 +90,8 @@ RUN_OUTPUTS = (MANIFEST, METRICS, OOF, TEST_PREDICTIONS, INPUTS, LABELS, CONFIG,
 #: every file textclf writes at the top of a run folder (besides backbone/ and fold_<k>/): predict never writes over
 #: one of them
 RUN_FILES = frozenset({*RUN_OUTPUTS, FOLDS, LOG, STATUS, LOCK})
+#: Hydra's record of the job, written into the folder before textclf's code runs (hydra.output_subdir)
+HYDRA_DIR = ".hydra"
 #: what the jobs that trained the folds of one run share, copied into the merged run (commands/merge); its
 #: labels.json it writes itself, when its thresholds and temperature are tuned on every fold
 SHARED = (CONFIG, FOLDS, INPUTS, BACKBONE)
@@ -170,3 +179,110 @@ def read_choices(run_dir: str | os.PathLike):
     if not record.is_file():
         return None
     return OmegaConf.select(OmegaConf.load(record), "hydra.runtime.choices", default=None)
+
+
+# ----------------------------------------------------------------------------- the record: what is textclf's
+def recorded(directory: str | os.PathLike) -> set[str] | None:
+    """The names textclf recorded as its own in a folder it writes (a run folder, an export folder): files by
+    name, folders as `name/` (everything under them); None when the folder has no record."""
+    path = Path(directory) / RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        assert record.get("written_by") == "textclf" and isinstance(record.get("paths"), list)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AssertionError, AttributeError):
+        raise TextclfError(f"{path} is not textclf's record of the folder (unreadable or edited): textclf "
+                           f"cannot tell its own files from yours there, so it writes nothing into "
+                           f"{directory}; use another folder") from None
+    return {str(p) for p in record["paths"]}
+
+
+def claim(directory: str | os.PathLike, names) -> None:
+    """Add names (files, or folders as `name/`) to the folder's record, before textclf writes them."""
+    have = recorded(directory) or set()
+    names = {str(n) for n in names}
+    if not names - have:
+        return
+    write_json(Path(directory) / RECORD, {"written_by": "textclf", "paths": sorted(have | names)})
+
+
+def is_recorded(directory: str | os.PathLike, relative: str, record: set[str] | None = None) -> bool:
+    """relative (a path inside the folder) is textclf's: named in the record, or under a folder named there."""
+    record = recorded(directory) if record is None else record
+    parts = Path(relative).parts
+    name = parts[-1] if parts else ""
+    if len(parts) == 1 and name.startswith(".") and name.endswith(".tmp"):  # an interrupted atomic write
+        return any(name.startswith(f".{r}.") for r in record or ())
+    return bool(record) and (str(Path(relative)) in record
+                             or any("/".join(parts[:i]) + "/" in record for i in range(1, len(parts) + 1)))
+
+
+def foreign(directory: str | os.PathLike, allowed=()) -> list[str]:
+    """What a folder holds that textclf did not record as its own (the lock and the record apart; `allowed`: names
+    the caller knows are its own, such as the .hydra/ folder and log Hydra has just written for this job)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    record = recorded(directory) or set()
+    out = []
+    for entry in sorted(directory.iterdir()):
+        name = entry.name
+        if name in (RECORD, LOCK) or name in allowed:
+            continue
+        if name in record or f"{name}/" in record:
+            continue
+        if name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{r.rstrip('/')}.")
+                                                                   for r in (*record, RECORD, LOCK)):
+            continue  # an interrupted atomic write of a recorded file
+        out.append(name + ("/" if entry.is_dir() else ""))
+    return out
+
+
+def writes_name(name: str) -> bool:
+    """A run writes an entry of this name at the top of its folder."""
+    name = name.rstrip("/")
+    return name in {n.rstrip("/") for n in RUN_NAMES} or fold_index(Path(name)) is not None or name == EXPORT
+
+
+def refuse_foreign(directory: str | os.PathLike, what: str, way_out: str, allowed=(), *,
+                   keep_others: bool = False) -> None:
+    """A clear error, before anything is written, when the folder holds files textclf did not make. keep_others:
+    only those where textclf would write are refused (the others stay as they are)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise TextclfError(f"{what} {str(directory)!r} is a file, not a folder: {way_out}")
+    found = foreign(directory, allowed)
+    if keep_others:
+        found = [n for n in found if writes_name(n)]
+    if found:
+        shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise TextclfError(f"{what} {str(directory)!r} holds files textclf did not write ({shown}); textclf writes "
+                           f"only into a folder of its own and leaves yours as they are: {way_out}")
+
+
+#: what a run writes at the top of its folder, recorded before it writes any of them
+RUN_NAMES = (*sorted(RUN_FILES), f"{BACKBONE}/", f"{HYDRA_DIR}/")
+
+
+def adopt(run_dir: str | os.PathLike, allowed=(), overwrite: bool = False) -> None:
+    """Before a run writes into run_dir: refuse a folder holding anything textclf did not record as its own (a
+    user's folder, or a file of the user's in a run folder), then record the names the run writes. `allowed`: what
+    Hydra has written for this very job (a multirun job's .hydra/ and log, written before textclf's code runs).
+    A file of the user's where the run writes its own is always refused. Other files of the user's stay as they
+    are beside a textclf run (a folder with a record); a folder that is not one yet is refused for them unless
+    overwrite=true, as a finished run is."""
+    keep = overwrite or recorded(run_dir) is not None
+    refuse_foreign(run_dir, "run folder", "train into another folder (hydra.run.dir=<new folder>), or move those "
+                   "files out of it" + ("" if keep else " (overwrite=true trains beside them and keeps them)"),
+                   allowed, keep_others=keep)
+    claim(run_dir, RUN_NAMES)
+
+
+def claim_inside_run(path: str | os.PathLike, is_dir: bool = True) -> None:
+    """A command writing into a run folder (export's default output, a prediction table): record it in that run
+    folder's record, so a rerun of the run does not take it for a file of the user's."""
+    path = Path(path)
+    parent = path.parent
+    if (parent / RECORD).is_file() and not is_recorded(parent, path.name):
+        claim(parent, [path.name + ("/" if is_dir else "")])

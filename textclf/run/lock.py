@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from textclf.errors import TextclfError
+from textclf.io import file_fault
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,12 @@ class RunLock:
         self.created = False  # this object wrote the lock file (and releases it at __exit__)
 
     def acquire(self) -> "RunLock":
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise TextclfError(f"run folder {str(self.run_dir)!r} is a file, not a folder: train into a folder "
+                               f"(hydra.run.dir=<new folder>)")
         for _ in range(5):
             try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._read_holder()
@@ -45,6 +49,11 @@ class RunLock:
                     self._take_over(holder)
                     continue
                 raise TextclfError(in_use_message(self.run_dir, holder, self.path))
+            except OSError as e:
+                fault = file_fault(e)
+                if fault is None:
+                    raise
+                raise TextclfError(f"cannot take run folder {self.run_dir}: {fault}") from None
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({**_this_process(), "started": _now()}, f)
             self.created = True
