@@ -33,6 +33,7 @@ from textclf.inference.runs import RunModel, load_run
 from textclf.inference.torch_folds import load_torch_model
 from textclf.io import atomic_path, write_json, write_text
 from textclf.run import folder
+from textclf.run.checkpoint import fault_point
 from textclf.run.manifest import sha256
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ def export_fold(run, path: Path, names: list[str], out: Path, cfg: DictConfig) -
     pooling = chosen("pooling", run.cfg, choices=folder.read_choices(run.run_dir))
     what = f"{fold}: the {run.backbone_config.model_type} backbone with pooling={pooling}"
     fp32 = out / f"{fold}.onnx"
+    fault_point(f"export:{fold}")
     export_graph(model, names, fp32, opset=cfg.opset, what=what)
     feeds = check_inputs(run, names)
     entry = {"fold": fold, "file": fp32.name, "weights_sha256": sha256(path),
