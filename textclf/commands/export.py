@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import io
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -261,6 +262,10 @@ def check_export_output(cfg: DictConfig, run_dir: Path) -> Path:
                            f"(<run_dir>/export) or give another folder")
     # an earlier export (finished or interrupted) is textclf's and is replaced; anything else is the user's
     folder.refuse_foreign(out, "output", "give an empty or new folder, or move those files out")
+    nearest = next((p for p in (out, *out.parents) if p.exists()), None)
+    if nearest is not None and (not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK)):
+        why = "is a file, not a folder" if not nearest.is_dir() else "cannot be written to (read-only or permissions)"
+        raise TextclfError(f"{where}: {nearest} {why}; give output=<a folder you can write to>")
     return out
 
 
