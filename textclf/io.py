@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,7 +78,13 @@ def save_weights(path, state_dict) -> None:
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        try:
+            save_file(tensors, str(tmp))
+        except Exception as e:  # noqa: BLE001 - safetensors reports an OS error as its own SafetensorError
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def load_weights(path) -> dict:
@@ -117,6 +124,7 @@ def quiet_transformers() -> None:
 _FILE_FAULTS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file would pass the largest file size allowed (ulimit -f, or the file system's)",
     errno.EROFS: "the file system is read-only",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
@@ -136,6 +144,7 @@ def file_fault(e: BaseException) -> str | None:
     target = e.filename if e.filename is not None else "a file"
     hint = {errno.ENOSPC: "free some space (or write to another disk) and run the command again",
             errno.EDQUOT: "free some space (or write to another disk) and run the command again",
+            errno.EFBIG: "raise the limit (or write to another disk) and run the command again",
             errno.EROFS: "write to a folder you can write to",
             errno.EACCES: "write to a folder you can write to, or fix its permissions",
             errno.EPERM: "write to a folder you can write to, or fix its permissions",

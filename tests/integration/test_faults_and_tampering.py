@@ -246,3 +246,26 @@ def test_a_file_fault_during_training_is_one_line_naming_the_file(code, words):
     message = error_message(OSError(code, "os message", "/runs/a/fold_0/model.safetensors"))
     assert words in message and "/runs/a/fold_0/model.safetensors" in message and "intact" in message
     assert "\n" not in message
+
+
+def test_a_full_disk_during_training_is_one_line_and_the_same_command_goes_on(tiny_bert, data_dir, tmp_path):
+    """The file size limit (ulimit -f) makes the weights' write fail as a full disk does (EFBIG, ENOSPC): one line
+    naming the file, the earlier files intact, and the same command then finishes the run."""
+    import resource
+    import subprocess
+
+    from conftest import textclf_executable
+
+    run_dir = tmp_path / "run"
+    args = quick(tiny_bert, run_dir)
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))  # the tiny model's weights are ~110 kB
+
+    proc = subprocess.run([textclf_executable(), *args], cwd=data_dir, env=cli_env(), capture_output=True, text=True,
+                          preexec_fn=small_files, timeout=600)
+    one_clear_line(proc.returncode, proc.stdout, proc.stderr, "fold_0/model.safetensors", "run the command again")
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    assert (run_dir / "config.yaml").exists() and not list(run_dir.rglob("*.tmp")), "no half-written file is left"
+    result = run_textclf(args, data_dir)
+    assert result[0] == 0 and (run_dir / "run.json").exists(), describe(result)
