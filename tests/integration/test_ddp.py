@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import cli_env, describe, make_frame, run_textclf, write_frame
+from conftest import cli_env, describe, make_frame, run_textclf, textclf_executable, write_frame
 
 pytestmark = pytest.mark.slow
 
@@ -98,16 +101,86 @@ def test_torchrun_and_trainer_devices_write_the_same_run(data, tiny_bert, tmp_pa
 def test_killed_two_process_run_resumes_to_the_same_result(data, tiny_bert, tmp_path):
     common = ["trainer.batch_size=4", "trainer.devices=2", "trainer.checkpoint_every_steps=3"]
     train(data, tiny_bert, tmp_path / "whole", *common)
-    killed = _run_env(args_for(tiny_bert, tmp_path / "cut", *common), data, {"TEXTCLF_KILL_AT": "step:0:13"})
+    killed = _run_env(args_for(tiny_bert, tmp_path / "cut", *common), data,
+                      {"TEXTCLF_KILL_AT": "step:0:13", "TEXTCLF_FAULT_RANK": "0"})
     assert killed[0] == 137, describe(killed)  # 128 + SIGKILL, as the killed process ended
-    assert "process 0 of 2 failed" in killed[2] and "Traceback" not in killed[2]
+    assert "the process of rank 0 (of 2) was killed by SIGKILL" in killed[2] and "Traceback" not in killed[2]
     assert not (tmp_path / "cut" / "run.json").exists()
-    rc, out, err = train(data, tiny_bert, tmp_path / "cut", *common)
+    # the printed command resumes it, with the same processes
+    command = shlex.split(killed[2].split("resume with: ", 1)[1].splitlines()[0])
+    assert command[:2] == ["textclf", "train"] and "trainer.devices=2" in command
+    result = run_textclf(command[1:], data)
+    assert result[0] == 0, describe(result)
     assert "resuming at epoch 2, batch 3 (optimizer step 12)" in (tmp_path / "cut" / "train.log").read_text()
     assert metrics(tmp_path / "whole") == metrics(tmp_path / "cut")
     assert (tmp_path / "whole" / "oof.csv").read_text() == (tmp_path / "cut" / "oof.csv").read_text()
     wa, wb = weights(tmp_path / "whole"), weights(tmp_path / "cut")
     assert all(bool((wa[k] == wb[k]).all()) for k in wa)
+
+
+def test_a_killed_process_is_named_and_the_other_stopped_in_one_line(data, tiny_bert, tmp_path):
+    common = ["trainer.batch_size=4", "trainer.devices=2", "trainer.checkpoint_every_steps=3"]
+    t0 = time.monotonic()
+    rc, out, err = _run_env(args_for(tiny_bert, tmp_path / "cut", *common), data,
+                            {"TEXTCLF_KILL_AT": "step:0:5", "TEXTCLF_FAULT_RANK": "1"})
+    assert rc == 137, describe((rc, out, err))
+    assert time.monotonic() - t0 < 120  # rank 0 did not wait for rank 1 (torch.distributed's timeout is 30 minutes)
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert errors == [line for line in errors if line.startswith("textclf: error: ")] and len(errors) == 1, err
+    assert errors[0].startswith("textclf: error: the process of rank 1 (of 2) was killed by SIGKILL; the other "
+                                "process stopped; resume with: textclf train "), err
+    for library in ("Traceback", "gloo", "torch/distributed", "[rank0]", "RuntimeError"):  # its messages and logs
+        assert library not in err, err
+    status = json.loads((tmp_path / "cut" / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"].startswith("the process of rank 1 (of 2) was killed by "
+                                                                       "SIGKILL"), status
+    assert status["traceback"] is None and "trainer.devices=2" in status["resume"]
+
+
+def test_ctrl_c_stops_every_process_once_and_the_hint_resumes_them(data, tiny_bert, tmp_path):
+    args = args_for(tiny_bert, tmp_path / "run", "trainer.batch_size=4", "trainer.devices=2",
+                    "trainer.checkpoint_every_steps=3")
+    # the textclf process alone gets the signal, as a terminal's Ctrl-C reaches it (its processes are in a session of
+    # their own): it passes it on once, and they stop together at the next safe point
+    proc = subprocess.Popen([textclf_executable(), *args], cwd=data, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "run" / "fold_0" / "checkpoint").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, describe((proc.returncode, out, err))
+    assert "Traceback" not in err and "SignalException" not in err and "textclf: error" not in err, err
+    hints = [line for line in err.splitlines() if "resume with: " in line]
+    assert len(hints) == 1 and hints[0].startswith("textclf: interrupted (SIGINT) at fold 0, step "), err
+    assert "stopped at once" not in hints[0]  # the signal was passed on once: the processes saved a checkpoint
+    command = shlex.split(hints[0].split("resume with: ", 1)[1])
+    assert command[:2] == ["textclf", "train"] and "trainer.devices=2" in command
+    result = run_textclf(command[1:], data)
+    assert result[0] == 0, describe(result)
+    assert "resuming at epoch" in (tmp_path / "run" / "train.log").read_text()
+    assert (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_stopped_torchrun_launch_resumes_with_the_torchrun_command_it_prints(data, tiny_bert, tmp_path):
+    args = args_for(tiny_bert, tmp_path / "run", "trainer.batch_size=4", "trainer.checkpoint_every_steps=3")
+    env = cli_env(OMP_NUM_THREADS="1", TEXTCLF_SIGNAL_AT="TERM@step:0:5", TEXTCLF_FAULT_RANK="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    proc = subprocess.run([*torchrun, "--standalone", "--nproc_per_node=2", "-m", "textclf", *args], cwd=data,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    hints = [line for line in proc.stderr.splitlines() if "resume with: " in line]
+    assert len(hints) == 1 and hints[0].startswith("textclf: interrupted (SIGTERM) at fold 0, step 5"), proc.stderr
+    command = shlex.split(hints[0].split("resume with: ", 1)[1])
+    assert command[:4] == ["torchrun", "--standalone", "--nproc_per_node=2", "-m"], command
+    assert command[4:6] == ["textclf", "train"] and f"resume={tmp_path / 'run'}" in command
+    env = cli_env(OMP_NUM_THREADS="1")
+    proc = subprocess.run([*torchrun, *command[1:]], cwd=data, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "2 processes (DistributedDataParallel, gloo)" in log and "resuming at epoch 1, batch 5" in log
+    assert (tmp_path / "run" / "run.json").exists()
 
 
 def test_two_nodes_on_the_loopback(data, tiny_bert, tmp_path):

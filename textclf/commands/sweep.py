@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import signal
 import sys
 import time
@@ -37,6 +36,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from textclf.config.options import chosen
 from textclf.engine.callbacks import is_main, launched
+from textclf.engine.launch import resume_command
 from textclf.errors import TextclfError, own_errors
 from textclf.run import folder
 from textclf.run.folder import write_status
@@ -139,7 +139,7 @@ def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bo
     except KeyboardInterrupt as e:  # engine.interrupt: the run stopped at a safe point (or at once, a 2nd time)
         stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT, saved="stopped at once, without a "
                                                                                     "new checkpoint")
-        command = resume_command(hc, run_dir)
+        command = resume_command(list(hc.overrides.task), run_dir)  # the launch as it was (torchrun too)
         record({"status": "interrupted", **base, "started": _iso(started), "finished": _iso(),
                 "wall_s": time.time() - started, "signal": stop.name, "error": stop.describe(), "resume": command})
         line = f"{stop.describe()}; resume with: {command}"
@@ -191,12 +191,6 @@ def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bo
         log.warning("the score %s is %s: recorded, but returned to the sweeper as no score", monitor, value)
         return None if multirun else value
     return value
-
-
-def resume_command(hc, run_dir: Path) -> str:
-    """The command that resumes this job: its own overrides (a resume needs the same settings) and its folder."""
-    own = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite")]
-    return " ".join(["textclf", "train", *map(shlex.quote, own), shlex.quote(f"resume={run_dir}")])
 
 
 def error_message(e: BaseException) -> str:

@@ -1,7 +1,7 @@
 """Data-parallel training over several processes: torch.distributed + DistributedDataParallel.
 
 One process per device (NCCL on CUDA, gloo on CPU). The processes come from `torchrun` (one machine or several),
-from `trainer.devices=N` (textclf starts torchrun's launcher itself, textclf.cli) or from a submitit job with
+from `trainer.devices=N` (textclf starts them itself, textclf.engine.launch) or from a submitit job with
 several tasks (textclf.commands.sweep exports the torch.distributed environment from submitit's). Every process runs the
 same recipe on the same config and run folder; what differs per rank:
 
@@ -49,6 +49,29 @@ def init_from_env(timeout_min: float = 30.0) -> bool:
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo",
                             timeout=datetime.timedelta(minutes=timeout_min))
     return True
+
+
+#: what a collective's error says when another process of the run is gone: gloo's connection to it closed, or the
+#: wait for it timed out (gloo and NCCL)
+LOST_PEER_SIGNS = ("connection reset by peer", "connection closed by peer", "broken pipe", "remote worker",
+                   "timed out")
+
+
+def lost_peer(error: BaseException | None) -> bool:
+    """True when `error` (or what caused it) is a collective's failure because another process of this
+    multi-process run ended or stopped answering, not a fault of this process."""
+    if not launched():
+        return False
+    network = tuple(t for t in (getattr(dist, "DistNetworkError", None), getattr(dist, "DistStoreError", None)) if t)
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if network and isinstance(error, network):
+            return True
+        if isinstance(error, RuntimeError) and any(sign in str(error).lower() for sign in LOST_PEER_SIGNS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def shutdown() -> None:
