@@ -104,7 +104,8 @@ def test_augmented_rows_keep_their_rows_labels_exactly(tiny_tokenizer):
             checked = SimpleNamespace(
                 cfg=OmegaConf.create({"model": model}), tokenizer=tiny_tokenizer, y=y, y_valid=None,
                 splits={"train": Split("train", "t.csv", texts, pairs if truncation == "head" else None, None)})
-            augmented = EDA(copies=2, p=0.5, ops=["swap", "delete"]).augment(texts, seed=0)
+            # delete changes every text of two words or more, so no copy is left out as identical
+            augmented = EDA(copies=2, p=0.5, ops=["delete"]).augment(texts, seed=0)
             data = tokenize_run(checked, augmented)
             assert data.n_rows == 4 and len(data.y) == 12
             assert np.array_equal(data.y[4:], y[augmented.source])  # the label array row, copied
@@ -171,3 +172,31 @@ def test_masked_lm_needs_its_folder(tmp_path):
     with pytest.raises(TextclfError, match=r"augment\.mlm_model: required \(a local folder holding a masked-language"):
         validate(cfg)
     assert build_augmenter(OmegaConf.create({})) is None  # augment=none builds nothing
+
+
+def test_copies_identical_to_their_text_are_left_out_and_counted(caplog):
+    texts = ["goal", "goal match team", "bank", "vote party minister"]
+    with caplog.at_level("WARNING"):
+        out = EDA(copies=3, p=0.3, ops=["swap", "delete", "insert"]).augment(texts, seed=0)
+    # a one-word text has nothing to swap, delete or insert beside; each operation changes the three-word texts
+    assert out.source.tolist() == [1, 3] * 3
+    assert all(t != texts[s] for t, s in zip(out.texts, out.source))
+    assert "augment=eda: 6 of 12 copies are identical to their original text" in caplog.text
+    assert "6 copies train" in caplog.text
+
+
+def test_chinese_and_japanese_are_cut_into_characters():
+    from textclf.data.augment import join_words, segment
+
+    assert segment("我爱北京。") == ["我", "爱", "北", "京。"]
+    assert segment("NLP模型 ok") == ["NLP", "模", "型", "ok"]
+    assert join_words(segment("東京タワーに行きました")) == "東京タワーに行きました"
+    out = EDA(copies=2, p=0.3, ops=["delete"]).augment(["我爱北京天安门", "今日は良い天気です"], seed=0)
+    assert len(out.texts) == 4 and not any(" " in t for t in out.texts)  # no spaces between characters added
+    assert [len(t) for t in out.texts] == [5, 6, 5, 6]  # round(0.3 * 7) = 2 and round(0.3 * 9) = 3 deleted
+
+
+def test_augmentation_that_changes_nothing_is_refused():
+    with pytest.raises(TextclfError, match=r"augment=eda: none of the 4 copies differs from its original text.*"
+                                           r"such as Thai.*drop augment"):
+        EDA(copies=2, ops=["swap"]).augment(["ฉันรักกรุงเทพ", "goal"], seed=0)

@@ -8,7 +8,9 @@
   whole words a masked-language model predicts there (augment.mlm_model, a local folder).
 
 Words are whitespace-separated and keep their punctuation ("goal," stays "goal," with a new core word); an augmented
-text joins its words with single spaces. Both are reproducible by seed (one numpy Generator) and label-preserving:
+text joins its words with single spaces. Chinese and Japanese, written without spaces, are cut into characters
+(see `segment`). A copy that comes out identical to its text (a one-word text, nothing the operation can change) is
+left out, and the count is logged. Both are reproducible by seed (one numpy Generator) and label-preserving:
 `Augmented.source` names the row each augmented text came from, and the run gives it that row's label exactly.
 textclf.commands.train generates the copies once per run, for the training file's rows only, and adds to each fold's
 training rows the copies of exactly those rows: validation, out-of-fold and test rows are only ever originals.
@@ -39,6 +41,14 @@ MAX_WORDS = 50_000
 #: a progress bar from this many augmented texts on
 PROGRESS_FROM = 5_000
 _CORE = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)  # leading punctuation, the word, trailing punctuation
+#: Han ideographs and Japanese kana: scripts written without spaces whose every character stands alone (a word, or a
+#: syllable of one), so a character is a safe unit to swap, delete, insert or mask. Thai, Lao, Khmer and Myanmar are
+#: written without spaces too, but their vowels and tone marks are separate code points that combine with the
+#: consonant before them: cut by code point they would make unreadable text, so they keep their spaces as the only
+#: boundaries (a phrase is a word), and a text without any gives copies identical to it, which are left out.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002ffff"
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+_PIECES = re.compile(rf"\W*[{_CJK}]\W*|(?:(?![{_CJK}]).)+", re.S)  # one character each, punctuation attached
 
 
 @dataclass
@@ -80,7 +90,7 @@ class EDA:
                 device=None) -> Augmented:
         """`copies` augmented texts per text. Synonyms need the backbone's tokenizer and folder (name_or_path)."""
         rng = np.random.default_rng(seed)
-        split = [str(t).split() for t in texts]
+        split = [segment(t) for t in texts]
         synonyms: dict[str, list[str]] = {}
         if "synonym" in self.ops:
             if tokenizer is None or name_or_path is None:
@@ -96,10 +106,10 @@ class EDA:
             for _ in range(self.copies):
                 for i, words in enumerate(split):
                     op = self.ops[int(rng.integers(len(self.ops)))]
-                    out.append(" ".join(apply[op](words, changes(len(words), self.p), rng)))
+                    out.append(join_words(apply[op](words, changes(len(words), self.p), rng)))
                     source.append(i)
                     bar.update()
-        return Augmented(out, np.asarray(source, dtype=np.int64))
+        return changed_copies("eda", split, out, source)
 
     def __repr__(self) -> str:
         return f"EDA(copies={self.copies}, p={self.p}, ops={list(self.ops)}, top_k={self.top_k})"
@@ -132,7 +142,7 @@ class MaskedLM:
         vocab = whole_words(tok)
         words_of = {i: w for w, i in vocab.items()}
         rng = np.random.default_rng(seed)
-        split = [str(t).split() for t in texts]
+        split = [segment(t) for t in texts]
         # the plan: which words each copy masks, drawn first, in order, so batching cannot change it
         plans = []
         for _ in range(self.copies):
@@ -140,7 +150,7 @@ class MaskedLM:
                 where = [j for j, w in enumerate(words) if _core(w)[1].isalpha()]
                 n = min(changes(len(words), self.p), len(where))
                 plans.append((i, sorted(rng.choice(where, n, replace=False).tolist()) if n else []))
-        masked = [" ".join(tok.mask_token if j in at else w for j, w in enumerate(split[i])) for i, at in plans]
+        masked = [join_words([tok.mask_token if j in at else w for j, w in enumerate(split[i])]) for i, at in plans]
         originals = [[vocab_key(_core(split[i][j])[1], vocab) for j in at] for i, at in plans]
         limit = min(self.max_length, int(getattr(model.config, "max_position_embeddings", 512) or 512), 512)
         candidates = self._predict(model, tok, masked, originals, vocab, limit, device)
@@ -151,9 +161,9 @@ class MaskedLM:
                 if len(ids):
                     prefix, core, suffix = _core(words[j])
                     words[j] = prefix + match_case(words_of[int(ids[rng.integers(len(ids))])], core) + suffix
-            out.append(" ".join(words))
+            out.append(join_words(words))
             source.append(i)
-        return Augmented(out, np.asarray(source, dtype=np.int64))
+        return changed_copies("mlm", split, out, source)
 
     def _predict(self, model, tok, masked: list[str], originals: list[list], vocab: dict, max_length: int,
                  device) -> list[list[np.ndarray]]:
@@ -205,6 +215,24 @@ class MaskedLM:
         return f"MaskedLM(mlm_model={str(self.folder)!r}, copies={self.copies}, p={self.p}, top_k={self.top_k})"
 
 
+def changed_copies(option: str, split: list[list[str]], out: list[str], source: list[int]) -> Augmented:
+    """The copies that differ from their text. A copy the operation could not change (a one-word text: nothing to
+    swap or delete; a word without synonyms; a text without spaces in a script that is not cut into characters)
+    would only count its row twice, with nothing new to learn: it is left out, and the count logged. When no copy
+    changed at all, the option would do nothing the user asked for: refused."""
+    keep = [k for k, (text, s) in enumerate(zip(out, source)) if text != join_words(split[s])]
+    if out and not keep:
+        raise TextclfError(f"augment={option}: none of the {len(out)} copies differs from its original text: the "
+                           f"texts give it no words to change (one word each, or no spaces between words in a script "
+                           f"it does not cut into characters, such as Thai); write the texts with spaces between "
+                           f"words, or drop augment")
+    if len(keep) < len(out):
+        log.warning("augment=%s: %d of %d copies are identical to their original text (no word boundaries to work "
+                    "on: one-word texts, or no spaces between words) and are left out; %d copies train", option,
+                    len(out) - len(keep), len(out), len(keep))
+    return Augmented([out[k] for k in keep], np.asarray([source[k] for k in keep], dtype=np.int64))
+
+
 def build_augmenter(node) -> EDA | MaskedLM | None:
     """The augment option's augmenter (its options checked); None for augment=none."""
     if not node or not node.get("_target_"):
@@ -214,6 +242,27 @@ def build_augmenter(node) -> EDA | MaskedLM | None:
 
 
 # ----------------------------------------------------------------------------- EDA's operations on a word list
+def segment(text) -> list[str]:
+    """A text's words: whitespace-separated, and inside a word every Han or kana character on its own with the
+    punctuation next to it (see _CJK): "我爱北京。" -> 我, 爱, 北, 京。 Characters are a cheap segmentation, but a
+    safe one for these scripts; a word segmenter (jieba, MeCab) would be another dependency and a guess per
+    language, and without any cut a Chinese text would be one word that EDA cannot change."""
+    words = []
+    for word in str(text).split():
+        words.extend(_PIECES.findall(word) if _CJK_CHAR.search(word) else [word])
+    return words
+
+
+def join_words(words: list[str]) -> str:
+    """Words back into a text: single spaces, but none between two Han or kana pieces (those scripts use none)."""
+    out = []
+    for k, word in enumerate(words):
+        if k and not (_CJK_CHAR.search(words[k - 1]) and _CJK_CHAR.search(word)):
+            out.append(" ")
+        out.append(word)
+    return "".join(out)
+
+
 def changes(n_words: int, p: float) -> int:
     """How many words a copy changes: max(1, round(p * words))."""
     return max(1, int(round(p * n_words)))
@@ -239,9 +288,10 @@ def delete_words(words: list[str], n: int, rng: np.random.Generator) -> list[str
 
 
 def insert_words(words: list[str], n: int, rng: np.random.Generator) -> list[str]:
-    """n times, one of the text's own words (without its punctuation) inserted at a random place."""
+    """n times, one of the text's own words (without its punctuation) inserted at a random place. A one-word text
+    stays as it is: its word repeated ("goal goal") is no new sentence."""
     out = list(words)
-    if words:
+    if len(words) >= 2:
         for _ in range(n):
             word = words[int(rng.integers(len(words)))]
             out.insert(int(rng.integers(len(out) + 1)), _core(word)[1] or word)
