@@ -134,6 +134,17 @@ REFUSED = {
         {"text": f"text {i}", "label": [] if i == 1 else ["a", "b"][: 1 + i % 2]}) for i in range(12)) + "\n"),
         ["data.train_file=train.jsonl"], [r"row\(s\) 2\b"]),
 
+    # ---- labels are read as written: numbers only when every label is one (pandas merged these spellings)
+    # user sees: data.train_file 'train.csv': labels '01' and '1' would be the same class once read as numbers; write
+    # them one way, or, if they are different classes, make them text (e.g. 'c01' and 'c1': ...)
+    "labels_01_and_1": (write("train.csv", "text,label\n" + "".join(
+        f"text number {i},{['01', '1', '2'][i % 3]}\n" for i in range(12))), [],
+        ["train.csv", "labels '01' and '1' would be the same class once read as numbers", "write them one way"]),
+    # user sees: ...: labels 'True' and 'true' would be the same class once read as true/false (...); write them one way
+    "labels_True_and_true": (write("train.csv", "text,label\n" + "".join(
+        f"text number {i},{['True', 'true', 'False'][i % 3]}\n" for i in range(12))), [],
+        ["train.csv", "labels 'True' and 'true' would be the same class", "write them one way"]),
+
     # ---- one column, two roles (it used to train on the labels as text)
     # user sees: invalid configuration: - data.text_col and data.label_col: both name column 'label', but a column
     # can have only one role: point data.text_col at the column that holds the texts, or data.label_col at ...
@@ -277,6 +288,20 @@ ACCEPTED = {
     "valid_file_overlaps_train": (lambda d: (write_frame(make_frame(60, seed=6), d / "train.csv"), write_frame(
         pd.concat([make_frame(60, seed=6).head(4), make_frame(30, seed=9)]), d / "valid.csv")),
         ["data.valid_file=valid.csv"], [r"has \d+ of its 34 rows also in data.train_file", "in-sample"]),
+    # a label written in two Unicode forms (NFC and NFD 'café' look the same): one class, with a warning naming both
+    "unicode_forms_of_one_label": (lambda d: write_frame(make_frame(60, seed=6).assign(label=lambda f: [
+        ("caf\u00e9" if i % 2 else "cafe\u0301") if label == "politics" else label
+        for i, label in enumerate(f.label)]), d / "train.csv"), [],
+        ["two Unicode forms", r"'cafe\\u0301' and 'caf\\xe9'", "3 classes: business, caf\u00e9, sport"]),
+    # a Parquet text column of word lists (["goal", "match"]): joined with spaces into texts, and said so
+    "parquet_word_lists_as_text": (lambda d: write_frame(make_frame(60, seed=6).assign(
+        text=lambda f: f.text.str.split()), d / "train.parquet"), ["data.train_file=train.parquet"],
+        ["holds lists of words in 60 row", "joined with spaces"]),
+    # augment=eda on texts of one word: their copies would be the texts themselves; left out, counted in a warning
+    "eda_on_one_word_texts": (lambda d: write_frame(make_frame(60, seed=6).assign(
+        text=lambda f: f.text.where(f.index % 3 != 0, f.text.str.split().str[0])), d / "train.csv"),
+        ["augment=eda", "augment.ops=[delete]"],
+        [r"augment=eda: 20 of 60 copies are identical to their original text", "40 copies train"]),
     # 'n/a' used as a class name among class names: kept (it may be a real class), with a warning
     "na_word_among_class_names": (lambda d: write_frame(make_frame(60, seed=6).assign(
         label=lambda f: f.label.where(f.index % 10 != 0, "n/a")), d / "train.csv"), [], ["kept as class names"]),
@@ -342,3 +367,22 @@ def test_awkward_but_valid_input_trains(results, case):
     assert (cwd / "run" / "run.json").exists()
     for pattern in ACCEPTED[case][2]:
         assert re.search(pattern, console), f"{pattern!r} not in the output:\n{console[-2500:]}"
+
+
+def test_predict_reads_the_label_column_as_train_did(tiny_bert, tmp_path):
+    """A run trained on the labels 1 and 2 of a CSV file scores a JSONL file whose labels are the strings "1" and "2":
+    predict reads labels with train's rule (numbers when every label is one), so they are its classes, not unknown
+    labels refused with 'known labels: 1, 2'."""
+    frame = make_frame(60, seed=6).assign(label=lambda f: f.label.map({"sport": 1, "business": 2, "politics": 2}))
+    write_frame(frame, tmp_path / "train.csv")
+    (tmp_path / "new.jsonl").write_text("".join(json.dumps({"text": r.text, "label": str(r.label)}) + "\n"
+                                                for r in frame.head(12).itertuples()), encoding="utf-8")
+    trained = run_textclf(["train", "data=csv", "data.train_file=train.csv",
+                           *tiny_overrides(tiny_bert, tmp_path / "run")], tmp_path)
+    assert trained[0] == 0, describe(trained)
+    assert json.loads((tmp_path / "run" / "labels.json").read_text())["classes"] == [1, 2]
+    predicted = run_textclf(["predict", f"run_dir={tmp_path / 'run'}", "input=new.jsonl", "output=p.csv",
+                             "device=cpu"], tmp_path)
+    assert predicted[0] == 0, describe(predicted)
+    assert "accuracy" in json.loads(predicted[1][predicted[1].index("{"):])
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 12

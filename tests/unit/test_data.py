@@ -322,3 +322,42 @@ def test_compressed_tables_are_read_by_their_inner_extension(tmp_path, name):
     read = read_table(str(path), text_cols=("text",))
     assert read["text"].tolist() == frame["text"].tolist()
     assert read["label"].tolist() == frame["label"].tolist()
+
+
+# ----------------------------------------------------------------------------- labels as written, texts as lists
+def test_label_columns_are_read_as_written(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\ngoal,01\nbank,1\nvote,True\nscore,true\n", encoding="utf-8")
+    assert load_split("train", str(path), data_cfg(), need_labels=True).labels == ["01", "1", "True", "true"]
+    jsonl = tmp_path / "t.jsonl"
+    pd.DataFrame({"text": ["a", "b", "c"], "label": ["1", 2, 3.0]}).to_json(jsonl, orient="records", lines=True)
+    split = load_split("train", str(jsonl), data_cfg(), need_labels=True)
+    assert split.labels == ["1", "2", "3"] and LabelSpace.fit(split.labels).classes == [1, 2, 3]
+
+
+def test_unicode_forms_of_a_label_are_one_class_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\ngoal,caf\u00e9\nbank,cafe\u0301\nvote,tea\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        split = load_split("train", str(path), data_cfg(), need_labels=True)
+    assert LabelSpace.fit(split.labels).classes == ["caf\u00e9", "tea"]
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "two Unicode forms" in warning and r"'cafe\u0301' and 'caf\xe9'" in warning
+
+
+def test_word_lists_in_the_text_column_are_joined_into_text(tmp_path, caplog):
+    import pandas as pd
+
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"text": [["goal", "match"], ["bank"]], "label": ["sport", "business"]}).to_parquet(path)
+    with caplog.at_level(logging.INFO):
+        split = load_split("train", str(path), data_cfg(), need_labels=True)
+    assert split.texts == ["goal match", "bank"]
+    assert any("holds lists of words in 2 row(s); each list is joined with spaces" in r.getMessage()
+               for r in caplog.records)
+    pd.DataFrame({"text": [["goal", "match"], ["bank", None]], "label": ["a", "b"]}).to_parquet(path)
+    with pytest.raises(TextclfError, match=r"column 'text' holds lists, not text, and the list at data row 2 holds "
+                                           r"null, not a word"):
+        load_split("train", str(path), data_cfg(), need_labels=True)

@@ -85,3 +85,49 @@ def test_regression_metrics_match_their_definitions():
     assert m["rmse"] == pytest.approx(np.sqrt(np.mean((pred - y) ** 2)))
     assert m["mae"] == pytest.approx(0.5)
     assert m["spearman"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- how labels are read
+NFC, NFD = "caf\u00e9", "cafe\u0301"  # the same word; NFD is how macOS may save it
+
+
+@pytest.mark.parametrize("labels, classes", [
+    (["2", "10", "2"], [2, 10]),  # every label a number: numbers, sorted as numbers
+    (["01", "02", "01"], [1, 2]),  # one spelling per number: fine
+    (["01", "1", "x"], ["01", "1", "x"]),  # one label is text, so all are: '01' and '1' are two classes
+    (["True", "False", "True"], ["False", "True"]),  # text, never booleans
+    ([NFD, NFC, "tea"], [NFC, "tea"]),  # Unicode forms of one word: one class, in NFC
+])
+def test_labels_are_numbers_only_when_every_label_is_one(labels, classes):
+    assert LabelSpace.fit(labels).classes == classes
+
+
+@pytest.mark.parametrize("labels, a, b, why", [
+    (["01", "1", "2"], "01", "1", "read as numbers"),
+    (["1.0", "1", "2"], "1.0", "1", "read as numbers"),
+    (["True", "true", "False"], "True", "true", "read as true/false"),
+])
+def test_spellings_of_one_value_are_refused_naming_both(labels, a, b, why):
+    with pytest.raises(TextclfError, match=rf"data.train_file 't.csv': labels '{a}' and '{b}' would be the same "
+                                           rf"class once {why}.*; write them one way"):
+        LabelSpace.fit(labels, where="data.train_file 't.csv'")
+
+
+def test_regression_targets_may_be_written_two_ways():
+    space = LabelSpace.fit(["1.0", "1", "2.5", "1e-05"])
+    assert space.task == "regression"
+    assert space.encode(["1.0", "1", "2.5", "1e-05"], "t")[:, 0].tolist() == pytest.approx([1, 1, 2.5, 1e-05])
+
+
+def test_encode_reads_every_file_as_fit_read_the_training_file():
+    numbers = LabelSpace.fit([1, 2, 1])  # a CSV run: classes 1 and 2
+    assert numbers.encode(["1", "2", 2.0, "02"], "input 'new.jsonl'").tolist() == [0, 1, 1, 1]
+    with pytest.raises(TextclfError, match=r"row 1 has label '3'.*known labels: 1, 2"):
+        numbers.encode(["3"], "input 'new.jsonl'")
+    texts = LabelSpace.fit(["01", "1", "x"])
+    assert texts.encode(["01", "1", 1], "t").tolist() == [0, 1, 1]
+    assert LabelSpace.fit([NFC, "tea"]).encode([NFD, f" {NFC} "], "t").tolist() == [0, 0]
+    old_run = LabelSpace("binary", [NFD, "tea"])  # labels.json of a run trained before labels were NFC
+    assert old_run.encode([NFC], "t").tolist() == [0]
+    multilabel = LabelSpace.fit([f"{NFC}|tea", "tea"])
+    assert multilabel.encode([f"{NFD}|tea", [NFD]], "t").tolist() == [[1, 1], [1, 0]]

@@ -26,6 +26,7 @@ from hydra.utils import get_original_cwd
 from tqdm.auto import tqdm
 
 from textclf.config.choices import TRUNCATIONS
+from textclf.data.tasks import label_text
 from textclf.errors import TextclfError
 from textclf.io import bar_off
 
@@ -313,6 +314,7 @@ def _check_texts(frame, col: str, where: str, start: int = 0, warn: bool = True)
     # numbers in a text column (JSON, Parquet) are text too; missing cells are reported below
     values = [str(_plain(v)) if isinstance(v, (int, float, np.number)) and not _is_missing(v)
               and not isinstance(v, bool) else v for v in frame[col].tolist()]
+    values = _join_word_lists(values, col, where, start, warn)
     bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
     if bad:
         rows = ", ".join(str(start + i + 1) for i in bad[:10]) + (" …" if len(bad) > 10 else "")
@@ -326,6 +328,28 @@ def _check_texts(frame, col: str, where: str, start: int = 0, warn: bool = True)
     return values
 
 
+def _join_word_lists(values: list, col: str, where: str, start: int, warn: bool) -> list:
+    """Cells that are lists of words (a tokenized Parquet or JSONL column: ["a", "b"]) become one text, the words
+    joined with spaces, as a tokenizer would read a written sentence; logged once. A list holding anything but
+    words (numbers, nested lists, nulls) is no text: refused with its row."""
+    lists = [i for i, v in enumerate(values) if isinstance(v, (list, tuple, np.ndarray))]
+    if not lists:
+        return values
+    values = list(values)
+    for i in lists:
+        words = values[i].tolist() if isinstance(values[i], np.ndarray) else list(values[i])
+        odd = [w for w in words if not isinstance(w, str)]
+        if odd:
+            raise TextclfError(f"{where}: column {col!r} holds lists, not text, and the list at data row "
+                               f"{start + i + 1} holds {'null' if odd[0] is None else repr(odd[0])}, not a word: "
+                               f"give one text per cell, or a list of words (they are joined with spaces)")
+        values[i] = " ".join(w.strip() for w in words if w.strip())
+    if warn:
+        log.info("%s: column %r holds lists of words in %d row(s); each list is joined with spaces into one text",
+                 where, col, len(lists))
+    return values
+
+
 def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str | None = None,
                keys: dict | None = None) -> Split:
     """Read one file and check the configured columns; every problem names file, column and row.
@@ -333,7 +357,7 @@ def load_split(name: str, path: str, data_cfg, *, need_labels: bool, role: str |
     role/keys: how messages name the file and the column options (predict has its own key names)."""
     role = role or f"data.{name}_file"
     frame = read_table(path, role=role, encoding=data_cfg.encoding, encoding_errors=data_cfg.encoding_errors,
-                       text_cols=text_columns(data_cfg))
+                       text_cols=string_columns(data_cfg))
     return frame_split(frame, name, path, data_cfg, need_labels=need_labels, role=role, keys=keys)
 
 
@@ -342,7 +366,7 @@ def load_split_chunks(name: str, path: str, data_cfg, chunk_rows: int, *, need_l
     """load_split in chunks of chunk_rows rows: (first row number, Split) pairs, each checked as load_split
     checks the whole table (messages give the row numbers in the file)."""
     chunks = iter_table(path, chunk_rows, role=role, encoding=data_cfg.encoding,
-                        encoding_errors=data_cfg.encoding_errors, text_cols=text_columns(data_cfg))
+                        encoding_errors=data_cfg.encoding_errors, text_cols=string_columns(data_cfg))
     for frame in chunks:
         start = int(frame.index[0]) if len(frame) else 0
         yield start, frame_split(frame, name, path, data_cfg, need_labels=need_labels, role=role, keys=keys,
@@ -351,6 +375,13 @@ def load_split_chunks(name: str, path: str, data_cfg, chunk_rows: int, *, need_l
 
 def text_columns(data_cfg) -> tuple:
     return data_cfg.text_col, data_cfg.text_pair_col
+
+
+def string_columns(data_cfg) -> tuple:
+    """The columns a CSV/TSV reader keeps as written: the texts, and the labels too, whose spellings pandas would
+    otherwise merge ('01' and '1' into 1, 'True' and 'true' into True) before tasks.read_labels decides, for
+    the whole column, whether its labels are numbers."""
+    return (*text_columns(data_cfg), *_as_list(data_cfg.label_col))
 
 
 def frame_split(frame, name: str, path: str, data_cfg, *, need_labels: bool, role: str, keys: dict | None = None,
@@ -368,7 +399,7 @@ def frame_split(frame, name: str, path: str, data_cfg, *, need_labels: bool, rol
     pairs = _check_texts(frame, pair_col, where, start, warn) if pair_col else None
     labels = None
     if all(c in frame.columns for c in label_cols):
-        columns = [_check_labels(frame[c].tolist(), c, where, start) for c in label_cols]
+        columns = [_check_labels(frame[c].tolist(), c, where, start, warn) for c in label_cols]
         labels = columns[0] if len(columns) == 1 else [list(row) for row in zip(*columns)]
         if warn:
             report_conflicts(texts, pairs, labels, where)
@@ -390,7 +421,9 @@ def _check_columns(frame, wanted: list[tuple[str, str]], where: str) -> None:
     raise TextclfError(f"{where}: no column {', '.join(missing)}; its columns are: {', '.join(cols)}{hint}")
 
 
-def _check_labels(values: list, label_col: str, where: str, start: int = 0) -> list:
+def _check_labels(values: list, label_col: str, where: str, start: int = 0, warn: bool = True) -> list:
+    """The column's labels as text (tasks.label_text: the form every file's labels are compared in), after
+    missing labels are refused with their rows."""
     words = _missing_words(values, where, label_col)
     missing_rows = sorted({i for i, v in enumerate(values) if _is_missing(v)} | set(words))
     if missing_rows:
@@ -399,7 +432,25 @@ def _check_labels(values: list, label_col: str, where: str, start: int = 0) -> l
                    f"numbers; remove those rows or fill in their labels)" if words else "")
         raise TextclfError(f"{where}: column {label_col!r} has {len(missing_rows)} missing label(s), "
                            f"at data row(s) {rows}{written}")
-    return [_plain(v) for v in values]
+    labels = [label_text(v) for v in values]
+    if warn:
+        _warn_unicode_forms(values, labels, label_col, where)
+    return labels
+
+
+def _warn_unicode_forms(values: list, labels: list, label_col: str, where: str) -> None:
+    """Labels written in two Unicode forms (NFC 'café' and NFD 'cafe' + combining accent, which look the same)
+    were made one class by label_text: say so, naming both spellings with their code points visible."""
+    forms: dict[str, set] = {}
+    for value, label in zip(values, labels):
+        for raw, text in zip(value, label) if isinstance(label, list) else [(value, label)]:
+            if isinstance(raw, str):
+                forms.setdefault(text, set()).add(raw.strip())
+    merged = {text: sorted(raws) for text, raws in forms.items() if len(raws) > 1}
+    if merged:
+        shown = "; ".join(" and ".join(ascii(r) for r in raws) for raws in list(merged.values())[:5])
+        log.warning("%s: column %r writes %d label(s) in two Unicode forms that look the same; each is read as one "
+                    "class (in NFC): %s%s", where, label_col, len(merged), shown, " …" if len(merged) > 5 else "")
 
 
 def _column_hint(frame, missing: list[tuple[str, str]]) -> str:

@@ -7,6 +7,8 @@ threshold; regression: T numeric targets, identity outputs.
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -27,10 +29,12 @@ def _is_number(v) -> bool:
 
 
 def split_labels(value, sep: str) -> list:
-    """A multilabel cell: a list (JSONL/Parquet) or a string joined by `sep`."""
+    """A multilabel cell: a list (JSONL/Parquet) or a string joined by `sep`; each label as label_text makes it."""
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [str(v).strip() for v in value if str(v).strip()]
-    return [p.strip() for p in str(value).split(sep) if p.strip()]
+        parts = [label_text(v) for v in value]
+    else:
+        parts = label_text(value).split(sep)
+    return [p.strip() for p in parts if p.strip()]
 
 
 def infer_task(labels: list, sep: str, n_targets: int = 1) -> str:
@@ -43,6 +47,84 @@ def infer_task(labels: list, sep: str, n_targets: int = 1) -> str:
     if labels and all(_is_number(v) for v in labels) and any(isinstance(v, float) for v in labels):
         return "regression"
     return "binary" if len({str(v) for v in labels}) == 2 else "multiclass"
+
+
+def label_text(value):
+    """A label cell as text, the one form every file's labels are compared in: strings stripped and in Unicode
+    NFC (a file saved on macOS may write 'café' with a combining accent, NFD; it is the same class); numbers
+    (JSON, Parquet) in decimal, an integral float as an integer (Parquet widens integer columns to floats);
+    lists (multilabel cells, several target columns) item by item."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [label_text(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return unicodedata.normalize("NFC", str(value).strip())
+
+
+#: a number as people write one in a table: digits, a decimal point, an exponent; inf for regression targets
+#: (their own check refuses it). Not 1_000, 0x1F, nan (a missing label) or digits of other scripts.
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?inf(inity)?", re.IGNORECASE | re.ASCII)
+
+
+def as_number(text):
+    """A label's number: int when integral (1, 01, 1.0 and 1e0 are all 1), else float; None when `text` is not a
+    plain number (see PLAIN_NUMBER)."""
+    if not isinstance(text, str) or not PLAIN_NUMBER.fullmatch(text):
+        return None
+    if text.lstrip("+-").isdigit():
+        return int(text)  # exact, however many digits
+    number = float(text)
+    return int(number) if number.is_integer() else number
+
+
+def read_labels(labels: list) -> list:
+    """The labels as the task sees them: numbers when every label is a plain number, else text (label_text).
+
+    The one rule, for every file: a column is read as numbers only as a whole, so a class is never a number in
+    one row and a string in another, and '01' stays '01' next to 'x'. Lists (multilabel, several targets) stay
+    lists of text. Several spellings of one number are checked by LabelSpace.fit (a class task refuses them)."""
+    texts = [label_text(v) for v in labels]
+    if not texts or any(isinstance(t, list) for t in texts):
+        return texts
+    numbers = [as_number(t) for t in texts]
+    return texts if any(n is None for n in numbers) else numbers
+
+
+def check_spellings(labels: list, where: str) -> None:
+    """Class labels written two ways that readers take for one value are refused, naming both spellings:
+    '01' and '1' (or '1.0' and '1') in a column of numbers, which become one number; 'True' and 'true', which
+    spreadsheets and pandas read as one boolean (they were one class before labels were read as text). Either
+    way the user meant one class or two, and only the file can say which."""
+    texts = [label_text(v) for v in labels]
+    numbers = [as_number(t) for t in texts]
+    numeric = all(n is not None for n in numbers)
+    keys = numbers if numeric else [t.casefold() if t.casefold() in ("true", "false") else (t,) for t in texts]
+    spellings: dict = {}
+    for key, text in zip(keys, texts):
+        seen = spellings.setdefault(key, [])
+        if text in seen:
+            continue
+        seen.append(text)
+        if len(seen) > 1:
+            a, b = seen
+            how = (f"once read as numbers; write them one way, or, if they are different classes, make them text "
+                   f"(e.g. 'c{a}' and 'c{b}': labels are read as numbers only when every label is a number)"
+                   if numeric else "once read as true/false (spreadsheets and pandas read both as one boolean); "
+                                   "write them one way")
+            raise TextclfError(f"{where}: labels {a!r} and {b!r} would be the same class {how}")
+
+
+def class_key(label, numeric: bool):
+    """A label as a space compares it with its classes, whichever file it comes from (training, validation, test,
+    predict's input): its number when the classes are numbers (numeric), so '1' in a JSONL file is the class 1 of a
+    run trained on a CSV file; otherwise its text (label_text: stripped, Unicode NFC)."""
+    text = label_text(label)
+    number = as_number(text) if numeric else None
+    return text if number is None else number
 
 
 @dataclass(frozen=True)
@@ -69,6 +151,7 @@ class LabelSpace:
     def fit(cls, labels: list, task: str = "auto", where: str = "data.train_file", sep: str = "|",
             target_names: list | None = None) -> "LabelSpace":
         n_targets = len(target_names) if target_names else 1
+        written, labels = labels, read_labels(labels)
         inferred = infer_task(labels, sep, n_targets)
         if task == "auto":
             task = inferred
@@ -94,8 +177,7 @@ class LabelSpace:
         if inferred == "multilabel":
             raise TextclfError(f"{where}: labels contain the separator {sep!r} (multilabel) but task={task}; "
                                f"use task=multilabel, or set data.label_sep to a character the labels do not use")
-        if len({type(v) for v in labels}) > 1:  # mixed ints and strings: treat every label as a string
-            labels = [str(v) for v in labels]
+        check_spellings(written, where)
         classes = sorted(set(labels))
         if len(classes) < 2:
             raise TextclfError(f"{where}: the label column has only one class ({classes[0]!r}); "
@@ -153,8 +235,8 @@ class LabelSpace:
                 if not np.isfinite(out[i]).all():
                     raise TextclfError(f"{where}: data row {i + 1} has a target that is not finite: {v!r}")
             return out
-        index = {c: i for i, c in enumerate(self.classes)}
         if self.task == "multilabel":
+            index = {label_text(c): i for i, c in enumerate(self.classes)}
             out = np.zeros((len(labels), len(self.classes)), dtype=np.float32)
             for i, v in enumerate(labels):
                 for c in split_labels(v, self.sep):
@@ -163,10 +245,11 @@ class LabelSpace:
                                            f"does not have; known labels: {', '.join(self.names[:20])}")
                     out[i, index[c]] = 1.0
             return out
-        as_str = isinstance(self.classes[0], str)
+        numeric = all(_is_number(c) for c in self.classes)
+        index = {class_key(c, numeric): i for i, c in enumerate(self.classes)}
         out = np.empty(len(labels), dtype=np.int64)
         for i, v in enumerate(labels):
-            key = str(v) if as_str else v
+            key = class_key(v, numeric)
             if key not in index:
                 raise TextclfError(f"{where}: data row {i + 1} has label {v!r}, which the training data does not "
                                    f"have; known labels: {', '.join(self.names[:20])}")
