@@ -64,8 +64,6 @@ def check_output(cfg: DictConfig, run_dir: Path) -> Path:
     if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
         why = "is a file, not a folder" if not parent.is_dir() else "cannot be written to (read-only or permissions)"
         raise TextclfError(f"{where}: {parent} {why}; choose an output in a folder you can write to")
-    if inside is not None and len(inside.parts) == 1:  # a table beside the run's files: recorded as textclf's
-        folder.claim_inside_run(out, is_dir=False)
     return out
 
 

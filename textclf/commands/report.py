@@ -29,7 +29,7 @@ from textclf.run import folder
 from textclf.run.folder import read_status
 
 RUN_MARKERS = (folder.STATUS, folder.METRICS, folder.CONFIG)
-SKIP_DIRS = {folder.BACKBONE, ".hydra", "__pycache__"}
+SKIP_DIRS = {folder.BACKBONE, folder.HYDRA_DIR, "__pycache__"}
 ERROR_WIDTH = 100
 PLOT_JOBS = 40        # report.png: the best this many jobs
 PLOT_UNRANKED = 10    # report.png: failed / unscored jobs marked below them
@@ -65,7 +65,7 @@ class Job:
 def find_runs(root: Path) -> list[Path]:
     runs = []
     for dirpath, dirnames, filenames in os.walk(root):
-        if any(m in filenames for m in RUN_MARKERS) or ".hydra" in dirnames:
+        if any(m in filenames for m in RUN_MARKERS) or folder.HYDRA_DIR in dirnames:
             runs.append(Path(dirpath))
             dirnames[:] = []  # fold_<k>/, backbone/, .hydra/ belong to the run
         else:
@@ -132,7 +132,7 @@ def _order(j: Job):
 
 
 def _overrides(path: Path, status: dict) -> list[str]:
-    file = path / ".hydra" / "overrides.yaml"
+    file = path / folder.HYDRA_DIR / "overrides.yaml"
     if file.exists():
         try:
             return [str(o) for o in OmegaConf.load(file)]

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -38,6 +39,7 @@ from textclf.config.options import chosen
 from textclf.engine.callbacks import is_main, launched
 from textclf.engine.launch import resume_command
 from textclf.errors import TextclfError, own_errors
+from textclf.io import file_fault
 from textclf.run import folder
 from textclf.run.folder import write_status
 from textclf.run.signals import Interrupted
@@ -69,19 +71,69 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> float | None:
         return _run_as_follower(fn, cfg)
     base = {"job": int(hc.job.num) if multirun else None, "overrides": list(hc.overrides.task)}
     limit_threads(hc)
+    taken = False
     try:
         if not folder.holds(run_dir):  # before status.json: a second process must not touch the holder's files
             folder.lock(run_dir)
+            taken = True
+        # a single run's folder was adopted before Hydra wrote into it (RunFolderGuard); a multirun job's .hydra/
+        # and log are Hydra's for this job
+        folder.adopt(run_dir, allowed=(folder.HYDRA_DIR, folder.LOG) if multirun else (), overwrite=bool(cfg.overwrite))
     except TextclfError as e:
+        if taken:
+            folder.release(run_dir)
         if not multirun:
             print(f"textclf: error: {e}", file=sys.stderr)
             sys.exit(2)
+        put_back_hydra_record(run_dir)
         print(f"textclf: job {base['job']} not run: {e}; the sweep goes on", file=sys.stderr)
         return None
     try:
         return _run_locked(fn, cfg, hc, run_dir, base, multirun)
     finally:
         folder.release(run_dir)
+
+
+#: a multirun's existing job folders as they were before its jobs ran (RunFolderGuard.on_multirun_start): the bytes of
+#: each file in .hydra/ (None: no .hydra/) and the log's size (None: no log), by folder
+_BEFORE: dict[Path, tuple[dict | None, int | None]] = {}
+
+
+def remember_job_folders(sweep_dir: Path) -> None:
+    """Before a multirun's jobs run: what Hydra will write over in the job folders that exist already."""
+    _BEFORE.clear()
+    if not sweep_dir.is_dir():
+        return
+    for job_dir in [*sweep_dir.glob("*/"), *sweep_dir.glob("*/*/")]:
+        if not job_dir.is_dir() or job_dir.name == folder.HYDRA_DIR:
+            continue
+        record, log_file = job_dir / folder.HYDRA_DIR, job_dir / folder.LOG
+        files = {p.name: p.read_bytes() for p in record.iterdir() if p.is_file()} if record.is_dir() else None
+        _BEFORE[job_dir.resolve()] = (files, log_file.stat().st_size if log_file.is_file() else None)
+
+
+def put_back_hydra_record(run_dir: Path) -> None:
+    """A multirun job refused its folder (another process holds it, a finished run it must not replace, files of
+    the user's): Hydra had written its .hydra/ and log there before the job ran; put them back as they were, so the
+    folder's run keeps its own overrides (textclf report labels runs by them) and log."""
+    before = _BEFORE.get(run_dir.resolve())
+    if before is None:
+        return
+    files, log_size = before
+    record, log_file = run_dir / folder.HYDRA_DIR, run_dir / folder.LOG
+    if files is None:
+        shutil.rmtree(record, ignore_errors=True)
+    else:
+        for name, data in files.items():
+            (record / name).write_bytes(data)
+        for path in record.iterdir() if record.is_dir() else ():
+            if path.name not in files and path.is_file():
+                path.unlink()
+    if log_size is None:
+        log_file.unlink(missing_ok=True)
+    elif log_file.is_file() and log_file.stat().st_size > log_size:
+        with open(log_file, "r+b") as f:
+            f.truncate(log_size)
 
 
 def join_submitit_tasks() -> None:
@@ -148,19 +200,22 @@ def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bo
         print(f"textclf: {job}{line}" + ("; the sweep stops" if multirun else ""), file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
     except Exception as e:  # noqa: BLE001 - any failure of one job is recorded; a sweep goes on
-        own = isinstance(e, TextclfError)
+        own = isinstance(e, TextclfError) or file_fault(e) is not None  # one line, no traceback
         failure = {"status": "failed", **base, "metric": _configured_monitor(cfg), "started": _iso(started),
                    "finished": _iso(), "wall_s": time.time() - started, "error": error_message(e),
                    "error_type": type(e).__name__,
                    "traceback": None if own else "".join(traceback.format_exception(e))}
         record(failure)
+        if kept and multirun:  # refused to touch the finished run: Hydra's files for this job go too
+            put_back_hydra_record(run_dir)
         if not multirun:
             if own:
-                log_to_files(f"error: {e}")
-                print(f"textclf: error: {e}", file=sys.stderr)
+                log_to_files(f"error: {failure['error']}")
+                print(f"textclf: error: {failure['error']}", file=sys.stderr)
                 sys.exit(2)
             raise
-        log_to_files(f"job failed: {failure['error']}" + (f"\n{failure['traceback']}" if failure["traceback"] else ""))
+        if not kept:
+            log_to_files(f"job failed: {failure['error']}" + (f"\n{failure['traceback']}" if failure["traceback"] else ""))
     if failure is not None:  # outside the except block: the traceback's frames (a model, its tensors) are gone
         from textclf.engine.kfold import free_memory
 
@@ -196,6 +251,9 @@ def _run_locked(fn, cfg: DictConfig, hc, run_dir: Path, base: dict, multirun: bo
 def error_message(e: BaseException) -> str:
     if isinstance(e, TextclfError):
         return str(e)
+    if file_fault(e) is not None:  # no space, read-only, ...: the files written before are intact
+        return (f"{file_fault(e)} (every file written before this one is intact; with the same command the run "
+                f"resumes from its last checkpoint)")
     text = f"{type(e).__name__}: {e}".strip()
     if "out of memory" in text.lower() or isinstance(e, MemoryError):
         text += ("\n(out of memory: lower trainer.batch_size or model.max_length, raise trainer.grad_accum_steps, "
@@ -258,11 +316,18 @@ class RunFolderGuard(Callback):
         run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))  # as Hydra's run_job makes it
         try:
             folder.lock(run_dir)  # the process's one acquisition; run_job releases it (or interpreter exit)
+            # before Hydra writes: a folder holding the user's files is refused untouched
+            folder.adopt(run_dir, overwrite=bool(config.overwrite))
         except TextclfError as e:
+            folder.release(run_dir)
             print(f"textclf: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         if (run_dir / folder.MANIFEST).exists() and not config.overwrite:
             write_nothing_into(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.job.name == "train":
+            remember_job_folders(Path(os.path.abspath(str(config.hydra.sweep.dir))))
 
 
 def write_nothing_into(config: DictConfig) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import random
 import signal
 from dataclasses import dataclass, field
@@ -75,14 +74,16 @@ class FoldCheckpoint:
         latest = self.folder / "latest.json"
         if not latest.exists():
             return None
-        name = json.loads(latest.read_text(encoding="utf-8"))["name"]
         from safetensors.torch import load_file
 
+        name = "latest.json"
         try:
+            name = str(json.loads(latest.read_text(encoding="utf-8"))["name"])
             weights = load_file(str(self.folder / f"{name}.safetensors"))
             state = torch.load(self.folder / f"{name}.pt", map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
-            raise TextclfError(f"cannot resume from {self.folder}: checkpoint {name} is unreadable ({e}); "
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: safetensors, torch and json raise many kinds
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise TextclfError(f"cannot resume from {self.folder}: checkpoint {name} is unreadable ({reason}); "
                                f"delete that folder to restart this fold from scratch") from None
         return weights, state
 

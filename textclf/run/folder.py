@@ -273,16 +273,17 @@ def adopt(run_dir: str | os.PathLike, allowed=(), overwrite: bool = False) -> No
     are beside a textclf run (a folder with a record); a folder that is not one yet is refused for them unless
     overwrite=true, as a finished run is."""
     keep = overwrite or recorded(run_dir) is not None
+    # a folds.csv put there is an input: the split the run reuses (checked against the data), then its own
     refuse_foreign(run_dir, "run folder", "train into another folder (hydra.run.dir=<new folder>), or move those "
                    "files out of it" + ("" if keep else " (overwrite=true trains beside them and keeps them)"),
-                   allowed, keep_others=keep)
+                   (*allowed, FOLDS), keep_others=keep)
     claim(run_dir, RUN_NAMES)
 
 
-def claim_inside_run(path: str | os.PathLike, is_dir: bool = True) -> None:
-    """A command writing into a run folder (export's default output, a prediction table): record it in that run
-    folder's record, so a rerun of the run does not take it for a file of the user's."""
+def claim_inside_run(path: str | os.PathLike) -> None:
+    """A folder textclf writes inside a run folder (export's default output): recorded in that run folder's record,
+    so a rerun of the run does not take it for a folder of the user's."""
     path = Path(path)
     parent = path.parent
     if (parent / RECORD).is_file() and not is_recorded(parent, path.name):
-        claim(parent, [path.name + ("/" if is_dir else "")])
+        claim(parent, [path.name + "/"])
