@@ -470,6 +470,8 @@ def augment_report(checked: Checked, augmented: Augmented, data: RunData, folds:
     node.pop("_target_")
     return {"augment": chosen("augment", checked.cfg), **node, "seed": augment_seed(checked.cfg),
             "source_rows": len(texts), "augmented_rows": len(augmented.texts),
+            # copies identical to their text (nothing to change in it) are left out of training
+            "unchanged_copies_left_out": int(node.get("copies", 1)) * len(texts) - len(augmented.texts),
             "folds": [{"fold": f.index, "train_rows": len(f.train_rows),
                        "augmented_train_rows": len(data.with_copies(f.train_rows)) - len(f.train_rows),
                        "valid_rows": len(f.valid_rows)} for f in folds],
