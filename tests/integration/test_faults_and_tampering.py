@@ -69,6 +69,8 @@ def test_a_folder_holding_the_users_files_where_a_run_writes_is_refused_untouche
     rc, out, err = run_textclf(quick(tiny_bert, mine, *(["overwrite=true"] if overwrite else [])), data_dir)
     one_clear_line(rc, out, err, "holds files textclf did not write", "backbone/", "config.yaml", "metrics.json",
                    "hydra.run.dir=<new folder>")
+    assert "overwrite=true" not in err, "overwrite is no way out for files where the run writes its own"
+
     assert hashes(mine) == before and sorted(p.name for p in mine.iterdir()) == ["backbone", "config.yaml",
                                                                                   "metrics.json"]
 

@@ -274,9 +274,12 @@ def adopt(run_dir: str | os.PathLike, allowed=(), overwrite: bool = False) -> No
     overwrite=true, as a finished run is."""
     keep = overwrite or recorded(run_dir) is not None
     # a folds.csv put there is an input: the split the run reuses (checked against the data), then its own
+    allowed = (*allowed, FOLDS)
+    in_the_way = any(writes_name(n) for n in foreign(run_dir, allowed)) if Path(run_dir).is_dir() else True
     refuse_foreign(run_dir, "run folder", "train into another folder (hydra.run.dir=<new folder>), or move those "
-                   "files out of it" + ("" if keep else " (overwrite=true trains beside them and keeps them)"),
-                   (*allowed, FOLDS), keep_others=keep)
+                   "files out of it" + ("" if keep or in_the_way else
+                                        " (overwrite=true trains beside them and keeps them)"),
+                   allowed, keep_others=keep)
     claim(run_dir, RUN_NAMES)
 
 
