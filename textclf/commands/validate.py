@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from textclf.config.options import chosen
 from textclf.data.augment import build_augmenter
+from textclf.data.exclude import exclude_path, exclude_rows, excluded_note
 from textclf.data.tables import LabelSpace, Split, balanced_weights, check_leakage, conflicting_duplicates, load_splits
 from textclf.errors import TextclfError
 
@@ -53,7 +54,10 @@ def preflight(cfg: DictConfig) -> Checked:
     build_augmenter(cfg.get("augment"))  # its options' ranges and augment.mlm_model's folder; nothing loads yet
     check_tricks(cfg)
     splits = load_splits(cfg.data)
-    labels, y, y_valid, y_test = encode_labels(cfg, splits)
+    labels, y, y_valid, y_test = encode_labels(cfg, splits)  # on every row: messages give the file's row numbers
+    excluded = exclude_path(cfg.data)
+    if excluded is not None:  # the training file only, before the folds are made
+        splits["train"], y = exclude_rows(splits["train"], y, excluded, labels)
     check_leakage(cfg.data, splits)
     cfg, monitor, labels = check_objective(cfg, labels)
     check_calibration(cfg, labels)
@@ -61,7 +65,9 @@ def preflight(cfg: DictConfig) -> Checked:
         balanced_weights(np.asarray(y), labels.task)  # regression has no classes to balance: refused here
     device = check_device(cfg.trainer)
     valid = splits.get("valid")
-    folds, folds_frame = make_folds(instantiate(cfg.kfold), labels, y, len(valid) if valid else 0, data_cfg=cfg.data)
+    with excluded_note(splits["train"], excluded):
+        folds, folds_frame = make_folds(instantiate(cfg.kfold), labels, y, len(valid) if valid else 0,
+                                        data_cfg=cfg.data, rows=splits["train"].rows)
     check_init_from(cfg.model)
     name_or_path, tokenizer, backbone_config = check_backbone(cfg.model)
     return Checked(cfg, splits, labels, y, y_valid, y_test, monitor, device, name_or_path, tokenizer,
@@ -221,6 +227,9 @@ def validate_run_inputs(cfg: DictConfig) -> dict:
         if split.labels is not None:
             report["files"][name]["conflicting_duplicates"] = len(
                 conflicting_duplicates(split.texts, split.pairs, split.labels))
+        if split.excluded is not None:
+            report["files"][name]["excluded_rows"] = len(split.excluded)
+            report["files"][name]["excluded_first"] = split.excluded[:10].tolist()
     if labels.task in ("binary", "multiclass"):
         counts = np.bincount(checked.y, minlength=len(labels.classes))
         report["class_counts"] = {n: int(c) for n, c in zip(labels.names, counts)}
@@ -236,6 +245,10 @@ def _print(report: dict) -> None:
     for name, f in report["files"].items():
         extra = (f", {f['conflicting_duplicates']} text(s) repeated with different labels"
                  if f.get("conflicting_duplicates") else "")
+        if "excluded_rows" in f:
+            first = ", ".join(map(str, f["excluded_first"])) + (" …" if f["excluded_rows"] > 10 else "")
+            extra += (f", {f['excluded_rows']:,} more left out by data.exclude_rows (row(s) {first})"
+                      if f["excluded_rows"] else ", none left out by data.exclude_rows (it lists no rows)")
         lines.append(f"{name:<15} {f['rows']:,} rows from {f['path']} (text: median {f['chars_median']:.0f} "
                      f"characters, longest {f['chars_max']:,}){extra}")
     if "class_counts" in report:

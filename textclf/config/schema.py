@@ -174,6 +174,8 @@ class DataConfig:
     label_col: Union[str, list[str]] = key(nonempty="must name a column")  # a list: several targets
     label_sep: str = key(nonempty="must be a non-empty separator (multilabel cells are split on it)")
     group_col: Optional[str]
+    exclude_rows: Optional[str] = key(hint="a CSV with a `row` column (a run's label issues table) or a text file "
+                                      "of one row number per line; null: none")
     encoding: str = key(Check(_is_codec, "a text encoding Python knows (utf-8, latin-1, cp1252...)"))
     encoding_errors: str = key(Choice(("strict", "replace")))
 

@@ -304,9 +304,18 @@ class Split:
     texts: list
     pairs: list | None
     labels: list | None
+    #: the 0-based data row numbers (in the file as read) of these rows, when data.exclude_rows left some of the
+    #: training file out; None: every row of the file, 0 to len - 1
+    rows: np.ndarray | None = None
+    #: the data row numbers data.exclude_rows left out (training file only); None: the key is not set
+    excluded: np.ndarray | None = None
 
     def __len__(self):
         return len(self.texts)
+
+    def row_numbers(self) -> np.ndarray:
+        """Each row's data row number in its file (0-based): the run folder's out-of-fold and folds tables give it."""
+        return np.arange(len(self.texts), dtype=np.int64) if self.rows is None else self.rows
 
 
 def _check_texts(frame, col: str, where: str, start: int = 0, warn: bool = True) -> list:

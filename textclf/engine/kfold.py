@@ -221,9 +221,12 @@ class StratifiedGroupKFoldSplit(KFoldSplit):
 
 # ----------------------------------------------------------------------------- the run's folds
 def make_folds(splitter, labels, y: np.ndarray, n_valid_file_rows: int = 0, *, data_cfg=None,
-               run_dir: Path | None = None) -> tuple[list[Fold], "pd.DataFrame"]:
+               run_dir: Path | None = None, rows: np.ndarray | None = None) -> tuple[list[Fold], "pd.DataFrame"]:
     """The folds to run and the folds.csv table: split anew, or reuse run_dir/folds.csv when it exists
-    (a rerun into the same folder compares on identical splits). Checked before any model loads."""
+    (a rerun into the same folder compares on identical splits). Checked before any model loads.
+
+    rows: the training rows' data row numbers in data.train_file when data.exclude_rows left some out (None: every
+    row, 0 to len(y) - 1); folds.csv gives those numbers, and the groups are those rows' groups."""
     n = len(y)
     strat = labels.stratify_key(y)
     if splitter.multi_hot and labels.task == "multilabel":
@@ -234,22 +237,22 @@ def make_folds(splitter, labels, y: np.ndarray, n_valid_file_rows: int = 0, *, d
     groups = None
     group_col = data_cfg.group_col if data_cfg is not None else None
     if splitter.needs_groups:
-        groups = read_groups(data_cfg, n, splitter)
+        groups = read_groups(data_cfg, n, splitter, rows=rows)
     elif group_col:
         log.warning("data.group_col=%s is used only by kfold=group and kfold=stratified_group; this run splits "
                     "without groups", group_col)
 
     existing = Path(run_dir) / FOLDS if run_dir is not None else None
     if existing is not None and existing.exists() and not n_valid_file_rows:
-        all_folds = read_folds_csv(existing, n, splitter)
+        all_folds = read_folds_csv(existing, n, splitter, numbers=rows)
         folds = splitter.select(all_folds)
         if groups is not None:
             check_groups_whole(all_folds, groups, existing)
         log.info("reusing %s (%d rows, %d folds): this run validates on the same splits as the run that wrote it",
                  existing, n, len(all_folds))
-        return folds, folds_table(all_folds, n)
+        return folds, folds_table(all_folds, n, rows)
     folds = splitter.split(strat, n, n_valid_file_rows, groups=groups)
-    return folds, folds_table(getattr(splitter, "all_folds", folds), n)
+    return folds, folds_table(getattr(splitter, "all_folds", folds), n, rows)
 
 
 def _one_hot(keys: np.ndarray) -> np.ndarray:
@@ -266,8 +269,9 @@ def warn_rare_labels(y: np.ndarray, names: list[str], n_splits: int) -> None:
                     ", ".join(rare), n_splits)
 
 
-def read_groups(data_cfg, n: int, splitter=None) -> np.ndarray:
-    """data.group_col of the training table as integer group ids (one per row, in file order)."""
+def read_groups(data_cfg, n: int, splitter=None, rows: np.ndarray | None = None) -> np.ndarray:
+    """data.group_col of the training table as integer group ids (one per row, in file order); rows: only those
+    data rows (the ones data.exclude_rows left)."""
     # here, not at the top: config checks import this module for its splitters' signatures
     import pandas as pd
 
@@ -285,14 +289,15 @@ def read_groups(data_cfg, n: int, splitter=None) -> np.ndarray:
     if col not in frame.columns:
         raise TextclfError(f"{where}: no column data.group_col={col!r}; its columns are: "
                            f"{', '.join(str(c) for c in frame.columns)}")
-    if len(frame) != n:
+    numbers = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    if (len(frame) != n) if rows is None else (len(numbers) != n or int(numbers.max(initial=-1)) >= len(frame)):
         raise TextclfError(f"{where}: read {len(frame)} rows for data.group_col but {n} for the texts")
-    values = frame[col]
-    missing = np.flatnonzero(values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy())
+    values = frame[col].iloc[numbers].reset_index(drop=True)
+    missing = numbers[values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()]
     if len(missing):
-        rows = ", ".join(str(i + 1) for i in missing[:10]) + (" …" if len(missing) > 10 else "")
+        shown = ", ".join(str(i + 1) for i in missing[:10]) + (" …" if len(missing) > 10 else "")
         raise TextclfError(f"{where}: column data.group_col={col!r} has {len(missing)} empty cell(s), at data "
-                           f"row(s) {rows}; every row needs a group")
+                           f"row(s) {shown}; every row needs a group")
     groups = pd.factorize(values.astype(str).str.strip())[0].astype(np.int64)
     n_groups = int(groups.max()) + 1
     n_splits = splitter.n_splits if splitter is not None else 2
@@ -303,8 +308,9 @@ def read_groups(data_cfg, n: int, splitter=None) -> np.ndarray:
     return groups
 
 
-def folds_table(folds: list[Fold], n_rows: int):
-    """folds.csv: the fold that validates each training row (-1: training only, as with a holdout).
+def folds_table(folds: list[Fold], n_rows: int, rows: np.ndarray | None = None):
+    """folds.csv: the fold that validates each training row (-1: training only, as with a holdout), by its data
+    row number (rows: those of the rows data.exclude_rows left; None: 0 to n_rows - 1).
 
     With kfold.repeats > 1 every row appears once per repeat (repeat 0's rows first)."""
     # here, not at the top: config checks import this module for its splitters' signatures
@@ -317,12 +323,14 @@ def folds_table(folds: list[Fold], n_rows: int):
         for f in folds:
             if f.repeat == r:
                 fold_of[f.valid_rows[f.valid_rows < n_rows]] = f.index
-        parts.append(pd.DataFrame({"row": np.arange(n_rows), "fold": fold_of}))
+        parts.append(pd.DataFrame({"row": np.arange(n_rows) if rows is None else rows, "fold": fold_of}))
     return pd.concat(parts, ignore_index=True)
 
 
-def read_folds_csv(path: Path, n: int, splitter) -> list[Fold]:
-    """Every fold of an existing folds.csv, checked against the data's row count and the configured folds."""
+def read_folds_csv(path: Path, n: int, splitter, numbers: np.ndarray | None = None) -> list[Fold]:
+    """Every fold of an existing folds.csv, checked against the data's row count and the configured folds;
+    numbers: the data row numbers of the training rows when data.exclude_rows left some out (folds.csv names
+    those)."""
     # here, not at the top: config checks import this module for its splitters' signatures
     import pandas as pd
 
@@ -337,6 +345,14 @@ def read_folds_csv(path: Path, n: int, splitter) -> list[Fold]:
     rows, fold = table["row"].to_numpy(), table["fold"].to_numpy()
     if not (np.issubdtype(rows.dtype, np.integer) and np.issubdtype(fold.dtype, np.integer)):
         raise TextclfError(f"{path}: row and fold must be whole numbers; delete it to split anew")
+    if numbers is not None and len(numbers):  # data row numbers -> positions among the rows left
+        pos = np.searchsorted(numbers, rows)
+        known = (pos < len(numbers)) & (numbers[np.minimum(pos, len(numbers) - 1)] == rows)
+        if not known.all() or len(np.unique(rows)) != n:
+            raise TextclfError(f"{path} describes other training rows than the {n} that data.exclude_rows leaves "
+                               f"of data.train_file: it was written for other data; delete it (or use another run "
+                               f"folder) to split anew")
+        rows = pos
     n_in_file = int(rows.max()) + 1 if len(rows) else 0
     if n_in_file != n or rows.min() < 0:
         raise TextclfError(f"{path} describes {n_in_file} training rows but data.train_file has {n}: it was "

@@ -310,10 +310,12 @@ def _value(tree, dotted: str) -> str:
 
 # ----------------------------------------------------------------------------- data fingerprints
 def input_fingerprints(data_cfg, splits: dict) -> dict:
-    """Size and SHA-256 of each data file the run reads, by config key (data.train_file, ...); embedded data
-    (data=demo) has no file of its own to hash, so it is fingerprinted by its rows (texts, pairs, labels)."""
+    """Size and SHA-256 of each data file the run reads, by config key (data.train_file, ..., and the list of rows
+    data.exclude_rows leaves out); embedded data (data=demo) has no file of its own to hash, so it is fingerprinted
+    by its rows (texts, pairs, labels)."""
     import hashlib
 
+    from textclf.data.exclude import KEY, exclude_path
     from textclf.data.tables import EMBEDDED_PREFIX, resolve_path
 
     out = {}
@@ -325,6 +327,10 @@ def input_fingerprints(data_cfg, splits: dict) -> dict:
         else:
             path = resolve_path(given)
             out[key] = {"file": given, "path": str(path), "size": path.stat().st_size, "sha256": sha256(path)}
+    excluded = exclude_path(data_cfg)
+    if excluded is not None:  # the rows left out are part of the data: an edited list is edited data
+        path = resolve_path(excluded)
+        out[KEY] = {"file": excluded, "path": str(path), "size": path.stat().st_size, "sha256": sha256(path)}
     return out
 
 
