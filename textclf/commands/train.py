@@ -6,7 +6,8 @@
                out-of-fold outputs; a fold finished by an earlier run into the same folder is kept
   3. assemble  out-of-fold outputs and metrics, calibration, tuned thresholds, test predictions (the folds
                ensembled)
-  4. write     oof.csv, test_predictions.csv, plots, metrics.json, labels.json, then run.json last
+  4. write     oof.csv, test_predictions.csv, plots, metrics.json, labels.json, the error analysis
+               (label_issues.csv, data_checks.json), then run.json last
 
 The run folder (Hydra's output directory) and every file in it: textclf.run.folder.
 """
@@ -40,6 +41,8 @@ from textclf.engine.kfold import Fold, FoldOutputs, FoldResult, free_memory, mak
 from textclf.inference.ensemble import ensemble
 from textclf.inference.torch_folds import torch_folds
 from textclf.io import save_weights, write_csv, write_json, write_text
+from textclf.observe.analysis import Rows, data_checks, examine_labels, label_strings, over_max_length
+from textclf.observe.html_report import write_html_report
 from textclf.engine.optim import describe_learning_rates
 
 log = logging.getLogger(__name__)
@@ -140,7 +143,8 @@ class TrainRun:
 
             valid = checked.splits.get("valid")
             self.folds, folds_frame = make_folds(instantiate(cfg.kfold), self.labels, checked.y,
-                                                 len(valid) if valid else 0, data_cfg=cfg.data, run_dir=self.run_dir)
+                                                 len(valid) if valid else 0, data_cfg=cfg.data, run_dir=self.run_dir,
+                                                 rows=checked.splits["train"].rows)
         if self.main:  # recorded before they are written: textclf's own, to resume, replace or remove
             folder.claim(self.run_dir, [f"{folder.fold_dir(self.run_dir, f.index).name}/" for f in self.folds]
                          + [f"{d}/" for d in tensorboard_dirs([OmegaConf.to_container(cfg, resolve=True)])])
@@ -323,6 +327,9 @@ class TrainRun:
         summary = {"task": labels.task, "monitor": self.monitor, "folds": results}
         summary["mean"], summary["std"] = summarize(results)
         summary["score"] = summary["mean"][self.monitor]
+        excluded = self.checked.splits["train"].excluded
+        if excluded is not None:  # data.exclude_rows: the training rows left out
+            summary["excluded_rows"] = int(len(excluded))
         if self.cfg.calibrate == "temperature":
             oof = self.calibrate_oof(summary, y[scored], oof)
         summary["oof"] = compute_metrics(labels, y[scored], oof)
@@ -424,7 +431,8 @@ class TrainRun:
             return
         n_file = self.data.n_train_file
         source = np.array(["train"] * n_file + ["valid"] * (len(y) - n_file))
-        row_in_file = np.concatenate([np.arange(n_file), np.arange(len(y) - n_file)])
+        # each row's number in its own file, as read: data.exclude_rows keeps the training rows' original numbers
+        row_in_file = np.concatenate([self.checked.splits["train"].row_numbers(), np.arange(len(y) - n_file)])
         write_csv(run_dir / folder.OOF, labels.table(oof, y_true=y[scored],
                                                      extra={"source": source[scored], "row": row_in_file[scored]}))
         if test is not None:
@@ -432,9 +440,17 @@ class TrainRun:
         plots = write_plots(run_dir, labels, y[scored], oof, outputs, self.monitor) if self.cfg.plots else []
         write_json(run_dir / folder.METRICS, summary)
         folder.write_labels(run_dir, labels)  # once, final: tuned thresholds, fitted temperature
-        artifacts = [run_dir / n for n in (folder.METRICS, folder.CONFIG, folder.OOF)] + plots
+        analysis = write_analysis(run_dir, self.checked, labels, self.data, scored, oof, row_in_file[:n_file])
+        artifacts = [run_dir / n for n in (folder.METRICS, folder.CONFIG, folder.OOF)] + plots + analysis
         self.callbacks.on_run_end({**summary, "artifacts": [str(p) for p in artifacts if p.exists()]})
+        write_html_report(run_dir, self.scored_texts(source, row_in_file))
         write_manifest(run_dir)
+
+    def scored_texts(self, source: np.ndarray, row_in_file: np.ndarray) -> dict:
+        """{(source, row): text} of the out-of-fold rows, for report.html (the first text of a pair)."""
+        splits = self.checked.splits
+        texts = list(splits["train"].texts) + (list(splits["valid"].texts) if splits.get("valid") else [])
+        return {(str(source[i]), int(row_in_file[i])): texts[i] for i in np.flatnonzero(self.scored) if i < len(texts)}
 
 
 # ----------------------------------------------------------------------------- the pieces the stages use
@@ -466,7 +482,7 @@ def augment_seed(cfg: DictConfig) -> int:
 def augment_report(checked: Checked, augmented: Augmented, data: RunData, folds: list[Fold]) -> dict:
     """augment.json: what was made, how many rows each fold trains on, a few examples to read."""
     node = OmegaConf.to_container(checked.cfg.augment, resolve=True)
-    texts = checked.splits["train"].texts
+    texts, numbers = checked.splits["train"].texts, checked.splits["train"].row_numbers()
     node.pop("_target_")
     return {"augment": chosen("augment", checked.cfg), **node, "seed": augment_seed(checked.cfg),
             "source_rows": len(texts), "augmented_rows": len(augmented.texts),
@@ -475,7 +491,7 @@ def augment_report(checked: Checked, augmented: Augmented, data: RunData, folds:
             "folds": [{"fold": f.index, "train_rows": len(f.train_rows),
                        "augmented_train_rows": len(data.with_copies(f.train_rows)) - len(f.train_rows),
                        "valid_rows": len(f.valid_rows)} for f in folds],
-            "examples": [{"row": int(s), "text": texts[s], "augmented": t}
+            "examples": [{"row": int(numbers[s]), "text": texts[s], "augmented": t}
                          for s, t in list(zip(augmented.source.tolist(), augmented.texts))[:5]]}
 
 
@@ -581,6 +597,33 @@ def fold_curves(fit, monitor: str) -> dict:
             "loss": np.array([r["loss"] for r in fit.steps], dtype=np.float64),
             "eval_step": np.array([r["step"] for r in fit.history], dtype=np.int64),
             "eval_value": np.array([r[monitor] for r in fit.history], dtype=np.float64)}
+
+
+def write_analysis(run_dir: Path, checked: Checked, labels: LabelSpace, data: RunData, scored: np.ndarray,
+                   oof: np.ndarray, numbers: np.ndarray) -> list[Path]:
+    """label_issues.csv (the training labels that look wrong, or regression's largest residuals) and
+    data_checks.json (duplicates, leakage into the test table, texts cut to max_length, class balance), computed
+    once from what the run holds: the out-of-fold outputs and the one tokenization (textclf.observe.analysis).
+    numbers: each training row's data row number, oof.csv's `row`. Returns the files written."""
+    splits, n_file = checked.splits, data.n_train_file
+    train = splits["train"]
+    decided = labels.decide(oof) if labels.task != "regression" else None  # oof.csv's pred: the suggested labels
+    examined = examine_labels(labels, data.y, np.flatnonzero(scored), oof, n_file, train.texts, train.pairs,
+                              decided=decided, numbers=numbers)
+    written = []
+    if examined.table is not None:
+        write_csv(run_dir / folder.LABEL_ISSUES, examined.table)
+        written.append(run_dir / folder.LABEL_ISSUES)
+    else:  # not this run's: an interrupted earlier write of the same run
+        (run_dir / folder.LABEL_ISSUES).unlink(missing_ok=True)
+    others = {name: (Rows(splits[name].texts, splits[name].pairs, None if y is None else label_strings(labels, y)), y)
+              for name, y in (("valid", checked.y_valid), ("test", checked.y_test)) if splits.get(name) is not None}
+    mcfg = checked.cfg.model
+    checks = data_checks(labels, Rows(train.texts, train.pairs, label_strings(labels, checked.y), numbers), checked.y,
+                         over_max_length(data.encoded, n_file, int(mcfg.max_length)), int(mcfg.max_length),
+                         str(mcfg.truncation), others, examined.summary)
+    write_json(run_dir / folder.DATA_CHECKS, checks)
+    return [*written, run_dir / folder.DATA_CHECKS]
 
 
 def write_plots(run_dir: Path, labels: LabelSpace, y_true, oof, outputs: FoldOutputs, monitor: str) -> list[Path]:
