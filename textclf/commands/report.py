@@ -391,6 +391,10 @@ def text_table(root: Path, jobs: list[Job], by: str = "mean") -> str:
 
 def markdown(root: Path, jobs: list[Job], by: str = "mean") -> str:
     header, body = _display(jobs)
+    # each job's own report.html, linked relative to the sweep folder (it opens from disk)
+    header = [*header, "report"]
+    body = [[*r, f"[{folder.REPORT_HTML}]({(j.path / folder.REPORT_HTML).relative_to(root).as_posix()})"
+             if (j.path / folder.REPORT_HTML).is_file() and j.path != root else ""] for r, j in zip(body, jobs)]
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     out = [f"# Report of {root}", ""] + [f"{s}  " for s in summary_lines(root, jobs, by)] + [""]
     out.append("| " + " | ".join(header) + " |")
@@ -442,4 +446,26 @@ def main(argv: list[str]) -> int:
         return 2
     write_report(root, jobs, args.by)
     print_report(root, jobs, args.by)
+    if (root / folder.MANIFEST).is_file():  # one finished run: its report.html, rebuilt from the folder
+        print(f"report: {rebuild_run_report(root)}")
     return 0
+
+
+def rebuild_run_report(run_dir: Path) -> Path:
+    """report.html of a finished run, from its folder; the texts read again from its data files when they are
+    still where the run found them (the report says so when they are not)."""
+    from textclf.data.tables import load_split
+    from textclf.errors import TextclfError
+    from textclf.observe.html_report import write_html_report
+
+    cfg = OmegaConf.load(run_dir / folder.CONFIG)
+    texts, note = {}, ""
+    try:
+        for source in ("train", "valid"):
+            path = cfg.data[f"{source}_file"]
+            if path:
+                split = load_split(source, str(path), cfg.data, need_labels=False)
+                texts.update({(source, i): t for i, t in enumerate(split.texts)})
+    except (TextclfError, OSError) as e:
+        texts, note = {}, f"The texts are not shown: the data file could not be read again ({e})."
+    return write_html_report(run_dir, texts, note)

@@ -17,8 +17,13 @@
   oof.csv                out-of-fold predictions: probabilities per class and the predicted label
   metrics.json           every fold's metrics, mean and std across folds, out-of-fold metrics
   test_predictions.csv   when data.test_file is given: probabilities averaged over folds
+  label_issues.csv       the training rows whose label looks wrong (cleanlab on the out-of-fold probabilities; needs
+                         textclf[cleanlab]), most likely wrong first; regression: the largest out-of-fold residuals
+  data_checks.json       duplicates and near duplicates, training texts in the test table, texts cut to max_length,
+                         class balance, the label issues' summary (textclf.observe.analysis)
   *.png                  plots (plots=true): learning_curves.png; confusion_matrix.png and reliability.png
                          (classification); precision_recall.png (binary, multilabel); predicted_vs_true.png (regression)
+  report.html            the run's error analysis in one self-contained page (textclf report <run folder> rebuilds it)
   run.json               written last: the run is finished (the SHA-256 of every file predict, export, merge and
                          ensemble load: config, labels, backbone/ files, fold weights and outputs, tables)
   .textclf-record.json   the folder's own record of what textclf writes in it: a name (or a folder, `name/`) not in
@@ -61,7 +66,10 @@ MLFLOW_STATE = "mlflow_run.json"
 OOF = "oof.csv"
 METRICS = "metrics.json"
 TEST_PREDICTIONS = "test_predictions.csv"
+LABEL_ISSUES = "label_issues.csv"
+DATA_CHECKS = "data_checks.json"
 MANIFEST = "run.json"
+REPORT_HTML = "report.html"
 RECORD = ".textclf-record.json"
 EXPORT = "export"
 #: Hydra writes it (hydra.output_subdir=.hydra); textclf only reads the options chosen from it
@@ -86,7 +94,7 @@ FOLD_FILES = (WEIGHTS, RESULT, OUTPUTS, HISTORY, STEPS)
 #: it stays while the split settings and data are unchanged). Not removed: .hydra/ and train.log (Hydra writes
 #: them for the run in progress, the log appends), status.json (the job in progress), any file of the user's
 RUN_OUTPUTS = (MANIFEST, METRICS, OOF, TEST_PREDICTIONS, INPUTS, LABELS, CONFIG, INIT_REPORT, AUGMENT, MLFLOW_STATE,
-               MLFLOW_STATE + ".tmp", *PLOT_FILES)
+               MLFLOW_STATE + ".tmp", REPORT_HTML, LABEL_ISSUES, DATA_CHECKS, *PLOT_FILES)
 #: every file textclf writes at the top of a run folder (besides backbone/ and fold_<k>/): predict never writes over
 #: one of them
 RUN_FILES = frozenset({*RUN_OUTPUTS, FOLDS, LOG, STATUS, LOCK})
