@@ -183,7 +183,8 @@ def test_label_smoothing_rejects_bad_options():
 def test_focal_with_gamma_0_and_alpha_1_is_cross_entropy(alpha):
     logits, y = 4 * torch.randn(12, 4), torch.randint(0, 4, (12,))
     got = losses.FocalLoss(gamma=0.0, alpha=alpha)(logits, y)
-    torch.testing.assert_close(got, F.cross_entropy(logits, y), rtol=0, atol=1e-6)
+    # float32: the two sum the same terms in another order, so they agree to a few ulps of the loss (up to ~10 here)
+    torch.testing.assert_close(got, F.cross_entropy(logits, y), rtol=1e-6, atol=1e-6)
 
 
 def test_focal_matches_its_formula():

@@ -327,7 +327,8 @@ class TrainRun:
         summary = {"task": labels.task, "monitor": self.monitor, "folds": results}
         summary["mean"], summary["std"] = summarize(results)
         summary["score"] = summary["mean"][self.monitor]
-        excluded = self.checked.splits["train"].excluded
+        checked = getattr(self, "checked", None)  # set by setup(); tests assemble folds without one
+        excluded = checked.splits["train"].excluded if checked is not None else None
         if excluded is not None:  # data.exclude_rows: the training rows left out
             summary["excluded_rows"] = int(len(excluded))
         if self.cfg.calibrate == "temperature":
