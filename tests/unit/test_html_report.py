@@ -94,9 +94,15 @@ def test_label_issues_and_data_checks_are_shown_when_the_run_has_them(tmp_path):
     run = tmp_path / "run"
     pd.DataFrame({"row": [5], "text": ["a <b>text</b>"], "given_label": ["neg"], "suggested_label": ["pos"],
                   "score": [0.01]}).to_csv(run / folder.LABEL_ISSUES, index=False)
-    (run / folder.DATA_CHECKS).write_text(json.dumps({"class_balance": {"neg": 14, "neu": 13, "pos": 13}}))
+    dup = {"size": 2, "rows": [3, 9], "text": "same <text>", "labels": {"neg": 1, "pos": 1}, "conflicting": True}
+    (run / folder.DATA_CHECKS).write_text(json.dumps({
+        "train": {"rows": 40, "duplicates": {"exact": {"groups": 1, "rows": 2, "conflicting_groups": 1, "shown": [dup]},
+                                             "near": {"groups": 0, "rows": 0, "conflicting_groups": 0, "shown": []}}},
+        "class_balance": {"train": {"rows": 40, "counts": {"neg": 14, "neu": 13, "pos": 13},
+                                    "shares": {"neg": 0.35, "neu": 0.325, "pos": 0.325}}}}))
     page = render(run, texts)
     assert "a &lt;b&gt;text&lt;/b&gt;" in page and "data.exclude_rows=" in page
-    assert "class balance" in page and ">14<" in page
+    assert "Class balance, train table (40 rows)" in page and ">14<" in page and "35.0%" in page
+    assert "Duplicates in the training table" in page and "same &lt;text&gt;" in page and "neg: 1; pos: 1" in page
     without = render(run, None, "The texts are not shown: the data file could not be read again (gone).")
     assert "The texts are not shown" in without

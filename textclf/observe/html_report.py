@@ -221,32 +221,59 @@ def data_checks(run_dir: Path) -> str:
     if not isinstance(checks, dict):
         return '<p class="muted">No data_checks.json in this run.</p>'
     out = []
-    for key, value in checks.items():
-        title = key.replace("_", " ")
-        if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
-            out.append(f"<h3>{esc(title)}</h3>" + table(["", "value"], [[k, fmt(v)] for k, v in value.items()], {1}))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            cols = list(dict.fromkeys(k for v in value for k in v))
-            rows = [[_cell(v.get(c)) for c in cols] for v in value[:ISSUES]]
-            out.append(f"<h3>{esc(title)}</h3>" + table(cols, rows))
-        elif isinstance(value, dict):
-            out.append(f"<h3>{esc(title)}</h3>" + data_checks_dict(value))
-        else:
-            out.append(f"<p><b>{esc(title)}</b>: {esc(_cell(value))}</p>")
-    return "".join(out)
+    train = checks.get("train") or {}
+    dups = train.get("duplicates") or {}
+    rows = [[kind, fmt(d.get("groups", 0)), fmt(d.get("rows", 0)), fmt(d.get("conflicting_groups", 0))]
+            for kind, d in dups.items() if isinstance(d, dict)]
+    if rows:
+        out.append(f"<h3>Duplicates in the training table ({fmt(train.get('rows', 0))} rows)</h3>"
+                   + table(["kind", "groups", "rows", "groups with conflicting labels"], rows, {1, 2, 3})
+                   + _groups([g for d in dups.values() if isinstance(d, dict) for g in d.get("shown", [])], False))
+    for name, leak in (checks.get("leakage") or {}).items():
+        rows = [[kind, fmt(d.get("groups", 0)), fmt(d.get("train_rows", 0)), fmt(d.get("other_rows", 0)),
+                 fmt(d.get("conflicting_groups", 0))] for kind, d in leak.items() if isinstance(d, dict)]
+        out.append(f"<h3>Training texts in the {esc(name)} table ({fmt(leak.get('other_rows_leaked', 0))} of its "
+                   f"{fmt(leak.get('other_table_rows', 0))} rows)</h3>"
+                   + table(["kind", "groups", "training rows", f"{name} rows", "conflicting labels"], rows,
+                           {1, 2, 3, 4})
+                   + _groups([g for d in leak.values() if isinstance(d, dict) for g in d.get("shown", [])], True))
+    cut = checks.get("truncation") or {}
+    if cut:
+        rows = [[c, fmt(v.get("rows", 0)), fmt(v.get("cut", 0)), f"{100 * float(v.get('share') or 0):.1f}%"]
+                for c, v in (cut.get("per_class") or {}).items()]
+        out.append(f"<h3>Texts cut to max_length={esc(cut.get('max_length'))}: {fmt(cut.get('cut', 0))} of "
+                   f"{fmt(cut.get('rows', 0))} ({100 * float(cut.get('share') or 0):.1f}%)</h3>"
+                   + (table(["class", "rows", "cut", "share"], rows, {1, 2, 3}) if rows else ""))
+    for name, bal in (checks.get("class_balance") or {}).items():
+        counts, shares = bal.get("counts") or {}, bal.get("shares") or {}
+        out.append(f"<h3>Class balance, {esc(name)} table ({fmt(bal.get('rows', 0))} rows)</h3>"
+                   + table(["class", "rows", "share"], [[c, fmt(n), f"{100 * float(shares.get(c) or 0):.1f}%"]
+                                                        for c, n in counts.items()], {1, 2}))
+    for name, targets in (checks.get("targets") or {}).items():
+        out.append(f"<h3>Targets, {esc(name)} table</h3>" + table(
+            ["target", "rows", "mean", "std", "min", "max"],
+            [[t, fmt(v.get("rows", 0)), fmt(v.get("mean")), fmt(v.get("std")), fmt(v.get("min")), fmt(v.get("max"))]
+             for t, v in targets.items()], {1, 2, 3, 4, 5}))
+    if checks.get("normalisation"):
+        out.append(f'<p class="muted">Near duplicates: equal once normalised ({esc(checks["normalisation"])}). '
+                   f"Row numbers: {esc(checks.get('row_numbers', ''))}.</p>")
+    return "".join(out) or '<p class="muted">No data checks in data_checks.json.</p>'
 
 
-def data_checks_dict(value: dict) -> str:
-    simple = [[k, _cell(v)] for k, v in value.items() if not isinstance(v, (list, dict))]
-    out = [table(["", "value"], simple)] if simple else []
-    for k, v in value.items():
-        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            cols = list(dict.fromkeys(c for x in v for c in x))
-            out.append(f"<p><b>{esc(k.replace('_', ' '))}</b></p>" + table(cols, [[_cell(x.get(c)) for c in cols]
-                                                                                  for x in v[:ISSUES]]))
-        elif isinstance(v, (list, dict)):
-            out.append(f"<p><b>{esc(k.replace('_', ' '))}</b>: {esc(_cell(v))}</p>")
-    return "".join(out)
+def _groups(groups: list[dict], across: bool) -> str:
+    """The first duplicate groups, those with conflicting labels first."""
+    if not groups:
+        return ""
+    groups = sorted(groups, key=lambda g: (not g.get("conflicting"), -int(g.get("size") or 0)))[:PAIRS * PER_PAIR]
+    if across:
+        rows = [["yes" if g.get("conflicting") else "", _cell(g.get("train_rows")), _cell(g.get("other_rows")),
+                 _cell(g.get("train_labels")), _cell(g.get("other_labels")), clip(g.get("text", ""))] for g in groups]
+        header = ["conflict", "training rows", "rows there", "training labels", "labels there", "text"]
+    else:
+        rows = [["yes" if g.get("conflicting") else "", _cell(g.get("rows")), _cell(g.get("labels")),
+                 clip(g.get("text", ""))] for g in groups]
+        header = ["conflict", "rows", "labels", "text"]
+    return table(header, rows, set(), {len(header) - 1})
 
 
 def _cell(value) -> str:
