@@ -1,8 +1,8 @@
 """Label noise: does label_issues.csv find flipped labels, and does training without them win back what the noise
 cost?
 
-  python scripts/label_noise.py                       # BBC News (embedded), 10% of the labels flipped, 5 folds
-  python scripts/label_noise.py --rows 1200 --noise 0.1 --epochs 2 --max-length 64 --out /tmp/label_noise
+  python scripts/label_noise.py --rows 500 --test-rows 300      # the figures in docs/benchmarks.md
+  python scripts/label_noise.py --rows 1200 --test-rows 1000 --noise 0.2 --out /tmp/label_noise
 
 A seeded stratified sample of BBC News is split into a training table and a clean test table; a share of the training
 labels is flipped to another class at random (seeded). Three `textclf train` runs, each k-fold with the test file:
