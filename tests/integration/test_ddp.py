@@ -138,8 +138,9 @@ def test_a_killed_process_is_named_and_the_other_stopped_in_one_line(data, tiny_
 
 
 def test_ctrl_c_stops_every_process_once_and_the_hint_resumes_them(data, tiny_bert, tmp_path):
+    # 10 epochs (90 steps): the run is still training when the signal arrives, however loaded the machine
     args = args_for(tiny_bert, tmp_path / "run", "trainer.batch_size=4", "trainer.devices=2",
-                    "trainer.checkpoint_every_steps=3")
+                    "trainer.checkpoint_every_steps=3", "trainer.epochs=10")
     # the textclf process alone gets the signal, as a terminal's Ctrl-C reaches it (its processes are in a session of
     # their own): it passes it on once, and they stop together at the next safe point
     proc = subprocess.Popen([textclf_executable(), *args], cwd=data, env=cli_env(), stdout=subprocess.PIPE,
