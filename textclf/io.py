@@ -150,3 +150,14 @@ def file_fault(e: BaseException) -> str | None:
             errno.EPERM: "write to a folder you can write to, or fix its permissions",
             }.get(e.errno, "give another path")
     return f"cannot write or read {target}: {_FILE_FAULTS[e.errno]}; {hint}"
+
+
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written into `folder` (it, or the nearest of its parents that exists, is a file or not
+    writable), as "<path> <why>"; None when they can."""
+    folder = Path(folder)
+    nearest = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if nearest is None or (nearest.is_dir() and os.access(nearest, os.W_OK | os.X_OK)):
+        return None
+    why = "is a file, not a folder" if not nearest.is_dir() else "cannot be written to (read-only or permissions)"
+    return f"{nearest} {why}"

@@ -14,7 +14,6 @@ import contextlib
 import inspect
 import io
 import logging
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -32,7 +31,7 @@ from textclf.errors import TextclfError
 from textclf.inference.onnx_folds import EXPORT_MANIFEST, require, session
 from textclf.inference.runs import RunModel, load_run
 from textclf.inference.torch_folds import load_torch_model
-from textclf.io import atomic_path, write_json, write_text
+from textclf.io import atomic_path, unwritable, write_json, write_text
 from textclf.run import folder
 from textclf.run.checkpoint import fault_point
 from textclf.run.manifest import sha256
@@ -262,10 +261,9 @@ def check_export_output(cfg: DictConfig, run_dir: Path) -> Path:
                            f"(<run_dir>/export) or give another folder")
     # an earlier export (finished or interrupted) is textclf's and is replaced; anything else is the user's
     folder.refuse_foreign(out, "output", "give an empty or new folder, or move those files out")
-    nearest = next((p for p in (out, *out.parents) if p.exists()), None)
-    if nearest is not None and (not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK)):
-        why = "is a file, not a folder" if not nearest.is_dir() else "cannot be written to (read-only or permissions)"
-        raise TextclfError(f"{where}: {nearest} {why}; give output=<a folder you can write to>")
+    problem = unwritable(out)
+    if problem:
+        raise TextclfError(f"{where}: {problem}; give output=<a folder you can write to>")
     return out
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import json
 import logging
 import signal
@@ -26,7 +25,7 @@ from textclf.inference.ensemble import FoldModel, ensemble
 from textclf.inference.onnx_folds import check_export, onnx_folds
 from textclf.inference.runs import RunModel, load_run
 from textclf.inference.torch_folds import torch_folds
-from textclf.io import atomic_path, remove_stale_temps
+from textclf.io import atomic_path, remove_stale_temps, unwritable
 from textclf.run import folder
 
 log = logging.getLogger(__name__)
@@ -60,10 +59,9 @@ def check_output(cfg: DictConfig, run_dir: Path) -> Path:
                                or inside.parts[0].startswith(folder.FOLD_PREFIX)):
         raise TextclfError(f"{where} is a file of the run itself ({inside}): writing predictions there would break "
                            f"the run; choose another output, e.g. output={run_dir / 'predictions.csv'}")
-    parent = next((p for p in out.parents if p.exists()), None)
-    if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
-        why = "is a file, not a folder" if not parent.is_dir() else "cannot be written to (read-only or permissions)"
-        raise TextclfError(f"{where}: {parent} {why}; choose an output in a folder you can write to")
+    problem = unwritable(out.parent)
+    if problem:
+        raise TextclfError(f"{where}: {problem}; choose an output in a folder you can write to")
     return out
 
 
