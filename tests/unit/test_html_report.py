@@ -4,6 +4,7 @@ the way `textclf train` writes them, without training)."""
 from __future__ import annotations
 
 import base64
+import datetime
 import io
 import json
 import re
@@ -106,3 +107,28 @@ def test_label_issues_and_data_checks_are_shown_when_the_run_has_them(tmp_path):
     assert "Duplicates in the training table" in page and "same &lt;text&gt;" in page and "neg: 1; pos: 1" in page
     without = render(run, None, "The texts are not shown: the data file could not be read again (gone).")
     assert "The texts are not shown" in without
+
+
+def test_a_report_written_before_the_job_status_shows_the_time_so_far(tmp_path):
+    """train writes report.html before status.json says ok: the wall time is the time since the run started."""
+    texts = fake_run(tmp_path / "run", "multiclass", np.random.default_rng(3))
+    started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=3, seconds=5)
+    (tmp_path / "run" / folder.STATUS).write_text(json.dumps({"status": "running", "overrides": [],
+                                                              "started": started.isoformat(timespec="seconds")}))
+    page = render(tmp_path / "run", texts)
+    assert re.search(r"3 min 0[5-9] s", page), "the wall time card is filled while the run is finishing"
+    assert "no overrides: the defaults" in page
+
+
+def test_many_duplicate_groups_show_the_first_ten_and_say_how_many_there_are(tmp_path):
+    texts = fake_run(tmp_path / "run", "multiclass", np.random.default_rng(4))
+    groups = [{"size": 2, "rows": [i, 100 + i], "text": f"copy {i}", "labels": {"neg": 2}, "conflicting": False}
+              for i in range(30)]
+    (tmp_path / "run" / folder.DATA_CHECKS).write_text(json.dumps({"train": {"rows": 200, "duplicates": {
+        "exact": {"groups": 60, "rows": 120, "conflicting_groups": 0, "shown": groups}}}}))
+    page = render(tmp_path / "run", texts)
+    assert "copy 9<" in page and "copy 10<" not in page
+    assert "10 of the 60 groups shown" in page
+    assert "conflicting labels</th>" not in page.split("Duplicates in the training table")[1].split("</table>", 2)[1], \
+        "no empty conflict column when no shown group conflicts"
+    assert "kfold=group" in page, "the report says what duplicates across folds do to the out-of-fold score"

@@ -8,6 +8,7 @@ them; `textclf report` reads the data file again, and the report says so when it
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import json
 import logging
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 PER_PAIR, PAIRS, ISSUES, RESIDUALS = 5, 6, 50, 25
 #: characters of a text shown in a table cell (the full text is in the data file)
 TEXT_CHARS = 300
+#: duplicate groups shown per table, and the characters of their text (the rest are in data_checks.json)
+GROUPS_SHOWN, GROUP_CHARS = 10, 160
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2430;background:#f6f7f9;margin:0}
@@ -46,7 +49,14 @@ figure img{max-width:100%;height:auto;display:block;margin:0 auto} figcaption{fo
 code{background:#eef1f4;padding:0 .25em;border-radius:3px;word-break:break-all}
 nav{display:flex;flex-wrap:wrap;gap:.3em 1em}
 @media (max-width:600px){body{font-size:14px} main{padding:8px} .card{min-width:0;flex:1 1 40%}
-td.text{min-width:13em}}
+th,td{padding:.3em .35em}
+figure{overflow-x:auto} figure img{max-width:none;width:600px}
+table.records,table.records tbody,table.records tr{display:block} table.records thead{display:none}
+table.records tr{border-bottom:1px solid #dde3ea;padding:.35em .2em}
+table.records td{display:inline-block;border:0;padding:.05em .4em}
+table.records td::before{content:attr(data-label) ": ";color:#5b6573}
+table.records td.text{display:block;min-width:0;max-width:none;margin-top:.2em}
+table.records td.text::before{content:""}}
 """
 
 
@@ -72,9 +82,13 @@ def table(header: list[str], rows: list[list], numeric: set[int] = frozenset(), 
     def cls(i):
         return ' class="num"' if i in numeric else (' class="text"' if i in text else "")
 
-    head = "".join(f"<th{cls(i)}>{esc(str(h).replace('_', ' '))}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{esc(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    names = [str(h).replace("_", " ") for h in header]
+    head = "".join(f"<th{cls(i)}>{esc(h)}</th>" for i, h in enumerate(names))
+    # data-label: on a phone a table with a text column is shown as one block per row, each cell with its name
+    body = "".join("<tr>" + "".join(f'<td{cls(i)} data-label="{esc(names[i])}">{esc(c)}</td>' if text and i < len(names)
+                                    else f"<td{cls(i)}>{esc(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
+    kind = ' class="records"' if text else ""
+    return f'<div class="scroll"><table{kind}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _json(path: Path) -> dict | list | None:
@@ -90,7 +104,7 @@ def summary(run_dir: Path, cfg, metrics: dict, status: dict, oof: pd.DataFrame |
     mean, std = (metrics.get("mean") or {}).get(monitor), (metrics.get("std") or {}).get(monitor)
     cards = [("task", task), (f"{monitor} (mean ± std over folds)", f"{fmt(mean)} ± {fmt(std)}"),
              (f"{monitor}, out-of-fold", fmt((metrics.get("oof") or {}).get(monitor))),
-             ("folds", len(metrics.get("folds") or [])), ("wall time", _duration(status.get("wall_s")))]
+             ("folds", len(metrics.get("folds") or [])), ("wall time", _duration(_wall_s(status)))]
     if metrics.get("test"):
         cards.append((f"{monitor}, test file", fmt(metrics["test"].get(monitor))))
     if metrics.get("excluded_rows"):
@@ -104,13 +118,16 @@ def summary(run_dir: Path, cfg, metrics: dict, status: dict, oof: pd.DataFrame |
         if isinstance(entry, dict):
             n = counts.get("train") if key == "data.train_file" else counts.get("valid") if key == "data.valid_file" \
                 else entry.get("rows")
-            rows.append([key, entry.get("file"), fmt(n) if n is not None else "", fmt(entry.get("size"))
-                         if entry.get("size") is not None else ""])
+            rows.append([key, entry.get("file"), fmt(entry.get("rows")) if entry.get("rows") is not None else "",
+                         fmt(n) if n is not None else "", _size(entry.get("size"))])
     if rows:
-        out.append("<h3>Data</h3>" + table(["file", "given as", "rows scored out-of-fold", "bytes"], rows, {2, 3}))
+        header = ["file", "given as", "rows", "scored out-of-fold", "size"]
+        keep = [i for i in range(len(header)) if i < 2 or any(r[i] for r in rows)]  # no empty column (embedded data)
+        out.append("<h3>Data</h3>" + table([header[i] for i in keep], [[r[i] for i in keep] for r in rows],
+                                           set(range(2, len(keep)))))
     overrides = status.get("overrides") or []
-    out.append("<h3>Command line</h3><p><code>textclf train " + esc(" ".join(overrides)) + "</code></p>"
-               if overrides else "")
+    out.append("<h3>Command line</h3><p><code>textclf train " + esc(" ".join(overrides)) + "</code>"
+               + ("" if overrides else ' <span class="muted">(no overrides: the defaults)</span>') + "</p>")
     if cfg is not None:
         model = OmegaConf.select(cfg, "model.name_or_path", default="?")
         out.append(f'<p class="muted">backbone <code>{esc(model)}</code>, max_length '
@@ -228,7 +245,13 @@ def data_checks(run_dir: Path) -> str:
     if rows:
         out.append(f"<h3>Duplicates in the training table ({fmt(train.get('rows', 0))} rows)</h3>"
                    + table(["kind", "groups", "rows", "groups with conflicting labels"], rows, {1, 2, 3})
-                   + _groups([g for d in dups.values() if isinstance(d, dict) for g in d.get("shown", [])], False))
+                   + _groups([g for d in dups.values() if isinstance(d, dict) for g in d.get("shown", [])], False,
+                             sum(int(d.get("groups") or 0) for d in dups.values() if isinstance(d, dict)))
+                   + ('<p class="note">With k-fold, two copies of a text can land in different folds: the model that '
+                      "scores one out-of-fold was trained on its twin, so the out-of-fold score counts it as easy. "
+                      "Drop the copies (data.exclude_rows) or keep them in one fold (kfold=group with data.group_col)."
+                      "</p>" if any(int((d or {}).get("groups") or 0) for d in dups.values() if isinstance(d, dict))
+                      else ""))
     for name, leak in (checks.get("leakage") or {}).items():
         rows = [[kind, fmt(d.get("groups", 0)), fmt(d.get("train_rows", 0)), fmt(d.get("other_rows", 0)),
                  fmt(d.get("conflicting_groups", 0))] for kind, d in leak.items() if isinstance(d, dict)]
@@ -236,14 +259,18 @@ def data_checks(run_dir: Path) -> str:
                    f"{fmt(leak.get('other_table_rows', 0))} rows)</h3>"
                    + table(["kind", "groups", "training rows", f"{name} rows", "conflicting labels"], rows,
                            {1, 2, 3, 4})
-                   + _groups([g for d in leak.values() if isinstance(d, dict) for g in d.get("shown", [])], True))
+                   + _groups([g for d in leak.values() if isinstance(d, dict) for g in d.get("shown", [])], True,
+                             sum(int(d.get("groups") or 0) for d in leak.values() if isinstance(d, dict))))
     cut = checks.get("truncation") or {}
     if cut:
         rows = [[c, fmt(v.get("rows", 0)), fmt(v.get("cut", 0)), f"{100 * float(v.get('share') or 0):.1f}%"]
                 for c, v in (cut.get("per_class") or {}).items()]
         out.append(f"<h3>Texts cut to max_length={esc(cut.get('max_length'))}: {fmt(cut.get('cut', 0))} of "
                    f"{fmt(cut.get('rows', 0))} ({100 * float(cut.get('share') or 0):.1f}%)</h3>"
-                   + (table(["class", "rows", "cut", "share"], rows, {1, 2, 3}) if rows else ""))
+                   + (table(["class", "rows", "cut", "share"], rows, {1, 2, 3}) if rows else "")
+                   + ('<p class="note">Over half of the texts are cut: the model never sees their ends. A larger '
+                      "model.max_length, or model.truncation=head_tail or window, keeps more of each text.</p>"
+                      if float(cut.get("share") or 0) > 0.5 else ""))
     for name, bal in (checks.get("class_balance") or {}).items():
         counts, shares = bal.get("counts") or {}, bal.get("shares") or {}
         out.append(f"<h3>Class balance, {esc(name)} table ({fmt(bal.get('rows', 0))} rows)</h3>"
@@ -260,20 +287,28 @@ def data_checks(run_dir: Path) -> str:
     return "".join(out) or '<p class="muted">No data checks in data_checks.json.</p>'
 
 
-def _groups(groups: list[dict], across: bool) -> str:
+def _groups(groups: list[dict], across: bool, total: int = 0) -> str:
     """The first duplicate groups, those with conflicting labels first."""
     if not groups:
         return ""
-    groups = sorted(groups, key=lambda g: (not g.get("conflicting"), -int(g.get("size") or 0)))[:PAIRS * PER_PAIR]
+    total = max(total, len(groups))
+    groups = sorted(groups, key=lambda g: (not g.get("conflicting"), -int(g.get("size") or 0)))[:GROUPS_SHOWN]
+    conflicts = any(g.get("conflicting") for g in groups)
     if across:
-        rows = [["yes" if g.get("conflicting") else "", _cell(g.get("train_rows")), _cell(g.get("other_rows")),
-                 _cell(g.get("train_labels")), _cell(g.get("other_labels")), clip(g.get("text", ""))] for g in groups]
-        header = ["conflict", "training rows", "rows there", "training labels", "labels there", "text"]
+        rows = [[_cell(g.get("train_rows")), _cell(g.get("other_rows")),
+                 _cell(g.get("train_labels")), _cell(g.get("other_labels")), clip(g.get("text", ""), GROUP_CHARS)]
+                for g in groups]
+        header = ["training rows", "rows there", "training labels", "labels there", "text"]
     else:
-        rows = [["yes" if g.get("conflicting") else "", _cell(g.get("rows")), _cell(g.get("labels")),
-                 clip(g.get("text", ""))] for g in groups]
-        header = ["conflict", "rows", "labels", "text"]
-    return table(header, rows, set(), {len(header) - 1})
+        rows = [[_cell(g.get("rows")), _cell(g.get("labels")), clip(g.get("text", ""), GROUP_CHARS)] for g in groups]
+        header = ["rows", "labels", "text"]
+    if conflicts:  # the column only where a group has one, so a clean table does not carry an empty column
+        header = ["conflicting labels", *header]
+        rows = [["yes" if g.get("conflicting") else "", *r] for g, r in zip(groups, rows)]
+    more = (f'<p class="muted">{len(groups)} of the {total} groups shown'
+            f'{", those with conflicting labels first" if conflicts else ", the largest first"}; '
+            f"data_checks.json lists more.</p>") if total > len(groups) else ""
+    return table(header, rows, set(), {len(header) - 1}) + more
 
 
 def _cell(value) -> str:
@@ -284,6 +319,25 @@ def _cell(value) -> str:
     if isinstance(value, dict):
         return "; ".join(f"{k}: {_cell(v)}" for k, v in list(value.items())[:12])
     return clip(value) if isinstance(value, str) else str(value) if value is not None else ""
+
+
+def _wall_s(status: dict):
+    """status.json's wall time; while the run is still writing its files (report.html is written before the job's
+    final status), the time since it started."""
+    if status.get("wall_s") is not None:
+        return status["wall_s"]
+    try:
+        started = datetime.datetime.fromisoformat(str(status["started"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return max(0.0, (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds())
+
+
+def _size(n) -> str:
+    if n is None:
+        return ""
+    n = float(n)
+    return f"{n:.0f} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:.1f} MiB"
 
 
 def _duration(s) -> str:
