@@ -167,6 +167,32 @@ def cli_env(**extra) -> dict:
     return env
 
 
+def file_hashes(folder: Path) -> dict:
+    """Every file under folder (hidden ones too), by path relative to it, with its SHA-256: equal before and after
+    means nothing in the folder changed."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def selected_cases(request) -> list[str]:
+    """The `case` parameters of the tests in request's module that this session runs, in order, each once."""
+    return list(dict.fromkeys(item.callspec.params["case"] for item in request.session.items
+                              if item.module is request.module
+                              and "case" in getattr(getattr(item, "callspec", None), "params", {})))
+
+
+def run_concurrently(names, run) -> dict:
+    """{name: run(name)}, a few cases at a time: each case is mostly a textclf process's start-up, so the cases of a
+    module run together once (in a module-scoped fixture) instead of one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+        futures = {name: pool.submit(run, name) for name in names}
+        return {name: f.result() for name, f in futures.items()}
+
+
 def run_textclf(args, cwd: Path, timeout: float = 300, env: dict | None = None) -> tuple[int, str, str]:
     """Run the installed `textclf` with args in cwd, offline; (returncode, stdout, stderr), as subprocess.run with
     capture_output=True and text=True gives them. A process of its own, forked from a server that has already

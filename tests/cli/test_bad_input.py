@@ -6,11 +6,8 @@ concurrently (each takes a few seconds of imports), once for the whole module.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
-from conftest import assert_refused_clearly, make_frame, run_textclf, write_frame
+from conftest import assert_refused_clearly, make_frame, run_concurrently, run_textclf, selected_cases, write_frame
 
 NO_MODEL = "/nonexistent/textclf-test-model"
 BASE = ["train", "data=csv", "data.train_file=train.csv", f"model.name_or_path={NO_MODEL}", "trainer.device=cpu",
@@ -108,12 +105,8 @@ def _run_case(name, root):
 @pytest.fixture(scope="module")
 def results(request, tmp_path_factory):
     """Run the cases selected in this session, a few at a time (most of each is import time)."""
-    wanted = [item.callspec.params["case"] for item in request.session.items
-              if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
     root = tmp_path_factory.mktemp("bad_input")
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        futures = {name: pool.submit(_run_case, name, root) for name in dict.fromkeys(wanted)}
-        return {name: f.result() for name, f in futures.items()}
+    return run_concurrently(selected_cases(request), lambda name: _run_case(name, root))
 
 
 def _param(name):

@@ -4,13 +4,12 @@ reports it, and each bad list is one clear message (exit 2, no traceback) before
 from __future__ import annotations
 
 import json
-import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
-from conftest import assert_refused_clearly, describe, make_frame, run_textclf, tiny_overrides, write_frame
+from conftest import (assert_refused_clearly, describe, make_frame, run_concurrently,
+                      run_textclf, selected_cases, tiny_overrides, write_frame)
 
 NO_MODEL = "/nonexistent/textclf-test-model"
 BASE = ["train", "data=csv", "data.train_file=train.csv", f"model.name_or_path={NO_MODEL}", "trainer.device=cpu",
@@ -66,12 +65,8 @@ def _run_case(name, root):
 @pytest.fixture(scope="module")
 def results(request, tmp_path_factory):
     """The cases selected in this session, a few at a time (most of each is import time)."""
-    wanted = [item.callspec.params["case"] for item in request.session.items
-              if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
     root = tmp_path_factory.mktemp("exclude_rows")
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        futures = {name: pool.submit(_run_case, name, root) for name in dict.fromkeys(wanted)}
-        return {name: f.result() for name, f in futures.items()}
+    return run_concurrently(selected_cases(request), lambda name: _run_case(name, root))
 
 
 @pytest.mark.parametrize("case", list(CASES))

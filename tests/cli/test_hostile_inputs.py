@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
-from conftest import assert_refused_clearly, describe, make_frame, run_textclf, tiny_overrides, write_frame
+from conftest import (assert_refused_clearly, describe, make_frame, run_concurrently,
+                      run_textclf, selected_cases, tiny_overrides, write_frame)
 
 pytestmark = pytest.mark.slow
 
@@ -328,12 +327,8 @@ def _run(name, root, tiny_bert):
 def results(request, tiny_bert, tmp_path_factory):
     """Run the cases selected in this session (all of them in a full run), a few at a time."""
     root = tmp_path_factory.mktemp("hostile")
-    selected = [item.callspec.params["case"] for item in request.session.items
-                if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
-    names = list(dict.fromkeys(selected)) or list(REFUSED) + list(ACCEPTED)
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        futures = {n: pool.submit(_run, n, root, tiny_bert) for n in names}
-        return {n: f.result() for n, f in futures.items()}
+    names = selected_cases(request) or list(REFUSED) + list(ACCEPTED)
+    return run_concurrently(names, lambda name: _run(name, root, tiny_bert))
 
 
 def test_the_corpus_is_large_enough():

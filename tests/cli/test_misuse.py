@@ -10,14 +10,12 @@ contain). In the arguments RUN stands for the copied run folder.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import assert_refused_clearly, describe, make_frame, run_textclf, write_frame
+from conftest import (assert_refused_clearly, describe, file_hashes, make_frame,
+                      run_concurrently, run_textclf, selected_cases, write_frame)
 
 pytestmark = pytest.mark.slow
 
@@ -123,10 +121,6 @@ ACCEPTED = {
 }
 
 
-def _digests(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
 
 @pytest.fixture(scope="module")
 def run_copy(kfold_run, tmp_path_factory):
@@ -141,7 +135,7 @@ def _run(name, run_dir):
     cwd.mkdir()
     if setup:
         setup(cwd)
-    before = _digests(cwd), _digests(run_dir)
+    before = file_hashes(cwd), file_hashes(run_dir)
     args = [a.replace(RUN, str(run_dir)) for a in args]
     if not any(a.startswith("device=") for a in args):
         args.append("device=cpu")
@@ -151,14 +145,9 @@ def _run(name, run_dir):
 
 @pytest.fixture(scope="module")
 def results(request, run_copy):
-    selected = [item.callspec.params["case"] for item in request.session.items
-                if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
-    names = list(dict.fromkeys(selected)) or list(REFUSED) + list(ACCEPTED)
-    out = {}
+    names = selected_cases(request) or list(REFUSED) + list(ACCEPTED)
     # refused cases first and together; the accepted ones write into the run folder, so they come after
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        futures = {n: pool.submit(_run, n, run_copy) for n in names if n in REFUSED}
-        out.update({n: f.result() for n, f in futures.items()})
+    out = run_concurrently([n for n in names if n in REFUSED], lambda name: _run(name, run_copy))
     for n in names:
         if n in ACCEPTED:
             out[n] = _run(n, run_copy)
@@ -176,8 +165,8 @@ def test_predict_misuse_is_refused_with_one_clear_message(results, run_copy, cas
     assert_refused_clearly(rc, out, err, REFUSED[case][2], no_model=NO_MODEL)
     assert [ln for ln in err.splitlines() if ln.startswith("textclf: error:")], describe((rc, out, err))
     # nothing the case was about changed: the input table, the case's files, the run's own files
-    assert {k: v for k, v in _digests(cwd).items() if k in files_before} == files_before, "a refused predict wrote"
-    assert {k: v for k, v in _digests(run_copy).items() if k in run_before} == run_before, "the run was modified"
+    assert {k: v for k, v in file_hashes(cwd).items() if k in files_before} == files_before, "a refused predict wrote"
+    assert {k: v for k, v in file_hashes(run_copy).items() if k in run_before} == run_before, "the run was modified"
 
 
 @pytest.mark.parametrize("case", list(ACCEPTED))
@@ -188,7 +177,7 @@ def test_awkward_but_fine_predict_writes_predictions(results, run_copy, case):
     path = run_copy.parent / written if written.startswith("run/") else cwd / written
     assert path.is_file(), f"{path} was not written"
     assert len(path.read_text().splitlines()) == 12 + 1
-    assert {k: v for k, v in _digests(run_copy).items() if k in run_before} == run_before, "the run was modified"
+    assert {k: v for k, v in file_hashes(run_copy).items() if k in run_before} == run_before, "the run was modified"
 
 
 def test_error_lines_name_the_option_not_the_trainer(results):

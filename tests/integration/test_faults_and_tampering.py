@@ -7,19 +7,14 @@ stays as it was (CPU, the tiny model)."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import shutil
 
 import pytest
-from conftest import cli_env, describe, make_frame, run_textclf, tiny_overrides, write_frame
+from conftest import cli_env, describe, file_hashes, make_frame, run_textclf, tiny_overrides, write_frame
 
 pytestmark = pytest.mark.slow
 
-
-def hashes(folder) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def one_clear_line(rc: int, out: str, err: str, *patterns: str) -> None:
@@ -65,13 +60,13 @@ def test_a_folder_holding_the_users_files_where_a_run_writes_is_refused_untouche
     (mine / "config.yaml").write_text("my: own config\n")
     (mine / "metrics.json").write_text('{"mine": 1}')
     (mine / "backbone" / "notes.txt").write_text("my notes")
-    before = hashes(mine)
+    before = file_hashes(mine)
     rc, out, err = run_textclf(quick(tiny_bert, mine, *(["overwrite=true"] if overwrite else [])), data_dir)
     one_clear_line(rc, out, err, "holds files textclf did not write", "backbone/", "config.yaml", "metrics.json",
                    "hydra.run.dir=<new folder>")
     assert "overwrite=true" not in err, "overwrite is no way out for files where the run writes its own"
 
-    assert hashes(mine) == before and sorted(p.name for p in mine.iterdir()) == ["backbone", "config.yaml",
+    assert file_hashes(mine) == before and sorted(p.name for p in mine.iterdir()) == ["backbone", "config.yaml",
                                                                                   "metrics.json"]
 
 
@@ -102,10 +97,10 @@ def test_overwrite_never_removes_the_weights_init_from_names(tiny_bert, data_dir
     run_dir = tmp_path / "run"
     result = run_textclf(quick(tiny_bert, run_dir), data_dir)
     assert result[0] == 0, describe(result)
-    before = hashes(run_dir)
+    before = file_hashes(run_dir)
     rc, out, err = run_textclf(quick(tiny_bert, run_dir, "overwrite=true", f"model.init_from={run_dir}"), data_dir)
     one_clear_line(rc, out, err, "model.init_from=", "would remove those weights", "nothing was removed")
-    after = hashes(run_dir)
+    after = file_hashes(run_dir)
     assert {k: v for k, v in after.items() if k.startswith("fold_")} == \
         {k: v for k, v in before.items() if k.startswith("fold_")}
     assert (run_dir / "run.json").exists()
@@ -232,10 +227,10 @@ def test_a_refused_sweep_job_leaves_the_runs_hydra_record_as_it_was(tiny_bert, d
               "hydra.sweep.subdir=${hydra.job.num}"]  # both sweeps' job 0 in one folder
     first = run_textclf([*common, "optimizer.lr=1e-4"], data_dir)
     assert first[0] == 0, describe(first)
-    before = hashes(sweep / "0")
+    before = file_hashes(sweep / "0")
     second = run_textclf([*common, "optimizer.lr=3e-5"], data_dir)
     assert "job 0 failed" in second[2] and "holds a finished run" in second[2], describe(second)
-    assert hashes(sweep / "0") == before, ".hydra/overrides.yaml, the log and every file of the run stay as they were"
+    assert file_hashes(sweep / "0") == before, ".hydra/overrides.yaml, the log and every file of the run stay as they were"
     assert "optimizer.lr=0.0001" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
 
 

@@ -4,7 +4,6 @@ exit 130 / 143 with how to resume (and resuming gives the uninterrupted result e
 data files edited in place is caught by their recorded size and hash (CPU, the tiny model)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -16,7 +15,8 @@ import threading
 
 import pandas as pd
 import pytest
-from conftest import cli_env, describe, make_frame, run_textclf, textclf_executable, tiny_overrides, write_frame
+from conftest import (cli_env, describe, file_hashes, make_frame, run_textclf, textclf_executable, tiny_overrides,
+                      write_frame)
 from test_resume import outputs  # metrics minus timings, oof.csv, test_predictions.csv
 
 pytestmark = pytest.mark.slow
@@ -32,11 +32,6 @@ def run(args, cwd, kill_at=None, signal_at=None):
     """`textclf <args>` in cwd; signal_at="TERM@step:0:5" sends the process SIGTERM at that fault point."""
     return run_textclf(args, cwd, timeout=600, env=env_for(kill_at, signal_at))
 
-
-def hashes(folder) -> dict:
-    """Every file under folder (hidden ones too) by its SHA-256."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def textclf_lines(text: str) -> list[str]:
@@ -91,47 +86,47 @@ def finished_copy(reference, tmp_path):
 # ----------------------------------------------------------------------------- 1. a finished run is never lost
 def test_a_finished_run_rerun_with_other_settings_is_refused_and_left_byte_identical(tiny_bert, data_dir,
                                                                                       finished_copy):
-    before = hashes(finished_copy)
+    before = file_hashes(finished_copy)
     rc, out, err = run([*train_args(tiny_bert, finished_copy), "optimizer.lr=3e-5"], data_dir)
     assert rc == 2, describe((rc, out, err))
     assert "holds a finished run" in err and "optimizer.lr" in err and "3e-05" in err, err
     assert "overwrite=true" in err and "hydra.run.dir=" in err, "the two ways out are named"
     assert err.count("textclf: error:") == 1 and "Traceback" not in out + err
-    assert hashes(finished_copy) == before, "every file (.hydra/, train.log, status.json too) stays as it was"
+    assert file_hashes(finished_copy) == before, "every file (.hydra/, train.log, status.json too) stays as it was"
 
 
 def test_a_finished_run_rerun_with_the_same_settings_reports_its_score_and_trains_nothing(tiny_bert, data_dir,
                                                                                            finished_copy):
-    before = hashes(finished_copy)
+    before = file_hashes(finished_copy)
     score = json.loads((finished_copy / "metrics.json").read_text())["score"]
     # trainer.log_every_steps and logger do not change a run's results: still "the same settings"
     rc, out, err = run([*train_args(tiny_bert, finished_copy), "trainer.log_every_steps=3", "logger=none"], data_dir)
     assert rc == 0, describe((rc, out, err))
     assert "already holds this run, finished" in out + err and f"{score:.4f}" in out + err
     assert "fold 0:" not in out + err, "nothing is trained again"
-    assert hashes(finished_copy) == before
+    assert file_hashes(finished_copy) == before
 
 
 def test_overwrite_replaces_a_finished_run_and_keeps_the_users_own_files(tiny_bert, data_dir, finished_copy):
     mine = {"notes.txt": b"my notes\n", "my_figure.png": b"not textclf's", "fold_0/annotations.csv": b"a,b\n1,2\n"}
     for name, content in mine.items():
         (finished_copy / name).write_bytes(content)
-    old_weights = hashes(finished_copy)["fold_0/model.safetensors"]
+    old_weights = file_hashes(finished_copy)["fold_0/model.safetensors"]
     args = [*train_args(tiny_bert, finished_copy), "optimizer.lr=3e-5"]
     rc, out, err = run([*args, "overwrite=true"], data_dir)
     assert rc == 0, describe((rc, out, err))
     assert "overwrite=true: replacing the finished run" in out + err
     for name, content in mine.items():
         assert (finished_copy / name).read_bytes() == content, f"{name} is the user's: it stays"
-    assert hashes(finished_copy)["fold_0/model.safetensors"] != old_weights, "the run was trained again"
+    assert file_hashes(finished_copy)["fold_0/model.safetensors"] != old_weights, "the run was trained again"
     assert "lr: 3.0e-05" in (finished_copy / "config.yaml").read_text()
     assert json.loads((finished_copy / "status.json").read_text())["status"] == "ok"
     assert not (finished_copy / LOCK).exists()
     # overwrite is no setting of the run: the same settings without it find the new run finished
-    before = hashes(finished_copy)
+    before = file_hashes(finished_copy)
     rc, out, err = run(args, data_dir)
     assert rc == 0 and "already holds this run, finished" in out + err, describe((rc, out, err))
-    assert hashes(finished_copy) == before
+    assert file_hashes(finished_copy) == before
 
 
 # ----------------------------------------------------------------------------- 2. one process per run folder
@@ -148,12 +143,12 @@ def test_a_second_run_into_a_folder_in_use_is_refused_with_the_holders_pid(tiny_
         assert os.WIFSTOPPED(wait_status), "the first run ended before its fault point"
         holder = json.loads((run_dir / LOCK).read_text())
         assert holder["pid"] == first.pid and holder["host"] == socket.gethostname() and holder["started"]
-        before = hashes(run_dir)
+        before = file_hashes(run_dir)
         rc, out, err = run(args, data_dir)
         assert rc == 2, describe((rc, out, err))
         assert f"is in use by pid {first.pid} on host {socket.gethostname()}" in err and "another folder" in err
         assert "Traceback" not in out + err
-        assert hashes(run_dir) == before, "the refused run touched none of the holder's files"
+        assert file_hashes(run_dir) == before, "the refused run touched none of the holder's files"
     finally:
         os.kill(first.pid, signal.SIGCONT)
         first.wait(timeout=600)
@@ -315,11 +310,11 @@ def test_a_resume_on_a_data_file_edited_in_place_is_refused_or_starts_over(tiny_
     assert "starting over" in log
 
     # the finished run, rerun after another edit: refused, naming the file
-    before = hashes(run_dir)
+    before = file_hashes(run_dir)
     edit_one_text(work / "mine.csv")
     rc, out, err = run(args, work)
     assert rc == 2 and "holds a finished run" in err and "data.train_file 'mine.csv'" in err, describe((rc, out, err))
-    assert hashes(run_dir) == before
+    assert file_hashes(run_dir) == before
 
 
 # ----------------------------------------------------------------------------- what overwrite removes
