@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from textclf.data.metrics import direction_of
 from textclf.io import write_csv, write_text
+from textclf.observe.html_report import duration
 from textclf.observe.plots import new_figure, save_figure, short
 from textclf.run import folder
 from textclf.run.folder import read_status
@@ -353,7 +354,7 @@ def _display(jobs: list[Job]) -> tuple[list[str], list[list[str]]]:
         if j.metric and j.metric != metric and score:
             score += f" ({j.metric})"
         body.append([str(r["rank"]), str(r["job"]), r["overrides"], score, r["folds"],
-                     "" if j.oof is None else _fmt(j.oof), _duration(j.wall_s), status])
+                     "" if j.oof is None else _fmt(j.oof), duration(j.wall_s), status])
     return header, body
 
 
@@ -411,17 +412,6 @@ def print_report(root: Path, jobs: list[Job], by: str = "mean", file=None) -> No
 
 def _fmt(v: float | None) -> str:
     return "" if v is None else f"{v:.4f}"
-
-
-def _duration(s: float | None) -> str:
-    if s is None:
-        return ""
-    s = float(s)
-    if s < 60:
-        return f"{s:.1f}s"
-    if s < 3600:
-        return f"{int(s // 60)}m{int(s % 60):02d}s"
-    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
 
 
 # ----------------------------------------------------------------------------- command

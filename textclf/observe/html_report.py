@@ -104,7 +104,7 @@ def summary(run_dir: Path, cfg, metrics: dict, status: dict, oof: pd.DataFrame |
     mean, std = (metrics.get("mean") or {}).get(monitor), (metrics.get("std") or {}).get(monitor)
     cards = [("task", task), (f"{monitor} (mean ± std over folds)", f"{fmt(mean)} ± {fmt(std)}"),
              (f"{monitor}, out-of-fold", fmt((metrics.get("oof") or {}).get(monitor))),
-             ("folds", len(metrics.get("folds") or [])), ("wall time", _duration(_wall_s(status)))]
+             ("folds", len(metrics.get("folds") or [])), ("wall time", duration(_wall_s(status)))]
     if metrics.get("test"):
         cards.append((f"{monitor}, test file", fmt(metrics["test"].get(monitor))))
     if metrics.get("excluded_rows"):
@@ -340,7 +340,8 @@ def _size(n) -> str:
     return f"{n:.0f} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:.1f} MiB"
 
 
-def _duration(s) -> str:
+def duration(s) -> str:
+    """Seconds as a person reads them: 12.0 s, 4 min 07 s, 2 h 05 min ('' for none); report.md says it the same."""
     if s is None:
         return ""
     s = float(s)
