@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +33,7 @@ from textclf.commands.validate import Checked, preflight
 from textclf.config.options import chosen
 from textclf.data.tables import Collator, EpochBatches, Encoded, LabelSpace, balanced_weights, sorted_batches, tokenize_with
 from textclf.engine import distributed
+from textclf.engine.time_limit import Costs, Plan
 from textclf.errors import TextclfError
 from textclf.engine.callbacks import Callback, Callbacks, RunContext, is_main
 from textclf.run import folder
@@ -46,6 +49,11 @@ from textclf.observe.html_report import write_html_report
 from textclf.engine.optim import describe_learning_rates
 
 log = logging.getLogger(__name__)
+
+#: trainer.time_limit's measurement: optimizer steps timed (after one that warms up), validation batches timed
+PROBE_STEPS, PROBE_EVAL_BATCHES = 3, 3
+#: seconds set aside for the run's end (out-of-fold assembly, error analysis, plots, report)
+END_S = 15.0
 
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float:
@@ -87,6 +95,8 @@ class TrainRun:
         self.callbacks: Callback = Callbacks()
         self.stop = StopSignals()  # installed by run(); until then it never asks to stop
         self.finished_score: float | None = None  # set by setup() when the folder holds this run, finished
+        self.started = time.time()  # trainer.time_limit counts from here
+        self.plan: Plan | None = None  # trainer.time_limit's plan (textclf.engine.time_limit), set before the folds
 
     def run(self) -> float:
         # one process at a time in the folder (several processes of one run: rank 0 holds it for them), taken here
@@ -105,10 +115,19 @@ class TrainRun:
                 status = "ok"
                 return self.finished_score
             outputs = FoldOutputs(len(self.data.y), len(self.labels.classes))
+            self.plan_time()
+            trained = []
             for fold in self.folds:
                 self.stop.check(f"before fold {fold.index}", "every finished fold is saved")
+                if trained and self.plan is not None and time.time() > self.started + self.plan.deadline_s:
+                    log.warning("trainer.time_limit reached before fold %d: folds %s are not trained; the out-of-fold "
+                                "outputs cover the %d trained fold(s)", fold.index,
+                                ", ".join(str(f.index) for f in self.folds[len(trained):]), len(trained))
+                    break
                 outputs.add(self.train_fold(fold))
+                trained.append(fold)
                 free_memory()
+            self.folds = trained  # the test predictions ensemble the folds trained
             self.stop.check("after the last fold", "every fold is saved")
             summary, oof = self.assemble(outputs)
             if self.main:
@@ -176,6 +195,71 @@ class TrainRun:
                                    f"put the data back, or train the folds again")
         return inputs, prepare_run_dir(self.run_dir, cfg, inputs, resume=bool(cfg.resume) or self.merging,
                                        overwrite=bool(cfg.overwrite))
+
+    def plan_time(self) -> None:
+        """trainer.time_limit: measure what fold 0's steps and evaluations cost here, then fit the epochs (and the
+        folds) into the budget (textclf.engine.time_limit); the plan is kept in time_plan.json so a resumed run follows
+        it. Without a time limit, nothing."""
+        from textclf.engine.time_limit import Plan, parse_duration, plan
+
+        budget = parse_duration(self.cfg.trainer.get("time_limit"))
+        if budget is None:
+            return
+        path = self.run_dir / folder.TIME_PLAN
+        if self.resuming and path.exists():
+            self.plan = Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            log.info("%s (kept from the run being resumed)", self.plan.describe())
+        else:
+            costs = self.measure_costs(self.folds[0])
+            self.plan = distributed.on_main(lambda: plan(budget, time.time() - self.started, costs,
+                                                         int(self.cfg.trainer.epochs), len(self.folds)))
+            if self.main:
+                write_json(path, self.plan.to_dict())
+            log.info("%s", self.plan.describe())
+        self.folds = self.folds[:self.plan.folds]
+
+    def measure_costs(self, fold: Fold) -> Costs:
+        """What one fold costs on this machine: a few optimizer steps of fold 0's model on its own training batches
+        (the first one, which warms up, not counted), a few of its validation batches spread over their lengths, and
+        building the fold. The model is thrown away: fold 0 then trains from its seed as it would without it."""
+        import torch
+
+        from textclf.engine.time_limit import Costs
+        from textclf.engine.trainer import predict_logits
+
+        t0 = time.perf_counter()
+        trainer, loader = self.build_fold(dataclasses.replace(fold, train_rows=self.data.with_copies(fold.train_rows)))
+        build_s = time.perf_counter() - t0
+        n_batches = trainer.batches_per_epoch(loader)
+        steps_per_epoch = trainer.settings.steps_per_epoch or 1
+        probe, times = min(PROBE_STEPS + 1, steps_per_epoch), []
+        with contextlib.closing(trainer._train_epoch(loader, 0, 0, n_batches)) as steps:
+            t = time.perf_counter()
+            for _ in zip(range(probe), steps):
+                now = time.perf_counter()
+                times.append(now - t)
+                t = now
+        step_s = float(np.mean(times[1:] if len(times) > 1 else times))
+        valid = list(trainer.evaluator.loader.batch_sampler)  # this process's batches
+        picked = [valid[i] for i in np.unique(np.linspace(0, len(valid) - 1, min(PROBE_EVAL_BATCHES, len(valid)))
+                                              .round().astype(int))] if len(valid) else []
+        t = time.perf_counter()
+        if picked:
+            sample = torch.utils.data.DataLoader(trainer.evaluator.loader.dataset, batch_sampler=picked,
+                                                 collate_fn=trainer.evaluator.loader.collate_fn)
+            predict_logits(trainer.model, sample, self.device, str(self.cfg.trainer.precision), desc="time_limit")
+        batch_s = (time.perf_counter() - t) / max(1, len(picked))
+        eval_s = batch_s * len(valid)
+        test = self.data.test
+        test_batches = -(-len(test) // int(self.cfg.trainer.eval_batch_size)) if test is not None else 0
+        s = trainer.settings
+        evals = 1 + (int(s.evals_per_epoch) - 1 if s.evals_per_epoch and not s.eval_every_steps else 0) + \
+            (steps_per_epoch // int(s.eval_every_steps) if s.eval_every_steps else 0)
+        del trainer, loader
+        free_memory()
+        # the run's end: the ensemble's test predictions, out-of-fold assembly, analysis and plots (a few seconds)
+        return Costs(step_s=step_s, steps_per_epoch=steps_per_epoch, eval_s=eval_s, evals_per_epoch=evals,
+                     fold_s=build_s + test_batches * batch_s, end_s=END_S)
 
     # ------------------------------------------------------------------------- 2. one fold
     def train_fold(self, fold: Fold) -> FoldResult:
@@ -273,7 +357,8 @@ class TrainRun:
         if tcfg.compile:
             model.compile(dynamic=True)  # in place: state_dict keys stay the same for saving and predict
         optimizer = instantiate(cfg.optimizer)(model)
-        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps_per_epoch * int(tcfg.epochs))
+        epochs = self.plan.epochs if self.plan is not None else int(tcfg.epochs)  # the schedule of the steps that run
+        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps_per_epoch * epochs)
         loss_fn = build_loss(cfg.loss, self.labels, data.y[fold.train_rows])
         eval_loss_fn = copy.deepcopy(loss_fn)  # scores logits on the CPU; the training copy stays on the device
         hooks = build_hooks(cfg.get("adversarial"), cfg.get("ema"))  # fresh per fold; `none` ({}) builds nothing
@@ -286,12 +371,13 @@ class TrainRun:
                 log.info("optimizer: learning rate by parameter group: %s", lrs)
             if objective is not None:
                 log.info("rdrop: %s", objective.describe())
-        settings = FitSettings(device=device, epochs=int(tcfg.epochs), monitor=self.selection_metric(),
+        settings = FitSettings(device=device, epochs=epochs, monitor=self.selection_metric(),
                                grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
                                precision=str(tcfg.precision), early_stopping_patience=tcfg.early_stopping_patience,
                                log_every_steps=int(tcfg.log_every_steps), eval_every_steps=tcfg.eval_every_steps,
                                evals_per_epoch=tcfg.evals_per_epoch, limit_train_batches=n_train,
-                               steps_per_epoch=steps_per_epoch, fold=fold.index, desc=f"fold {fold.index}")
+                               steps_per_epoch=steps_per_epoch, fold=fold.index, desc=f"fold {fold.index}",
+                               deadline=self.started + self.plan.deadline_s if self.plan is not None else None)
         evaluator = TaskEvaluator(loader(batch_sampler=valid_batches), data.encoded, self.labels, data.y, settings,
                                   loss_fn=eval_loss_fn, aggregate=str(cfg.model.window_aggregate),
                                   tuned=self.selects_tuned(), threshold=float(cfg.threshold))

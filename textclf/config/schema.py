@@ -154,6 +154,12 @@ def _is_codec(value) -> bool:
         return False
 
 
+def _is_duration(value) -> bool:
+    from textclf.engine.time_limit import is_duration  # plain arithmetic, no torch
+
+    return value is None or is_duration(value)
+
+
 DEVICE = Check(_is_device, "auto, cpu, cuda or cuda:N")
 DEVICES = Check(lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
                 "a number of processes >= 1, or auto (one per visible GPU)")
@@ -232,6 +238,8 @@ class TrainerConfig:
     limit_eval_batches: Optional[Union[int, float]] = key(BATCH_LIMIT)
     checkpoint_every_steps: int = key(Range(0))
     devices: Union[int, str] = key(DEVICES)
+    time_limit: Optional[Union[str, int, float]] = key(Check(
+        lambda v: _is_duration(v), "null, a duration such as 20m, 1h30m or 90s, or a number of seconds > 0"))
 
 
 @dataclass

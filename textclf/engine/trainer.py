@@ -161,6 +161,9 @@ class FitSettings:
     steps_per_epoch: int | None = None  # the fold's optimizer steps an epoch: hooks' `auto` values are computed from it
     fold: int = 0  # the fold the events are reported for
     desc: str = "train"  # names the fit in logs, progress bars and error messages
+    # trainer.time_limit: a time.time() past which the fit stops after its optimizer step, evaluated there, keeping
+    # its best evaluation (textclf.engine.time_limit); None: no deadline
+    deadline: float | None = None
 
 
 @dataclass
@@ -301,15 +304,24 @@ class Trainer:
             if hasattr(train_loader.batch_sampler, "set_epoch"):
                 train_loader.batch_sampler.set_epoch(epoch)
             t0, eval_time = time.perf_counter(), p["eval_time"]
-            stopped = False
-            with contextlib.closing(self._train_epoch(train_loader, epoch, start_batch if epoch == start_epoch else 0,
-                                                      n_batches)) as steps:
+            stopped = late = False
+            done = start_batch if epoch == start_epoch else 0
+            with contextlib.closing(self._train_epoch(train_loader, epoch, done, n_batches)) as steps:
                 for done in steps:  # after each optimizer step (`done`: the epoch's batches trained so far)
                     stopped = yield from self._after_step(epoch, done, n_batches)
                     if stopped:
                         break
-            stopped = stopped or (yield from self._evaluate(epoch + 1))
+                    if done < n_batches and self._past_deadline():
+                        late = True
+                        break
+            if not stopped and not (late and p["history"] and p["history"][-1]["step"] == self.global_step):
+                stopped = yield from self._evaluate(epoch + 1 if not late else round(epoch + done / n_batches, 4))
             p["train_time"] += time.perf_counter() - t0 - (p["eval_time"] - eval_time)
+            late = late or (not stopped and epoch + 1 < s.epochs and self._past_deadline())
+            if late:
+                log.warning("%s: trainer.time_limit reached at step %d (epoch %d of %d): the fold stops here and "
+                            "keeps its best evaluation", s.desc, self.global_step, epoch + 1, s.epochs)
+                break
             if stopped:
                 log.info("%s: early stop at step %d (%s did not improve for %d evaluations)",
                          s.desc, self.global_step, s.monitor, p["stale"])
@@ -322,6 +334,13 @@ class Trainer:
         trained = distributed.sum_over_ranks(p["train_samples"]) if self.ddp is not None else p["train_samples"]
         self.result = FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"], p["steps"],
                                 trained / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
+
+    def _past_deadline(self) -> bool:
+        """trainer.time_limit's deadline has passed (with several processes: on any of them, so all stop together)."""
+        if self.settings.deadline is None:
+            return False
+        late = int(time.time() > self.settings.deadline)
+        return bool(distributed.max_over_ranks(late) if self.ddp is not None else late)
 
     def batches_per_epoch(self, loader) -> int:
         limit = self.settings.limit_train_batches

@@ -13,6 +13,8 @@
   init_report.json       with model.init_from: which tensors loaded, missing, unexpected, mismatched (shapes)
   augment.json           with augment=eda|mlm: the copies made, each fold's original and augmented training rows,
                          a few examples
+  time_plan.json         with trainer.time_limit: the measured seconds per step and the epochs and folds planned (a
+                         resume keeps the plan)
   mlflow_run.json        with logger=mlflow: the MLflow run a resume goes on logging into
   oof.csv                out-of-fold predictions: probabilities per class and the predicted label
   metrics.json           every fold's metrics, mean and std across folds, out-of-fold metrics
@@ -62,6 +64,7 @@ LOCK = ".textclf.lock"
 STATUS = "status.json"
 INIT_REPORT = "init_report.json"
 AUGMENT = "augment.json"
+TIME_PLAN = "time_plan.json"
 MLFLOW_STATE = "mlflow_run.json"
 OOF = "oof.csv"
 METRICS = "metrics.json"
@@ -93,7 +96,7 @@ FOLD_FILES = (WEIGHTS, RESULT, OUTPUTS, HISTORY, STEPS)
 #: what a run writes at the top of its folder and removes when it starts over or is replaced (folds.csv apart:
 #: it stays while the split settings and data are unchanged). Not removed: .hydra/ and train.log (Hydra writes
 #: them for the run in progress, the log appends), status.json (the job in progress), any file of the user's
-RUN_OUTPUTS = (MANIFEST, METRICS, OOF, TEST_PREDICTIONS, INPUTS, LABELS, CONFIG, INIT_REPORT, AUGMENT, MLFLOW_STATE,
+RUN_OUTPUTS = (MANIFEST, METRICS, OOF, TEST_PREDICTIONS, INPUTS, LABELS, CONFIG, INIT_REPORT, AUGMENT, TIME_PLAN, MLFLOW_STATE,
                MLFLOW_STATE + ".tmp", REPORT_HTML, LABEL_ISSUES, DATA_CHECKS, *PLOT_FILES)
 #: every file textclf writes at the top of a run folder (besides backbone/ and fold_<k>/): predict never writes over
 #: one of them

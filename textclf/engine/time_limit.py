@@ -1,0 +1,133 @@
+"""trainer.time_limit: fit a run into a wall-clock budget.
+
+Before the first fold trains, the run measures what its work costs on this machine (TrainRun.measure_costs: a few
+real optimizer steps of fold 0's model on its own batches, a few validation batches) and `plan` turns the measured
+costs into the epochs each fold trains and, with k-fold, how many folds fit. The schedule (warmup, decay) is then
+built for the steps that will really run. The plan is written to the run folder (time_plan.json) so a resumed run
+keeps it: measured again, the numbers would differ and the resumed fold would not continue the same schedule.
+
+While the run trains, the deadline stops a fold that runs late after its optimizer step (the best evaluation so far
+is kept, as with early stopping): the plan is an estimate, the deadline is the promise.
+
+Pure arithmetic here (no torch): the measurements come in as numbers.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+from textclf.errors import TextclfError
+
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(sec|min|hr|s|m|h|d)")
+#: the share of the budget kept free for what the plan does not measure (start-up, writing the run's files)
+RESERVE = 0.05
+
+
+def parse_duration(value) -> float | None:
+    """Seconds from 20m, 1h30m, 90s, 1.5h or a plain number of seconds; None for null. ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = _PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(value)
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(value)
+    return seconds
+
+
+def is_duration(value) -> bool:
+    try:
+        return parse_duration(value) is not None
+    except ValueError:
+        return False
+
+
+def say(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What one fold's work costs, measured on this machine (seconds)."""
+
+    step_s: float  # one optimizer step (forward, backward, hooks, optimizer) on a training batch
+    steps_per_epoch: int  # the fold's optimizer steps an epoch
+    eval_s: float  # one evaluation of the fold's validation rows
+    evals_per_epoch: int = 1  # evaluations an epoch (evals_per_epoch, eval_every_steps)
+    fold_s: float = 0.0  # a fold's fixed cost: building its model, saving it, predicting the test rows
+    end_s: float = 0.0  # the run's end: out-of-fold assembly, error analysis, plots, report
+
+    def epoch_s(self) -> float:
+        return self.steps_per_epoch * self.step_s + self.evals_per_epoch * self.eval_s
+
+
+@dataclass(frozen=True)
+class Plan:
+    budget_s: float
+    epochs: int  # each fold's epochs (<= trainer.epochs)
+    folds: int  # folds trained, the first ones of the split (<= the split's)
+    planned_s: float  # what the plan expects the run to take, from its start
+    asked_epochs: int
+    asked_folds: int
+    step_s: float
+    deadline_s: float  # from the run's start: a fold still training then stops after its step
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "Plan":
+        return Plan(**{k: d[k] for k in Plan.__dataclass_fields__})
+
+    def describe(self) -> str:
+        cut = []
+        if self.epochs < self.asked_epochs:
+            cut.append(f"trainer.epochs {self.asked_epochs} -> {self.epochs}")
+        if self.folds < self.asked_folds:
+            cut.append(f"folds {self.asked_folds} -> {self.folds} (the first {self.folds}; the out-of-fold outputs "
+                       f"cover their validation rows only)")
+        return (f"time_limit {say(self.budget_s)}: {self.step_s:.2f} s per optimizer step measured; planned "
+                f"{self.folds} fold(s) x {self.epochs} epoch(s), about {say(self.planned_s)}"
+                + (f" ({'; '.join(cut)})" if cut else " (the whole run fits)"))
+
+
+def plan(budget_s: float, elapsed_s: float, costs: Costs, epochs: int, folds: int) -> Plan:
+    """The most epochs (up to `epochs`) that let every fold train within the budget; when not even one epoch of every
+    fold fits, the most folds that fit one epoch each. Raises TextclfError when not one epoch of one fold fits."""
+    free = budget_s * (1 - RESERVE) - elapsed_s - costs.end_s
+    epoch_s, fold_s = costs.epoch_s(), costs.fold_s
+    per_epoch_all = folds * epoch_s
+    fit_epochs = int((free - folds * fold_s) // per_epoch_all) if per_epoch_all > 0 else epochs
+    if fit_epochs >= 1:
+        n_epochs, n_folds = min(epochs, fit_epochs), folds
+    else:
+        n_epochs, n_folds = 1, int(free // (epoch_s + fold_s)) if epoch_s + fold_s > 0 else folds
+        if n_folds < 1:
+            need = elapsed_s + costs.end_s + epoch_s + fold_s
+            raise TextclfError(
+                f"trainer.time_limit={say(budget_s)} does not fit one epoch of one fold: measured "
+                f"{costs.step_s:.2f} s per optimizer step x {costs.steps_per_epoch} steps an epoch plus "
+                f"{say(costs.eval_s)} an evaluation; one epoch of one fold needs about {say(need / (1 - RESERVE))} "
+                f"in all. Give a larger trainer.time_limit, or train less per epoch (model.max_length, "
+                f"trainer.limit_train_batches, a smaller data.train_file)")
+        n_folds = min(n_folds, folds)
+    planned = elapsed_s + n_folds * (n_epochs * epoch_s + fold_s) + costs.end_s
+    return Plan(budget_s=budget_s, epochs=n_epochs, folds=n_folds, planned_s=planned, asked_epochs=epochs,
+                asked_folds=folds, step_s=costs.step_s, deadline_s=budget_s * (1 - RESERVE) - costs.end_s)
