@@ -26,22 +26,23 @@ COSTS = Costs(step_s=1.0, steps_per_epoch=100, eval_s=10.0, fold_s=5.0, end_s=15
 
 def test_the_epochs_asked_for_are_kept_when_they_fit():
     p = plan(3600, 20, COSTS, epochs=3, folds=5)  # 5 x (3 x 110 + 5) + 20 + 15 = 1710 s
-    assert (p.epochs, p.folds) == (3, 5)
+    assert (p.epochs, p.steps, p.folds) == (3, None, 5)
     assert p.planned_s == pytest.approx(1710)
     assert "the whole run fits" in p.describe()
 
 
-def test_the_epochs_shrink_to_the_budget():
-    budget = 1000  # free: 950 - 20 - 15 = 915 s; 5 folds: 25 s fixed, 550 s an epoch of all of them -> 1 epoch
+def test_the_steps_shrink_to_the_budget_cutting_the_last_epoch_short():
+    budget = 1000  # free: 950 - 20 - 15 = 915 s; 5 folds: 178 s each, less the 2 evaluations of 2 epochs -> 158 steps
     p = plan(budget, 20, COSTS, epochs=3, folds=5)
-    assert (p.epochs, p.folds) == (1, 5)
-    assert p.planned_s <= budget * (1 - RESERVE)
-    assert "trainer.epochs 3 -> 1" in p.describe()
+    assert (p.epochs, p.steps, p.folds) == (2, 158, 5)
+    assert p.planned_s <= budget * (1 - RESERVE) + 1e-9
+    assert p.planned_s >= budget * 0.85, "the budget is used, not left idle by rounding down to whole epochs"
+    assert "trainer.epochs 3 -> 1.58: 158 of 300 optimizer steps a fold" in p.describe()
 
 
 def test_folds_shrink_when_not_even_one_epoch_of_each_fits():
-    p = plan(400, 20, COSTS, epochs=2, folds=5)  # free 345 s: 3 folds of one epoch (115 s each)
-    assert (p.epochs, p.folds) == (1, 3)
+    p = plan(400, 20, COSTS, epochs=2, folds=5)  # free 345 s: 3 folds of 110 s (110 s each) and 5 s fixed
+    assert (p.folds, p.epochs) == (3, 1)
     assert "folds 5 -> 3" in p.describe() and "out-of-fold outputs cover their validation rows only" in p.describe()
 
 
@@ -81,3 +82,14 @@ def test_a_fit_with_time_left_trains_every_epoch():
     trainer = make_trainer(tiny_model(), epochs=2, deadline=time.time() + 3600)
     result = fit(trainer, train, valid, lambda rows, logits: {"macro_f1": 0.5})
     assert trainer.global_step == 16 and [row["epoch"] for row in result.history] == [1, 2]
+
+
+def test_a_fit_with_planned_steps_ends_inside_its_last_epoch_evaluated_there():
+    from test_hooks import fit, make_trainer, tiny_loaders, tiny_model
+
+    train, valid = tiny_loaders(n_train=32)  # 8 batches an epoch
+    trainer = make_trainer(tiny_model(), epochs=2, max_steps=11)
+    result = fit(trainer, train, valid, lambda rows, logits: {"macro_f1": 0.5})
+    assert trainer.global_step == 11
+    assert [row["step"] for row in result.history] == [8, 11]
+    assert result.history[-1]["epoch"] == pytest.approx(1 + 3 / 8)

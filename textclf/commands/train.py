@@ -357,8 +357,10 @@ class TrainRun:
         if tcfg.compile:
             model.compile(dynamic=True)  # in place: state_dict keys stay the same for saving and predict
         optimizer = instantiate(cfg.optimizer)(model)
-        epochs = self.plan.epochs if self.plan is not None else int(tcfg.epochs)  # the schedule of the steps that run
-        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps_per_epoch * epochs)
+        # trainer.time_limit: the schedule of the steps that will run (the plan's, the last epoch maybe cut short)
+        epochs = self.plan.epochs if self.plan is not None else int(tcfg.epochs)
+        max_steps = self.plan.steps if self.plan is not None else None
+        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=max_steps or steps_per_epoch * epochs)
         loss_fn = build_loss(cfg.loss, self.labels, data.y[fold.train_rows])
         eval_loss_fn = copy.deepcopy(loss_fn)  # scores logits on the CPU; the training copy stays on the device
         hooks = build_hooks(cfg.get("adversarial"), cfg.get("ema"))  # fresh per fold; `none` ({}) builds nothing
@@ -377,7 +379,8 @@ class TrainRun:
                                log_every_steps=int(tcfg.log_every_steps), eval_every_steps=tcfg.eval_every_steps,
                                evals_per_epoch=tcfg.evals_per_epoch, limit_train_batches=n_train,
                                steps_per_epoch=steps_per_epoch, fold=fold.index, desc=f"fold {fold.index}",
-                               deadline=self.started + self.plan.deadline_s if self.plan is not None else None)
+                               deadline=self.started + self.plan.deadline_s if self.plan is not None else None,
+                               max_steps=max_steps)
         evaluator = TaskEvaluator(loader(batch_sampler=valid_batches), data.encoded, self.labels, data.y, settings,
                                   loss_fn=eval_loss_fn, aggregate=str(cfg.model.window_aggregate),
                                   tuned=self.selects_tuned(), threshold=float(cfg.threshold))

@@ -81,11 +81,13 @@ class Costs:
 @dataclass(frozen=True)
 class Plan:
     budget_s: float
-    epochs: int  # each fold's epochs (<= trainer.epochs)
+    epochs: int  # each fold's epochs (<= trainer.epochs); the last one may be cut short by `steps`
+    steps: int | None  # each fold's optimizer steps when fewer than epochs x steps an epoch (None: every step)
     folds: int  # folds trained, the first ones of the split (<= the split's)
     planned_s: float  # what the plan expects the run to take, from its start
     asked_epochs: int
     asked_folds: int
+    steps_per_epoch: int
     step_s: float
     deadline_s: float  # from the run's start: a fold still training then stops after its step
 
@@ -98,36 +100,50 @@ class Plan:
 
     def describe(self) -> str:
         cut = []
-        if self.epochs < self.asked_epochs:
-            cut.append(f"trainer.epochs {self.asked_epochs} -> {self.epochs}")
+        total = self.asked_epochs * self.steps_per_epoch
+        trained = self.steps if self.steps is not None else self.epochs * self.steps_per_epoch
+        if trained < total:
+            cut.append(f"trainer.epochs {self.asked_epochs} -> {trained / self.steps_per_epoch:.2f}: {trained} of "
+                       f"{total} optimizer steps a fold")
         if self.folds < self.asked_folds:
             cut.append(f"folds {self.asked_folds} -> {self.folds} (the first {self.folds}; the out-of-fold outputs "
                        f"cover their validation rows only)")
         return (f"time_limit {say(self.budget_s)}: {self.step_s:.2f} s per optimizer step measured; planned "
-                f"{self.folds} fold(s) x {self.epochs} epoch(s), about {say(self.planned_s)}"
+                f"{self.folds} fold(s) x {trained / self.steps_per_epoch:.2f} epoch(s), about {say(self.planned_s)}"
                 + (f" ({'; '.join(cut)})" if cut else " (the whole run fits)"))
 
 
 def plan(budget_s: float, elapsed_s: float, costs: Costs, epochs: int, folds: int) -> Plan:
-    """The most epochs (up to `epochs`) that let every fold train within the budget; when not even one epoch of every
-    fold fits, the most folds that fit one epoch each. Raises TextclfError when not one epoch of one fold fits."""
+    """The most optimizer steps a fold (up to `epochs` epochs of them) that let every fold train within the budget,
+    the last epoch cut short where a whole one does not fit; when not even one epoch of every fold fits, the most
+    folds that fit one epoch each. Raises TextclfError when not one epoch of one fold fits."""
     free = budget_s * (1 - RESERVE) - elapsed_s - costs.end_s
-    epoch_s, fold_s = costs.epoch_s(), costs.fold_s
-    per_epoch_all = folds * epoch_s
-    fit_epochs = int((free - folds * fold_s) // per_epoch_all) if per_epoch_all > 0 else epochs
-    if fit_epochs >= 1:
-        n_epochs, n_folds = min(epochs, fit_epochs), folds
-    else:
-        n_epochs, n_folds = 1, int(free // (epoch_s + fold_s)) if epoch_s + fold_s > 0 else folds
-        if n_folds < 1:
-            need = elapsed_s + costs.end_s + epoch_s + fold_s
-            raise TextclfError(
-                f"trainer.time_limit={say(budget_s)} does not fit one epoch of one fold: measured "
-                f"{costs.step_s:.2f} s per optimizer step x {costs.steps_per_epoch} steps an epoch plus "
-                f"{say(costs.eval_s)} an evaluation; one epoch of one fold needs about {say(need / (1 - RESERVE))} "
-                f"in all. Give a larger trainer.time_limit, or train less per epoch (model.max_length, "
-                f"trainer.limit_train_batches, a smaller data.train_file)")
-        n_folds = min(n_folds, folds)
-    planned = elapsed_s + n_folds * (n_epochs * epoch_s + fold_s) + costs.end_s
-    return Plan(budget_s=budget_s, epochs=n_epochs, folds=n_folds, planned_s=planned, asked_epochs=epochs,
-                asked_folds=folds, step_s=costs.step_s, deadline_s=budget_s * (1 - RESERVE) - costs.end_s)
+    epoch_s, spe = costs.epoch_s(), max(1, costs.steps_per_epoch)
+
+    def per_fold(n: int) -> float:  # the seconds each of n folds may train
+        return (free - n * costs.fold_s) / n
+
+    n_folds = folds
+    while n_folds >= 1 and per_fold(n_folds) < epoch_s:
+        n_folds -= 1
+    if n_folds < 1:
+        need = elapsed_s + costs.end_s + epoch_s + costs.fold_s
+        raise TextclfError(
+            f"trainer.time_limit={say(budget_s)} does not fit one epoch of one fold: measured "
+            f"{costs.step_s:.2f} s per optimizer step x {costs.steps_per_epoch} steps an epoch plus "
+            f"{say(costs.eval_s)} an evaluation; one epoch of one fold needs about {say(need / (1 - RESERVE))} "
+            f"in all. Give a larger trainer.time_limit, or train less per epoch (model.max_length, "
+            f"trainer.limit_train_batches, a smaller data.train_file)")
+    asked = epochs * spe
+    room = per_fold(n_folds)
+    steps = min(asked, int(room / epoch_s * spe)) if epoch_s > 0 else asked
+    n_epochs = -(-steps // spe)
+    evals_s = n_epochs * costs.evals_per_epoch * costs.eval_s  # a cut epoch still ends with its evaluation
+    if steps * costs.step_s + evals_s > room and costs.step_s > 0:
+        steps = max(spe * (n_epochs - 1), int((room - evals_s) / costs.step_s))
+        n_epochs = -(-steps // spe)
+    fold_train_s = steps * costs.step_s + n_epochs * costs.evals_per_epoch * costs.eval_s
+    planned = elapsed_s + n_folds * (fold_train_s + costs.fold_s) + costs.end_s
+    return Plan(budget_s=budget_s, epochs=n_epochs, steps=steps if steps < n_epochs * spe else None, folds=n_folds,
+                planned_s=planned, asked_epochs=epochs, asked_folds=folds, steps_per_epoch=spe,
+                step_s=costs.step_s, deadline_s=budget_s * (1 - RESERVE) - costs.end_s)

@@ -164,6 +164,8 @@ class FitSettings:
     # trainer.time_limit: a time.time() past which the fit stops after its optimizer step, evaluated there, keeping
     # its best evaluation (textclf.engine.time_limit); None: no deadline
     deadline: float | None = None
+    # trainer.time_limit's plan: the fit ends after this many optimizer steps (in its last epoch), evaluated there
+    max_steps: int | None = None
 
 
 @dataclass
@@ -311,14 +313,17 @@ class Trainer:
                     stopped = yield from self._after_step(epoch, done, n_batches)
                     if stopped:
                         break
-                    if done < n_batches and self._past_deadline():
+                    if done < n_batches and (self._planned_steps_done() or self._past_deadline()):
                         late = True
                         break
             if not stopped and not (late and p["history"] and p["history"][-1]["step"] == self.global_step):
                 stopped = yield from self._evaluate(epoch + 1 if not late else round(epoch + done / n_batches, 4))
             p["train_time"] += time.perf_counter() - t0 - (p["eval_time"] - eval_time)
-            late = late or (not stopped and epoch + 1 < s.epochs and self._past_deadline())
-            if late:
+            if late and self._planned_steps_done():
+                log.info("%s: the %d optimizer steps trainer.time_limit planned are done (epoch %d of %d)", s.desc,
+                         self.global_step, epoch + 1, s.epochs)
+                break
+            if late or (not stopped and epoch + 1 < s.epochs and self._past_deadline()):
                 log.warning("%s: trainer.time_limit reached at step %d (epoch %d of %d): the fold stops here and "
                             "keeps its best evaluation", s.desc, self.global_step, epoch + 1, s.epochs)
                 break
@@ -334,6 +339,9 @@ class Trainer:
         trained = distributed.sum_over_ranks(p["train_samples"]) if self.ddp is not None else p["train_samples"]
         self.result = FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"], p["steps"],
                                 trained / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
+
+    def _planned_steps_done(self) -> bool:
+        return self.settings.max_steps is not None and self.global_step >= self.settings.max_steps
 
     def _past_deadline(self) -> bool:
         """trainer.time_limit's deadline has passed (with several processes: on any of them, so all stop together)."""
