@@ -223,3 +223,13 @@ def test_submitit_local_sweep_of_two_process_jobs(data, tiny_bert, tmp_path):
     for job in jobs:
         assert (job / "run.json").exists()
         assert "2 processes (DistributedDataParallel, gloo)" in (job / "train.log").read_text()
+
+
+def test_a_time_limit_is_planned_once_for_both_processes(data, tiny_bert, tmp_path):
+    """Both processes time the same probe steps together (their all-reduce included); rank 0's plan is everyone's."""
+    train(data, tiny_bert, tmp_path / "run", "trainer.batch_size=4", "trainer.devices=2", "trainer.time_limit=1h")
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("time_limit 1.00 h:") == 1 and "the whole run fits" in log
+    plan = json.loads((tmp_path / "run" / "time_plan.json").read_text())
+    assert (plan["epochs"], plan["steps"], plan["folds"]) == (2, None, 1)
+    assert log.count("done: macro_f1") == 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from textclf.engine.time_limit import RESERVE, Costs, Plan, parse_duration, plan
+from textclf.config.durations import parse_duration
+from textclf.engine.time_limit import RESERVE, Costs, Plan, plan
 from textclf.errors import TextclfError
 
 

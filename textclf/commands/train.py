@@ -200,7 +200,8 @@ class TrainRun:
         """trainer.time_limit: measure what fold 0's steps and evaluations cost here, then fit the epochs (and the
         folds) into the budget (textclf.engine.time_limit); the plan is kept in time_plan.json so a resumed run follows
         it. Without a time limit, nothing."""
-        from textclf.engine.time_limit import Plan, parse_duration, plan
+        from textclf.config.durations import parse_duration
+        from textclf.engine.time_limit import Plan, plan
 
         budget = parse_duration(self.cfg.trainer.get("time_limit"))
         if budget is None:

@@ -44,6 +44,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from textclf.config.choices import AGGREGATES, CALIBRATIONS, METRICS, TRUNCATIONS
+from textclf.config.durations import is_duration
 from textclf.config.shipped import shipped_config
 from textclf.errors import TextclfError
 
@@ -155,8 +156,6 @@ def _is_codec(value) -> bool:
 
 
 def _is_duration(value) -> bool:
-    from textclf.engine.time_limit import is_duration  # plain arithmetic, no torch
-
     return value is None or is_duration(value)
 
 
