@@ -203,8 +203,8 @@ class TrainRun:
         from textclf.config.durations import parse_duration
         from textclf.engine.time_limit import Plan, plan
 
-        budget = parse_duration(self.cfg.trainer.get("time_limit"))
-        if budget is None:
+        budget = parse_duration(self.cfg.trainer.time_limit)
+        if budget is None or self.merging:  # merge joins finished folds: nothing is trained, nothing to plan
             return
         path = self.run_dir / folder.TIME_PLAN
         if self.resuming and path.exists():
