@@ -203,8 +203,10 @@ class TrainRun:
         from textclf.config.durations import parse_duration
         from textclf.engine.time_limit import Plan, plan
 
+        if self.merging:  # merge joins finished folds: nothing is trained, nothing to plan
+            return
         budget = parse_duration(self.cfg.trainer.time_limit)
-        if budget is None or self.merging:  # merge joins finished folds: nothing is trained, nothing to plan
+        if budget is None:
             return
         path = self.run_dir / folder.TIME_PLAN
         if self.resuming and path.exists():
