@@ -75,9 +75,10 @@ def test_events_arrive_in_order_with_step_rows_and_step_evaluation(tiny_bert, da
     for i, e in enumerate(Recorder.events):
         if e[0] == "best":
             assert Recorder.events[i - 1][0] == "evaluate" and Recorder.events[i - 1][2]["step"] == e[2]
-    # the plots are drawn by default and handed to the loggers as artifacts with metrics.json
+    # the plots, the error analysis and report.html are handed to the loggers as artifacts with metrics.json
     artifacts = {p.rsplit("/", 1)[-1] for p in Recorder.events[-2][2]}
-    assert {"confusion_matrix.png", "learning_curves.png", "reliability.png", "metrics.json"} <= artifacts
+    assert {"confusion_matrix.png", "learning_curves.png", "reliability.png", "metrics.json", "report.html",
+            "data_checks.json"} <= artifacts
     assert all((data / "run" / name).exists() for name in artifacts)
     # the csv logger wrote the same rows
     steps_csv = pd.read_csv(data / "run" / "fold_1" / "steps.csv")

@@ -534,9 +534,10 @@ class TrainRun:
         write_json(run_dir / folder.METRICS, summary)
         folder.write_labels(run_dir, labels)  # once, final: tuned thresholds, fitted temperature
         analysis = write_analysis(run_dir, self.checked, labels, self.data, scored, oof, row_in_file[:n_file])
-        artifacts = [run_dir / n for n in (folder.METRICS, folder.CONFIG, folder.OOF)] + plots + analysis
+        page = write_html_report(run_dir, self.scored_texts(source, row_in_file))
+        # the loggers keep the run's files (MLflow as artifacts): report.html among them, so the page opens there too
+        artifacts = [run_dir / n for n in (folder.METRICS, folder.CONFIG, folder.OOF)] + plots + analysis + [page]
         self.callbacks.on_run_end({**summary, "artifacts": [str(p) for p in artifacts if p.exists()]})
-        write_html_report(run_dir, self.scored_texts(source, row_in_file))
         write_manifest(run_dir)
 
     def scored_texts(self, source: np.ndarray, row_in_file: np.ndarray) -> dict:
