@@ -71,8 +71,9 @@ def assert_same_training(a: Path, b: Path, tol: float = 1e-6) -> None:
     np.testing.assert_allclose(oa.select_dtypes("number"), ob.select_dtypes("number"), atol=1e-5)
 
 
-@pytest.mark.parametrize("tricks", [[], ["trainer.grad_accum_steps=2", "adversarial=fgm", "ema=default"]],
-                         ids=["plain", "accum_fgm_ema"])
+@pytest.mark.parametrize("tricks", [[], ["trainer.grad_accum_steps=2", "adversarial=fgm", "ema=default",
+                                     "trainer.average=last"]],
+                         ids=["plain", "accum_fgm_ema_average"])
 def test_two_processes_train_what_one_process_at_twice_the_batch_trains(data, tiny_bert, tmp_path, tricks):
     # kfold.holdout=0.3: 63 training rows, so the last global batch (3 rows) is dealt out unevenly (2 + 1)
     common = [*NO_DROPOUT, "kfold.holdout=0.3", *tricks]

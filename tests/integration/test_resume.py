@@ -163,3 +163,21 @@ def test_killed_run_with_step_evaluation_resumes_exactly(tiny_bert, data_dir, tm
     assert got_logs.keys() == want_logs.keys()
     for name in want_logs:  # the loggers' files equal the uninterrupted run's: no row twice, none missing
         pd.testing.assert_frame_equal(got_logs[name], want_logs[name], check_exact=True)
+
+
+def test_a_killed_run_with_weight_averaging_resumes_exactly(tiny_bert, data_dir, tmp_path):
+    """trainer.average=last with ema=default: the checkpoint at step 8 holds the average of steps 4..8 (of EMA's
+    shadow); killed at step 10, the resumed run equals the uninterrupted one."""
+    extra = ["trainer.average=last", "trainer.average_start=0.25"]
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    done = run([*train_args(tiny_bert, data_dir, reference_dir), *extra], data_dir)
+    assert done[0] == 0, describe(done)
+    assert "average=last: the weights of EMA's shadow averaged" in (reference_dir / "train.log").read_text()
+    args = [*train_args(tiny_bert, data_dir, run_dir), *extra]
+    assert run(args, data_dir, kill_at="step:0:10")[0] == -signal.SIGKILL
+    resumed = run(args, data_dir)
+    assert resumed[0] == 0, describe(resumed)
+    got, want = outputs(run_dir), outputs(reference_dir)
+    assert got["metrics"] == want["metrics"]
+    pd.testing.assert_frame_equal(got["oof"], want["oof"], check_exact=True)
+    pd.testing.assert_frame_equal(got["test"], want["test"], check_exact=True)

@@ -367,6 +367,10 @@ class TrainRun:
         loss_fn = build_loss(cfg.loss, self.labels, data.y[fold.train_rows])
         eval_loss_fn = copy.deepcopy(loss_fn)  # scores logits on the CPU; the training copy stays on the device
         hooks = build_hooks(cfg.get("adversarial"), cfg.get("ema"))  # fresh per fold; `none` ({}) builds nothing
+        if str(tcfg.average) == "last":  # after EMA: it averages the weights EMA evaluates
+            from textclf.engine.hooks.swa import SWA
+
+            hooks.append(SWA(start=float(tcfg.average_start)))
         objective = (instantiate(cfg.rdrop, task=self.labels.task, single_logit=self.labels.single_logit)
                      if cfg.get("rdrop") else None)
         if self.main and not getattr(self, "_recipe_logged", False):  # once a run: the same for every fold

@@ -230,7 +230,8 @@ class Trainer:
         self.device, self.accum = settings.device, max(1, settings.grad_accum_steps)
         # the fold's optimizer steps, which budget-aware defaults (hooks' `auto` values) are computed from
         self.steps_per_epoch = settings.steps_per_epoch
-        self.total_steps = settings.steps_per_epoch * settings.epochs if settings.steps_per_epoch else None
+        self.total_steps = (settings.max_steps or settings.steps_per_epoch * settings.epochs) \
+            if settings.steps_per_epoch else None
         # fp16 needs loss scaling on CUDA; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=(settings.precision == "fp16" and self.device.type == "cuda"))
@@ -479,9 +480,12 @@ class Trainer:
                  "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k not in ("step", "epoch")))
         self.callbacks.on_evaluate(s.fold, row)
         best = p["best"]
-        is_best = better(s.monitor, row[s.monitor], None if best is None else best[s.monitor])
+        # an evaluation a hook does not count yet (SWA before its average begins) is the best only until one counts
+        counts, best_counts = all(h.selectable(self) for h in self.hooks), p.get("best_counts", True)
+        beats = better(s.monitor, row[s.monitor], None if best is None else best[s.monitor])
+        is_best = (beats or not best_counts) if counts else (best is None or (not best_counts and beats))
         if is_best:
-            p["best"], p["best_epoch"], p["stale"] = row, math.ceil(epoch), 0
+            p["best"], p["best_epoch"], p["stale"], p["best_counts"] = row, math.ceil(epoch), 0, counts
             order = np.argsort(scores.rows, kind="stable")
             self.best_logits = (scores.rows[order], scores.logits[order])
         else:
@@ -489,7 +493,7 @@ class Trainer:
         yield Evaluation(self.global_step, epoch, row, is_best, self.model)
         if is_best:
             self.callbacks.on_best(s.fold, row)
-        for h in self.hooks:
+        for h in reversed(self.hooks):
             h.after_evaluate(self)
         return bool(s.early_stopping_patience and p["stale"] >= s.early_stopping_patience)
 

@@ -8,7 +8,9 @@ A hook overrides some of the no-op events below. Per fit (one fold; every fold g
   after_step(trainer)              after each optimizer step (the gradients are cleared, global_step counts it)
   before_evaluate(trainer)         before each evaluation: the weights the model holds now are the ones evaluated,
                                    and, when the evaluation is the fold's best, the ones saved as model.safetensors
-  after_evaluate(trainer)          after it (and after the best weights are saved): training goes on from here
+  after_evaluate(trainer)          after it (and after the best weights are saved), in the reverse order of the
+                                   hooks, so hooks that swap weights in (EMA, then SWA) put them back in turn:
+                                   training goes on from here
 
 What a hook may change: the gradients (a hook calls the trainer's own `compute_loss` and `backward`, so autocast,
 loss scaling, accumulation and the multi-process gradient sync live in one place) and the weights, provided it puts
@@ -39,6 +41,9 @@ class Hook:
     # True when after_backward backwards this micro-batch again (several processes: only its last backward
     # all-reduces the gradients, so the plain one does not)
     def backwards_again(self, trainer) -> bool: return False
+    # False while the weights this hook evaluates are not yet the ones the fold may keep (SWA before its average
+    # begins): such an evaluation is the fold's best only until one that counts comes
+    def selectable(self, trainer) -> bool: return True
     # what a resumed fold needs back (checkpoints are taken between optimizer steps)
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict) -> None: ...
