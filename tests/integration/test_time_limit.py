@@ -38,6 +38,19 @@ def test_a_run_with_room_to_spare_plans_every_epoch_and_keeps_the_plan(tmp_path,
     assert folder.TIME_PLAN in json.dumps(manifest), "run.json covers the plan like the run's other files"
 
 
+def test_the_measurement_runs_the_tricks_as_the_fold_will(tmp_path, tiny_bert):
+    """The timed steps are real steps of the fold's trainer: with FGM, EMA and weight averaging on, they run
+    through the hooks (started as a fit starts them), and the run trains to its end."""
+    _table(tmp_path)
+    run_dir = tmp_path / "run"
+    rc, out, err = result = run_textclf(_args(tiny_bert, run_dir, "trainer.time_limit=30m", "adversarial=fgm",
+                                              "ema=default", "trainer.average=last"), tmp_path)
+    assert rc == 0, describe(result)
+    log = (run_dir / folder.LOG).read_text()
+    assert "time_limit 30.0 min:" in log
+    assert log.count("average=last: the weights of EMA's shadow") == 2, "once per fold, none for the measurement"
+
+
 def test_a_budget_too_small_for_one_epoch_of_one_fold_is_refused_before_training(tmp_path, tiny_bert):
     _table(tmp_path)
     before = file_hashes(tmp_path)

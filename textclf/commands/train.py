@@ -233,6 +233,13 @@ class TrainRun:
         t0 = time.perf_counter()
         trainer, loader = self.build_fold(dataclasses.replace(fold, train_rows=self.data.with_copies(fold.train_rows)))
         build_s = time.perf_counter() - t0
+        hooks_log = logging.getLogger("textclf.engine.hooks")  # they say what they do once, when the fold starts
+        level = hooks_log.level
+        hooks_log.setLevel(logging.WARNING)
+        try:
+            trainer._start(None)  # as a fit starts: the model on its device, the hooks' state (EMA's shadow, ...) made
+        finally:
+            hooks_log.setLevel(level)
         n_batches = trainer.batches_per_epoch(loader)
         steps_per_epoch = trainer.settings.steps_per_epoch or 1
         probe, times = min(PROBE_STEPS + 1, steps_per_epoch), []
