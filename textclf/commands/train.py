@@ -233,23 +233,9 @@ class TrainRun:
         t0 = time.perf_counter()
         trainer, loader = self.build_fold(dataclasses.replace(fold, train_rows=self.data.with_copies(fold.train_rows)))
         build_s = time.perf_counter() - t0
-        hooks_log = logging.getLogger("textclf.engine.hooks")  # they say what they do once, when the fold starts
-        level = hooks_log.level
-        hooks_log.setLevel(logging.WARNING)
-        try:
-            trainer._start(None)  # as a fit starts: the model on its device, the hooks' state (EMA's shadow, ...) made
-        finally:
-            hooks_log.setLevel(level)
-        n_batches = trainer.batches_per_epoch(loader)
         steps_per_epoch = trainer.settings.steps_per_epoch or 1
-        probe, times = min(PROBE_STEPS + 1, steps_per_epoch), []
-        with contextlib.closing(trainer._train_epoch(loader, 0, 0, n_batches)) as steps:
-            t = time.perf_counter()
-            for _ in zip(range(probe), steps):
-                now = time.perf_counter()
-                times.append(now - t)
-                t = now
-        step_s = float(np.mean(times[1:] if len(times) > 1 else times))
+        times = trainer.time_steps(loader, min(PROBE_STEPS + 1, steps_per_epoch))
+        step_s = float(np.mean(times[1:] if len(times) > 1 else times))  # the first one warms up
         valid = list(trainer.evaluator.loader.batch_sampler)  # this process's batches
         picked = [valid[i] for i in np.unique(np.linspace(0, len(valid) - 1, min(PROBE_EVAL_BATCHES, len(valid)))
                                               .round().astype(int))] if len(valid) else []

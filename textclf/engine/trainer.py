@@ -341,6 +341,25 @@ class Trainer:
         self.result = FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"], p["steps"],
                                 trained / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
 
+    def time_steps(self, train_loader, n: int) -> list[float]:
+        """The seconds each of the first n optimizer steps of a fresh fit takes (trainer.time_limit's measurement):
+        started as a fit starts (the hooks' state made, their start-up lines not logged), then real steps through
+        the hooks. The model is trained by them: throw it away after."""
+        hooks_log = logging.getLogger("textclf.engine.hooks")  # they say what they do once, when the fold starts
+        level = hooks_log.level
+        hooks_log.setLevel(logging.WARNING)
+        try:
+            self._start(None)
+        finally:
+            hooks_log.setLevel(level)
+        times, t = [], time.perf_counter()
+        with contextlib.closing(self._train_epoch(train_loader, 0, 0, self.batches_per_epoch(train_loader))) as steps:
+            for _ in zip(range(n), steps):
+                now = time.perf_counter()
+                times.append(now - t)
+                t = now
+        return times
+
     def _planned_steps_done(self) -> bool:
         return self.settings.max_steps is not None and self.global_step >= self.settings.max_steps
 
