@@ -12,7 +12,8 @@ same seeds; the table shows test macro-F1 mean ± std over seeds, the paired dif
 the per-seed differences), and the mean wall seconds of a run.
 
 Configurations (textclf's own defaults unless named; every one at the same trainer.epochs):
-  plain, fgm, pgd, awp, ema, rdrop, eda (augment=eda), competition (preset=competition), and
+  plain, fgm, pgd, awp, ema, rdrop, eda (augment=eda), competition (preset=competition), average_last
+  (trainer.average=last), average_top (trainer.average=top), and
   hf: the Hugging Face Trainer with its own defaults (AutoModelForSequenceClassification; TrainingArguments'
   lr 5e-5, linear schedule, no warmup, batch 8, no weight decay), dynamic padding, the same epochs, the best epoch
   by valid macro-F1 (load_best_model_at_end), multilabel decided at probability 0.5; scored on the same test rows.
@@ -59,6 +60,8 @@ CONFIGS = {
     "eda": ["augment=eda"],
     # the preset sets 3 epochs, but run_textclf's trainer.epochs on the command line wins: the same budget as plain
     "competition": ["preset=competition"],
+    "average_last": ["trainer.average=last"],
+    "average_top": ["trainer.average=top"],
     "hf": None,  # the peer
 }
 TABLES = ("tweets", "news", "kaomoji")

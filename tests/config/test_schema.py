@@ -40,7 +40,7 @@ def test_an_unknown_key_names_the_nearest_one(override, message):
 
 def test_an_unknown_key_far_from_every_name_lists_the_known_ones():
     message = refusal(["+trainer.zzz=1"])
-    assert "trainer.zzz: unknown key (known: average, average_start, batch_size, " in message
+    assert "trainer.zzz: unknown key (known: average, average_soup, average_start, average_top_k, batch_size, " in message
 
 
 def test_a_typo_inside_a_yaml_file_is_named(tmp_path):

@@ -72,8 +72,8 @@ def assert_same_training(a: Path, b: Path, tol: float = 1e-6) -> None:
 
 
 @pytest.mark.parametrize("tricks", [[], ["trainer.grad_accum_steps=2", "adversarial=fgm", "ema=default",
-                                     "trainer.average=last"]],
-                         ids=["plain", "accum_fgm_ema_average"])
+                                     "trainer.average=last"], ["ema=default", "trainer.average=top"]],
+                         ids=["plain", "accum_fgm_ema_average", "ema_soup"])
 def test_two_processes_train_what_one_process_at_twice_the_batch_trains(data, tiny_bert, tmp_path, tricks):
     # kfold.holdout=0.3: 63 training rows, so the last global batch (3 rows) is dealt out unevenly (2 + 1)
     common = [*NO_DROPOUT, "kfold.holdout=0.3", *tricks]

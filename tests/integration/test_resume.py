@@ -165,14 +165,19 @@ def test_killed_run_with_step_evaluation_resumes_exactly(tiny_bert, data_dir, tm
         pd.testing.assert_frame_equal(got_logs[name], want_logs[name], check_exact=True)
 
 
-def test_a_killed_run_with_weight_averaging_resumes_exactly(tiny_bert, data_dir, tmp_path):
-    """trainer.average=last with ema=default: the checkpoint at step 8 holds the average of steps 4..8 (of EMA's
-    shadow); killed at step 10, the resumed run equals the uninterrupted one."""
-    extra = ["trainer.average=last", "trainer.average_start=0.25"]
+@pytest.mark.parametrize("average", ["last", "top"])
+def test_a_killed_run_with_weight_averaging_resumes_exactly(average, tiny_bert, data_dir, tmp_path):
+    """trainer.average with ema=default. last: the checkpoint at step 8 holds the average of steps 4..8 (of EMA's
+    shadow); top: the weights of the best evaluations so far (3 an epoch). Killed at step 10, the resumed run
+    equals the uninterrupted one."""
+    extra = {"last": ["trainer.average=last", "trainer.average_start=0.25"],
+             "top": ["trainer.average=top", "trainer.average_top_k=2"]}[average]
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
     done = run([*train_args(tiny_bert, data_dir, reference_dir), *extra], data_dir)
     assert done[0] == 0, describe(done)
-    assert "average=last: the weights of EMA's shadow averaged" in (reference_dir / "train.log").read_text()
+    log = (reference_dir / "train.log").read_text()
+    assert {"last": "average=last: the weights of EMA's shadow averaged",
+            "top": "greedy soup of "}[average] in log
     args = [*train_args(tiny_bert, data_dir, run_dir), *extra]
     assert run(args, data_dir, kill_at="step:0:10")[0] == -signal.SIGKILL
     resumed = run(args, data_dir)

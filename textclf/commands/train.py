@@ -254,8 +254,10 @@ class TrainRun:
         del trainer, loader
         free_memory()
         # the run's end: the ensemble's test predictions, out-of-fold assembly, analysis and plots (a few seconds)
+        # average=top makes its soup with up to average_top_k more evaluations at the fold's end
+        soup_evals = int(self.cfg.trainer.average_top_k) if str(self.cfg.trainer.average) == "top" else 0
         return Costs(step_s=step_s, steps_per_epoch=steps_per_epoch, eval_s=eval_s, evals_per_epoch=evals,
-                     fold_s=build_s + test_batches * batch_s, end_s=END_S)
+                     fold_s=build_s + test_batches * batch_s + soup_evals * eval_s, end_s=END_S)
 
     # ------------------------------------------------------------------------- 2. one fold
     def train_fold(self, fold: Fold) -> FoldResult:
@@ -364,6 +366,10 @@ class TrainRun:
             from textclf.engine.hooks.swa import SWA
 
             hooks.append(SWA(start=float(tcfg.average_start)))
+        elif str(tcfg.average) == "top":  # last, so it keeps the weights each evaluation saw (EMA's too)
+            from textclf.engine.hooks.soup import Soup
+
+            hooks.append(Soup(k=int(tcfg.average_top_k), mode=str(tcfg.average_soup)))
         objective = (instantiate(cfg.rdrop, task=self.labels.task, single_logit=self.labels.single_logit)
                      if cfg.get("rdrop") else None)
         if self.main and not getattr(self, "_recipe_logged", False):  # once a run: the same for every fold
@@ -377,7 +383,7 @@ class TrainRun:
                                grad_accum_steps=int(tcfg.grad_accum_steps), max_grad_norm=tcfg.max_grad_norm,
                                precision=str(tcfg.precision), early_stopping_patience=tcfg.early_stopping_patience,
                                log_every_steps=int(tcfg.log_every_steps), eval_every_steps=tcfg.eval_every_steps,
-                               evals_per_epoch=tcfg.evals_per_epoch, limit_train_batches=n_train,
+                               evals_per_epoch=evals_per_epoch(tcfg), limit_train_batches=n_train,
                                steps_per_epoch=steps_per_epoch, fold=fold.index, desc=f"fold {fold.index}",
                                deadline=self.started + self.plan.deadline_s if self.plan is not None else None,
                                max_steps=max_steps)
@@ -656,6 +662,13 @@ def prior_bias(model, labels, y_train) -> None:
 #: fewer than AUTO_MIN_STEPS optimizer steps. On the 400-row news table (2 epochs, 50 steps at 16) batch 8 scored
 #: 1.0 point of macro-F1 above batch 16 (3 seeds, README); tables of 1,000 rows and more keep 16
 AUTO_BATCH, AUTO_MIN_BATCH, AUTO_MIN_STEPS = 16, 8, 100
+
+
+def evals_per_epoch(tcfg) -> int | None:
+    """trainer.evals_per_epoch; unset with average=top (and no eval_every_steps): 3, so the soup has candidates."""
+    if tcfg.evals_per_epoch is None and tcfg.eval_every_steps is None and str(tcfg.get("average")) == "top":
+        return 3
+    return tcfg.evals_per_epoch
 
 
 def fold_batch_size(tcfg, n_train: int, world: int = 1) -> int:

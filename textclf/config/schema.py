@@ -237,8 +237,10 @@ class TrainerConfig:
     limit_eval_batches: Optional[Union[int, float]] = key(BATCH_LIMIT)
     checkpoint_every_steps: int = key(Range(0))
     devices: Union[int, str] = key(DEVICES)
-    average: str = key(Choice(("none", "last")))
+    average: str = key(Choice(("none", "last", "top")))
     average_start: float = key(Range(0, 1, open_high=True))
+    average_top_k: int = key(Range(1))
+    average_soup: str = key(Choice(("greedy", "uniform")))
     time_limit: Optional[Union[str, int, float]] = key(Check(
         lambda v: _is_duration(v), "null, a duration such as 20m, 1h30m or 90s, or a number of seconds > 0"))
 

@@ -337,6 +337,10 @@ class Trainer:
                 fault_point(f"epoch:{checkpoint.tag}:{epoch + 1}")
             if epoch + 1 < s.epochs:  # after the last epoch the fold finishes: its results are the safe point
                 self._stop_if_asked(epoch + 1, 0, saved=True)
+        for h in self.hooks:  # average=top: the soup of the best evaluations is the fold's choice
+            scores = h.final_choice(self)
+            if scores is not None:
+                yield from self._choose(scores)
         trained = distributed.sum_over_ranks(p["train_samples"]) if self.ddp is not None else p["train_samples"]
         self.result = FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"], p["steps"],
                                 trained / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
@@ -515,6 +519,19 @@ class Trainer:
         for h in reversed(self.hooks):
             h.after_evaluate(self)
         return bool(s.early_stopping_patience and p["stale"] >= s.early_stopping_patience)
+
+    def _choose(self, scores: Scores) -> Generator[Evaluation, None, None]:
+        """Weights a hook made at the fit's end (in the model now, scored on the validation rows) become the fold's
+        best: its row, outputs and saved weights. The row is not part of the history (the training curve)."""
+        p = self.progress
+        last = p["history"][-1] if p["history"] else None
+        row = {"step": self.global_step, "epoch": last["epoch"] if last else float(self.settings.epochs),
+               "train_loss": last["train_loss"] if last else float("nan"), **scores.metrics}
+        p["best"], p["best_epoch"], p["best_counts"] = row, math.ceil(row["epoch"]), True
+        order = np.argsort(scores.rows, kind="stable")
+        self.best_logits = (scores.rows[order], scores.logits[order])
+        yield Evaluation(self.global_step, row["epoch"], row, True, self.model)
+        self.callbacks.on_best(self.settings.fold, row)
 
     # -- checkpoints
     @staticmethod

@@ -11,6 +11,9 @@ A hook overrides some of the no-op events below. Per fit (one fold; every fold g
   after_evaluate(trainer)          after it (and after the best weights are saved), in the reverse order of the
                                    hooks, so hooks that swap weights in (EMA, then SWA) put them back in turn:
                                    training goes on from here
+  final_choice(trainer)            once, when training ends: a hook may put other weights in the model (a soup of
+                                   its best evaluations) and return their Scores; they become the fold's best,
+                                   saved and predicted with
 
 What a hook may change: the gradients (a hook calls the trainer's own `compute_loss` and `backward`, so autocast,
 loss scaling, accumulation and the multi-process gradient sync live in one place) and the weights, provided it puts
@@ -44,6 +47,9 @@ class Hook:
     # False while the weights this hook evaluates are not yet the ones the fold may keep (SWA before its average
     # begins): such an evaluation is the fold's best only until one that counts comes
     def selectable(self, trainer) -> bool: return True
+    # at the fit's end: None, or the Scores of the weights this hook has put in the model, which become the fold's
+    # choice (average=top's soup)
+    def final_choice(self, trainer): return None
     # what a resumed fold needs back (checkpoints are taken between optimizer steps)
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict) -> None: ...
