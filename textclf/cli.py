@@ -28,6 +28,7 @@ commands:
   export    write a run's folds as ONNX models for ONNX Runtime: run_dir=... [quantize=int8] [output=...]
   info      parameters and forward FLOPs of the composed model (same overrides as train)
   validate  check the data and config as train would, without loading a model (same overrides as train)
+  distill   train one model on a finished run's fold-ensemble outputs: textclf distill <run folder> [overrides]
   report    rank every run of a sweep (or run) folder: overrides, CV mean ± std, folds, time, status
   ensemble  blend runs trained on the same folds by their out-of-fold and test probabilities
   merge     assemble the folds of one run trained by separate jobs (kfold.folds=[k]) into one finished run
@@ -44,6 +45,8 @@ examples:
   textclf merge multirun/2026-12-02/12-00-00 --output runs/cv                  # ... as one 3-fold run
   textclf train trainer.devices=2                   # two processes (DDP); torchrun -m textclf train also works
   textclf train resume=outputs/2026-11-21/12-00-00  # continue an interrupted run
+  textclf distill outputs/2026-11-21/12-00-00 data.unlabeled_file=more_texts.csv   # one model from 5 folds
+  textclf train pseudo_label=default pseudo_label.teacher=outputs/2026-11-21/12-00-00 data.unlabeled_file=u.csv
   textclf validate data=csv data.train_file=my.csv  # the data checks alone
   textclf train --cfg job                           # print the composed config
   textclf train --help                              # every config group and option
@@ -206,6 +209,52 @@ def _resume_folder(args: list[str]) -> list[str]:
     return out
 
 
+#: what a student of `textclf distill` takes from its teacher's config unless the command line gives it
+INHERITED = ("data.train_file", "data.valid_file", "data.test_file", "data.text_col", "data.text_pair_col",
+             "data.label_col", "data.label_sep", "data.group_col", "data.exclude_rows", "data.encoding",
+             "data.encoding_errors", "task", "positive_label", "model.max_length")
+
+
+def _hydra_literal(value) -> str:
+    """A config value as a Hydra override writes it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_literal(v) for v in value) + "]"
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _distill_args(args: list[str]) -> list[str] | str:
+    """`textclf distill <teacher run> [overrides]` as the train command line it stands for: one model
+    (kfold=none) learning the teacher's outputs (distill=default), on the teacher's data and task settings
+    (INHERITED) unless the overrides give them; a message when the teacher cannot be read."""
+    from pathlib import Path
+
+    if not args or "=" in args[0] or args[0].startswith("-"):
+        return "textclf distill needs the teacher's run folder first: textclf distill <run folder> [overrides]"
+    teacher, overrides = Path(args[0]).expanduser(), args[1:]
+    config = teacher / "config.yaml"
+    if not config.is_file():
+        return (f"textclf distill {args[0]}: no finished run there ({config} is missing): give the folder "
+                f"textclf train wrote")
+    cfg = OmegaConf.load(config)
+    given = {a.partition("=")[0].lstrip("+~") for a in overrides}
+    inherited = []
+    for key in INHERITED:
+        value = OmegaConf.select(cfg, key, default=KeyError)
+        if key in given or value is KeyError:
+            continue
+        if OmegaConf.is_config(value):  # several label columns: a list
+            value = OmegaConf.to_container(value)
+        inherited.append(f"{key}={_hydra_literal(value)}")
+    fixed = [a for a in ("kfold=none", "distill=default") if a.partition("=")[0] not in given]
+    return ["train", *inherited, *fixed, f"distill.teacher={_hydra_literal(str(teacher.resolve()))}", *overrides]
+
+
 def _missing_plugin(args: list[str]) -> str | None:
     """hparams_search=optuna / launcher=joblib without their Hydra plugin: say what to install."""
     import importlib.util
@@ -359,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"textclf {__version__}")
         return 0
     command = args[0]
+    if command == "distill":
+        args = _distill_args(args[1:])
+        if isinstance(args, str):
+            print(f"textclf: error: {args}", file=sys.stderr)
+            return 2
+        command = "train"
     if command in PLAIN_COMMANDS:
         return _plain(PLAIN_COMMANDS[command], args[1:])
     if command not in COMMANDS:

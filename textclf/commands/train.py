@@ -29,6 +29,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from textclf.data.augment import Augmented, build_augmenter
+from textclf.commands.teach import Taught, teach
 from textclf.commands.validate import Checked, preflight
 from textclf.config.options import chosen
 from textclf.data.tables import Collator, EpochBatches, Encoded, LabelSpace, balanced_weights, sorted_batches, tokenize_with
@@ -70,8 +71,11 @@ class RunData:
     y: np.ndarray
     n_train_file: int  # rows from data.train_file; the rest came from data.valid_file (and augmentation)
     test: Encoded | None
-    #: for each augmented row (they sit at n_rows, n_rows + 1, ...), the training-file row it was made from
+    #: for each added row (they sit at n_rows, n_rows + 1, ...): the training-file row an augmented copy was made
+    #: from, or -1 for a row every fold trains on (pseudo-labels, distill's unlabelled texts)
     augmented_from: np.ndarray | None = None
+    #: distill: every row's training target (the teacher's outputs mixed with the labels); None: the labels
+    soft: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -79,11 +83,13 @@ class RunData:
         return len(self.y) - (0 if self.augmented_from is None else len(self.augmented_from))
 
     def with_copies(self, rows: np.ndarray) -> np.ndarray:
-        """A fold's training rows followed by the augmented copies of exactly those rows."""
+        """A fold's training rows followed by the augmented copies of exactly those rows and the rows every fold
+        trains on."""
         rows = np.asarray(rows, dtype=np.int64)
         if self.augmented_from is None:
             return rows
-        return np.concatenate([rows, self.n_rows + np.flatnonzero(np.isin(self.augmented_from, rows))])
+        added = np.isin(self.augmented_from, rows) | (self.augmented_from < 0)
+        return np.concatenate([rows, self.n_rows + np.flatnonzero(added)])
 
 
 class TrainRun:
@@ -176,9 +182,12 @@ class TrainRun:
             write_json(self.run_dir / folder.INPUTS, inputs)
             write_csv(self.run_dir / folder.FOLDS, folds_frame)
         augmented = augment_run(checked)
-        self.data = tokenize_run(checked, augmented)
+        taught = teach(checked, augmented, self.device)  # pseudo_label / distill: what the teacher run adds
+        self.data = tokenize_run(checked, augmented, taught)
         if augmented is not None and self.main:
             write_json(self.run_dir / folder.AUGMENT, augment_report(checked, augmented, self.data, self.folds))
+        if taught is not None and self.main:
+            write_json(self.run_dir / taught.record_file, taught.record)
         self.callbacks = build_callbacks(cfg) if self.main else Callbacks()
         self.callbacks.on_run_start(RunContext(self.run_dir, OmegaConf.to_container(cfg, resolve=True),
                                                self.labels.task, self.monitor, len(self.folds),
@@ -271,8 +280,12 @@ class TrainRun:
             raise TextclfError(f"fold {fold.index} is not finished in the merged run folder {self.run_dir}; merge "
                                f"never trains: train it (kfold.folds=[{fold.index}]) and merge again")
         train_rows = self.data.with_copies(fold.train_rows)
-        copies = f" + {len(train_rows) - len(fold.train_rows)} augmented copies of them" if len(train_rows) > len(
-            fold.train_rows) else ""
+        added = self.data.augmented_from[train_rows[len(fold.train_rows):] - self.data.n_rows] if len(
+            train_rows) > len(fold.train_rows) else np.zeros(0, dtype=np.int64)
+        copies = "".join(f" + {n} {what}" for n, what in (
+            (int((added >= 0).sum()), "augmented copies of them"), (int((added < 0).sum()), "pseudo-labelled rows"
+                                                                    if self.data.soft is None else "unlabelled texts"))
+            if n)
         log.info("fold %d: %d training rows%s, %d validation rows", fold.index, len(fold.train_rows), copies,
                  len(fold.valid_rows))
         import torch
@@ -329,6 +342,9 @@ class TrainRun:
         if model.head.prior_bias and not cfg.model.init_from:  # the head records head.prior_bias
             prior_bias(model, self.labels, data.y[fold.train_rows])
         collate = Collator.for_tokenizer(self.checked.tokenizer, data.encoded, data.y)
+        # distill: training batches carry the soft targets; validation scores against the labels
+        train_collate = collate if data.soft is None else Collator.for_tokenizer(self.checked.tokenizer, data.encoded,
+                                                                                 data.soft)
         # loaders draw their worker seeds from their own generator: each new iterator would otherwise take a number
         # from the global RNG (the dropout masks' source), and a resumed epoch, which makes its iterator after
         # restoring that RNG, would drift from the uninterrupted run
@@ -361,6 +377,10 @@ class TrainRun:
         scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=max_steps or steps_per_epoch * epochs)
         loss_fn = build_loss(cfg.loss, self.labels, data.y[fold.train_rows])
         eval_loss_fn = copy.deepcopy(loss_fn)  # scores logits on the CPU; the training copy stays on the device
+        if data.soft is not None:  # distill: the student learns the soft targets; its validation loss is the task's
+            from textclf.models.losses import SoftTargetLoss
+
+            loss_fn = SoftTargetLoss(self.labels.task, self.labels.single_logit)
         hooks = build_hooks(cfg.get("adversarial"), cfg.get("ema"))  # fresh per fold; `none` ({}) builds nothing
         if str(tcfg.average) == "last":  # after EMA: it averages the weights EMA evaluates
             from textclf.engine.hooks.swa import SWA
@@ -392,7 +412,7 @@ class TrainRun:
                                   tuned=self.selects_tuned(), threshold=float(cfg.threshold))
         trainer = Trainer(model, loss_fn.to(device), optimizer, scheduler, settings, evaluator, hooks=hooks,
                           objective=objective, callbacks=self.callbacks)
-        return trainer, loader(batch_sampler=train_batches)
+        return trainer, loader(batch_sampler=train_batches, collate_fn=train_collate)
 
     def init_weights(self):
         """model.init_from, the same weights for every fold; None without it. The first fold's build writes
@@ -592,9 +612,10 @@ def augment_report(checked: Checked, augmented: Augmented, data: RunData, folds:
                          for s, t in list(zip(augmented.source.tolist(), augmented.texts))[:5]]}
 
 
-def tokenize_run(checked: Checked, augmented: Augmented | None = None) -> RunData:
+def tokenize_run(checked: Checked, augmented: Augmented | None = None, taught: Taught | None = None) -> RunData:
     """One tokenization for the whole run (not per epoch or fold): training + validation rows, then the augmented
-    copies of training rows (each with its source row's label, copied exactly), and the test file."""
+    copies of training rows (each with its source row's label, copied exactly), then the rows a teacher adds (every
+    fold trains on them), and the test file."""
     mcfg, tokenizer, splits = checked.cfg.model, checked.tokenizer, checked.splits
     train_split, valid_split, test_split = splits["train"], splits.get("valid"), splits.get("test")
     texts = train_split.texts + (valid_split.texts if valid_split else [])
@@ -604,6 +625,12 @@ def tokenize_run(checked: Checked, augmented: Augmented | None = None) -> RunDat
         texts = texts + augmented.texts
         pairs = pairs + [train_split.pairs[s] for s in augmented.source] if pairs is not None else None
         y = np.concatenate([y, checked.y[augmented.source]])
+    added = [] if augmented is None else [np.asarray(augmented.source, dtype=np.int64)]
+    if taught is not None and taught.texts:
+        texts = texts + taught.texts
+        pairs = pairs + taught.pairs if pairs is not None else None
+        y = np.concatenate([y, taught.y])
+        added.append(np.full(len(taught.texts), -1, dtype=np.int64))
     encoded = tokenize_with(tokenizer, texts, pairs, mcfg, desc="tokenize")
     lengths = encoded.lengths
     if encoded.doc is not None:
@@ -616,7 +643,8 @@ def tokenize_run(checked: Checked, augmented: Augmented | None = None) -> RunDat
                  int(mcfg.max_length), mcfg.truncation)
     test = (tokenize_with(tokenizer, test_split.texts, test_split.pairs, mcfg, desc="tokenize test")
             if test_split else None)
-    return RunData(encoded, y, len(checked.y), test, None if augmented is None else augmented.source)
+    return RunData(encoded, y, len(checked.y), test, np.concatenate(added) if added else None,
+                   None if taught is None else taught.soft)
 
 
 def log_processes(tcfg) -> None:

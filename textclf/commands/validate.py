@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from textclf.commands.teach import check_teacher
 from textclf.config.options import chosen
 from textclf.data.augment import build_augmenter
 from textclf.data.exclude import exclude_path, exclude_rows, excluded_note
@@ -60,6 +61,7 @@ def preflight(cfg: DictConfig) -> Checked:
         splits["train"], y = exclude_rows(splits["train"], y, excluded, labels)
     check_leakage(cfg.data, splits)
     cfg, monitor, labels = check_objective(cfg, labels)
+    check_teacher(cfg, splits, labels)
     check_calibration(cfg, labels)
     if str(cfg.trainer.sampler) == "balanced":
         balanced_weights(np.asarray(y), labels.task)  # regression has no classes to balance: refused here

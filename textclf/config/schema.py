@@ -174,6 +174,7 @@ class DataConfig:
                           nonempty="required (e.g. data.train_file=train.csv)")
     valid_file: Optional[str]
     test_file: Optional[str]
+    unlabeled_file: Optional[str]
     text_col: str = key(nonempty="must name a column")
     text_pair_col: Optional[str]
     label_col: Union[str, list[str]] = key(nonempty="must name a column")  # a list: several targets
@@ -261,6 +262,8 @@ class TrainConfig:
     ema: Any = group(optional=True)
     rdrop: Any = group("task", "single_logit", optional=True)
     augment: Any = group(optional=True)
+    pseudo_label: Any = group(optional=True)
+    distill: Any = group(optional=True)
     logger: Any = group(optional=True, named=True)
     task: str = key(Choice(TASKS))
     threshold: float = key(Range(0, 1, open_low=True, open_high=True))

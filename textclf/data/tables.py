@@ -5,6 +5,8 @@ become a million-row padded tensor; each batch is padded only to its own longest
 """
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import difflib
 import importlib.metadata
@@ -576,6 +578,10 @@ def load_splits(data_cfg) -> dict[str, Split]:
                                    f"memory, not new data; give a separate validation file, or drop data.valid_file "
                                    f"(a part of data.train_file is then held out)")
             splits[name] = load_split(name, path, data_cfg, need_labels=(name == "valid"))
+    path = data_cfg.get("unlabeled_file")
+    if path:  # texts only (pseudo_label, distill): a label column, if any, is never read
+        unlabeled = load_split("unlabeled", path, data_cfg, need_labels=False)
+        splits["unlabeled"] = dataclasses.replace(unlabeled, labels=None)
     return splits
 
 

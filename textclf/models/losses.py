@@ -277,3 +277,21 @@ def _binary_view(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
     if target.dim() == 1:
         target = target.float().unsqueeze(-1)
     return logits, target.float()
+
+
+class SoftTargetLoss(nn.Module):
+    """A teacher's outputs as the targets (distill): cross-entropy against a probability vector per row (softmax
+    outputs), binary cross-entropy against per-output probabilities (sigmoid outputs: multilabel, a single-logit
+    binary), mean squared error against values (regression). With one-hot targets it is the plain loss."""
+
+    def __init__(self, task: str, single_logit: bool = False):
+        super().__init__()
+        self.kind = "mse" if task == "regression" else "bce" if task == "multilabel" or single_logit else "ce"
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.to(logits.dtype).reshape(logits.shape)
+        if self.kind == "ce":
+            return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+        if self.kind == "bce":
+            return nn.functional.binary_cross_entropy_with_logits(logits, target)
+        return nn.functional.mse_loss(logits, target)

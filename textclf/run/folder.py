@@ -64,6 +64,8 @@ LOCK = ".textclf.lock"
 STATUS = "status.json"
 INIT_REPORT = "init_report.json"
 AUGMENT = "augment.json"
+PSEUDO_LABELS = "pseudo_labels.json"
+DISTILL = "distill.json"
 TIME_PLAN = "time_plan.json"
 MLFLOW_STATE = "mlflow_run.json"
 OOF = "oof.csv"
@@ -96,7 +98,8 @@ FOLD_FILES = (WEIGHTS, RESULT, OUTPUTS, HISTORY, STEPS)
 #: what a run writes at the top of its folder and removes when it starts over or is replaced (folds.csv apart:
 #: it stays while the split settings and data are unchanged). Not removed: .hydra/ and train.log (Hydra writes
 #: them for the run in progress, the log appends), status.json (the job in progress), any file of the user's
-RUN_OUTPUTS = (MANIFEST, METRICS, OOF, TEST_PREDICTIONS, INPUTS, LABELS, CONFIG, INIT_REPORT, AUGMENT, TIME_PLAN, MLFLOW_STATE,
+RUN_OUTPUTS = (MANIFEST, METRICS, OOF, TEST_PREDICTIONS, INPUTS, LABELS, CONFIG, INIT_REPORT, AUGMENT, PSEUDO_LABELS, DISTILL,
+               TIME_PLAN, MLFLOW_STATE,
                MLFLOW_STATE + ".tmp", REPORT_HTML, LABEL_ISSUES, DATA_CHECKS, *PLOT_FILES)
 #: every file textclf writes at the top of a run folder (besides backbone/ and fold_<k>/): predict never writes over
 #: one of them

@@ -17,7 +17,8 @@ from textclf.run.folder import BACKBONE, CONFIG, LABELS, MANIFEST, OUTPUTS, RESU
 
 #: the run's own top-level files that run.json covers (those present): what its readers load
 TOP = (CONFIG, LABELS, folder.FOLDS, folder.INPUTS, folder.OOF, folder.METRICS, folder.TEST_PREDICTIONS,
-       folder.LABEL_ISSUES, folder.DATA_CHECKS, folder.TIME_PLAN)
+       folder.LABEL_ISSUES, folder.DATA_CHECKS, folder.TIME_PLAN,
+       folder.PSEUDO_LABELS, folder.DISTILL)
 #: a fold's files that run.json covers; the weights change only when the fold is trained again
 FOLD = (WEIGHTS, RESULT, OUTPUTS)
 
