@@ -13,7 +13,8 @@ the per-seed differences), and the mean wall seconds of a run.
 
 Configurations (textclf's own defaults unless named; every one at the same trainer.epochs):
   plain, fgm, pgd, awp, ema, rdrop, eda (augment=eda), competition (preset=competition), average_last
-  (trainer.average=last), average_top (trainer.average=top), and
+  (trainer.average=last), average_top (trainer.average=top), pseudo (pseudo_label=default, plain's run of the same
+  table and seed as the teacher, on --<table>-unlabeled texts of the table that are in no split), and
   hf: the Hugging Face Trainer with its own defaults (AutoModelForSequenceClassification; TrainingArguments'
   lr 5e-5, linear schedule, no warmup, batch 8, no weight decay), dynamic padding, the same epochs, the best epoch
   by valid macro-F1 (load_best_model_at_end), multilabel decided at probability 0.5; scored on the same test rows.
@@ -62,6 +63,10 @@ CONFIGS = {
     "competition": ["preset=competition"],
     "average_last": ["trainer.average=last"],
     "average_top": ["trainer.average=top"],
+    # plain's run of the same table and seed is the teacher; its confident labels on <table>/unlabeled.csv join
+    # training (the run costs a plain run more: the teacher's)
+    "pseudo": ["pseudo_label=default", "pseudo_label.teacher={runs}/{table}_plain_{seed}",
+               "data.unlabeled_file={folder}/unlabeled.csv"],
     "hf": None,  # the peer
 }
 TABLES = ("tweets", "news", "kaomoji")
@@ -148,6 +153,22 @@ def split_table(name: str, sizes: tuple[int, int, int], workdir: Path, seed: int
     return folder, multilabel
 
 
+def unlabeled_table(name: str, folder: Path, n: int, seed: int = 0) -> Path:
+    """<folder>/unlabeled.csv: n texts of the table that are in none of its train, valid and test splits (pseudo
+    labels' texts), written once."""
+    path = folder / "unlabeled.csv"
+    if path.exists():
+        return path
+    df, _ = load_table(name)
+    used = set()
+    for part in ("train", "valid", "test"):
+        used.update(pd.read_csv(folder / f"{part}.csv")["text"].astype(str))
+    rest = df[~df["text"].astype(str).isin(used)].drop_duplicates("text")
+    rest.sample(n=min(n, len(rest)), random_state=seed)[["text"]].to_csv(path, index=False)
+    print(f"{name}: {min(n, len(rest))} unlabelled texts -> {path}", flush=True)
+    return path
+
+
 # ----------------------------------------------------------------------------- runs
 def run_textclf(config: str, folder: Path, seed: int, args, max_length: int, extra: list[str]) -> dict:
     run_dir = (args.workdir / "runs" / f"{folder.name}_{config}_{seed}").resolve()
@@ -155,8 +176,14 @@ def run_textclf(config: str, folder: Path, seed: int, args, max_length: int, ext
                  "data.test_file": folder / "test.csv", "kfold": "none", "trainer.epochs": args.epochs,
                  "trainer.seed": seed, "model.max_length": max_length, "trainer.device": "cpu",
                  "plots": "false", "logger": "none", "overwrite": "true", "hydra.run.dir": run_dir}
+    where = {"runs": (args.workdir / "runs").resolve(), "table": folder.name, "seed": seed, "folder": folder.resolve()}
+    own = [o.format(**where) for o in CONFIGS[config]]
+    if config == "pseudo":
+        if not (args.workdir / "runs" / f"{folder.name}_plain_{seed}" / "run.json").exists():
+            raise SystemExit(f"pseudo needs plain's run of {folder.name}, seed {seed} as its teacher: run plain first")
+        unlabeled_table(folder.name, folder, getattr(args, f"{folder.name}_unlabeled"))
     cmd = (textclf_prefix() + ["train", "data=csv"] + [f"{k}={hydra_value(v)}" for k, v in overrides.items()]
-           + CONFIGS[config] + extra)
+           + own + extra)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
     wall = time.perf_counter() - t0
@@ -286,6 +313,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tweets-rows", default="1000,600,600", help="train,valid,test rows")
     ap.add_argument("--news-rows", default="400,200,500")
     ap.add_argument("--kaomoji-rows", default="1000,300,600")
+    ap.add_argument("--tweets-unlabeled", type=int, default=3000, help="pseudo: unlabelled texts of the table")
+    ap.add_argument("--news-unlabeled", type=int, default=1000)
+    ap.add_argument("--kaomoji-unlabeled", type=int, default=3000)
     ap.add_argument("--tweets-max-length", type=int, default=64)
     ap.add_argument("--news-max-length", type=int, default=128)
     ap.add_argument("--kaomoji-max-length", type=int, default=32)
