@@ -54,7 +54,7 @@ def test_distill_trains_one_model_on_the_teacher_outputs_that_predict_uses(kfold
     assert result[0] == 0, describe(result)
     record = json.loads((run_dir / "distill.json").read_text())
     assert record == {"teacher": str(kfold_run.run_dir.resolve()), "teacher_folds": 2, "alpha": 0.5,
-                      "targets": "oof", "training_rows": 90, "unlabeled_texts": 60,
+                      "targets": "oof", "training_file_rows": 90, "unlabeled_texts": 60,
                       "unlabeled_file": "unlabeled.csv"}
     assert sorted(p.name for p in run_dir.glob("fold_*")) == ["fold_0"], "one model"
     metrics = json.loads((run_dir / "metrics.json").read_text())

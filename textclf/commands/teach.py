@@ -139,7 +139,7 @@ def _distill(checked, augmented, distill, teacher, device, batch: int) -> Taught
              "labels on %d training rows%s", distill.alpha, source, teacher.n_folds, teacher.run_dir,
              1 - distill.alpha, len(train), f", and its outputs alone on {len(texts)} unlabelled texts" if texts else "")
     record = {"teacher": str(teacher.run_dir), "teacher_folds": teacher.n_folds, "alpha": distill.alpha,
-              "targets": source, "training_rows": len(train), "unlabeled_texts": len(texts),
+              "targets": source, "training_file_rows": len(train), "unlabeled_texts": len(texts),
               "unlabeled_file": str(checked.cfg.data.get("unlabeled_file")) if texts else None}
     return Taught(texts, pairs, y, np.concatenate(parts).astype(np.float32), folder.DISTILL, record)
 
