@@ -236,8 +236,10 @@ def _distill_args(args: list[str]) -> list[str] | str:
 
     if not args or "=" in args[0] or args[0].startswith("-"):
         return "textclf distill needs the teacher's run folder first: textclf distill <run folder> [overrides]"
+    from textclf.run.folder import CONFIG
+
     teacher, overrides = Path(args[0]).expanduser(), args[1:]
-    config = teacher / "config.yaml"
+    config = teacher / CONFIG
     if not config.is_file():
         return (f"textclf distill {args[0]}: no finished run there ({config} is missing): give the folder "
                 f"textclf train wrote")

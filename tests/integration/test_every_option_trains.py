@@ -93,6 +93,14 @@ def test_option_trains_on_the_tiny_model(group, option, task, tiny_bert4, tmp_pa
         frame["author"] = [f"a{i // 2}" for i in range(len(frame))]
         overrides.append("data.group_col=author")
     frame.to_csv(tmp_path / "train.csv", index=False)
+    if group in ("distill", "pseudo_label") and option != "none":  # they learn from a finished run: a 2-fold teacher first
+        with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
+            teacher = compose(config_name="train", overrides=[*overrides[:-1], "kfold=stratified", "kfold.n_splits=2"])
+        train(teacher, run_dir=tmp_path / "teacher")
+        frame[["text"]].to_csv(tmp_path / "unlabeled.csv", index=False)
+        overrides += [f"{group}.teacher={tmp_path / 'teacher'}", "data.unlabeled_file=unlabeled.csv"]
+        if group == "pseudo_label":
+            overrides.append("pseudo_label.threshold=0.01")
     with initialize_config_module(config_module="textclf.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     score = train(cfg, run_dir=tmp_path / "run")

@@ -13,6 +13,8 @@
   init_report.json       with model.init_from: which tensors loaded, missing, unexpected, mismatched (shapes)
   augment.json           with augment=eda|mlm: the copies made, each fold's original and augmented training rows,
                          a few examples
+  pseudo_labels.json     with pseudo_label=default: the teacher, thresholds, texts kept per class, their row numbers
+  distill.json           a textclf distill run: the teacher, alpha, where the targets came from, the row counts
   time_plan.json         with trainer.time_limit: the measured seconds per step and the epochs and folds planned (a
                          resume keeps the plan)
   mlflow_run.json        with logger=mlflow: the MLflow run a resume goes on logging into
