@@ -76,3 +76,19 @@ def test_the_soft_target_loss_is_the_plain_loss_on_one_hot_targets_and_the_cross
     multi = SoftTargetLoss("multilabel")
     torch.testing.assert_close(multi(logits, target),
                                torch.nn.functional.binary_cross_entropy_with_logits(logits, target))
+
+
+def test_the_teachers_out_of_fold_outputs_are_matched_to_training_rows_only(tmp_path):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from textclf.inference.teacher import Teacher
+
+    # a holdout teacher with data.valid_file: its validation rows are numbered 0.. in their own file
+    pd.DataFrame({"source": ["train", "valid"], "row": [1, 0], "prob_a": [0.7, 0.1], "prob_b": [0.2, 0.8],
+                  "prob_c": [0.1, 0.1]}).to_csv(tmp_path / "oof.csv", index=False)
+    teacher = Teacher(tmp_path, SimpleNamespace(labels=THREE), "distill.teacher")
+    outputs, covered = teacher.out_of_fold(3, np.array([0, 1, 2]))
+    assert covered.tolist() == [False, True, False]
+    np.testing.assert_allclose(outputs[1], [0.7, 0.2, 0.1])

@@ -65,6 +65,8 @@ class Teacher:
         missing = [c for c in ["row", *cols] if c not in oof.columns]
         if missing:
             raise TextclfError(f"{self.key}={self.run_dir}: its {folder.OOF} lacks the column(s) {missing}")
+        if "source" in oof.columns:  # data.valid_file rows are numbered in their own file: not training rows
+            oof = oof[oof["source"] == "train"]
         by_row = dict(zip(oof["row"].astype(int).tolist(), oof[cols].to_numpy(np.float64)))
         outputs = np.zeros((n_rows, len(cols)), dtype=np.float64)
         covered = np.zeros(n_rows, dtype=bool)
