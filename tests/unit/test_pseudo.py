@@ -92,3 +92,11 @@ def test_the_teachers_out_of_fold_outputs_are_matched_to_training_rows_only(tmp_
     outputs, covered = teacher.out_of_fold(3, np.array([0, 1, 2]))
     assert covered.tolist() == [False, True, False]
     np.testing.assert_allclose(outputs[1], [0.7, 0.2, 0.1])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"teacher": None}, "distill.teacher: give the run folder"), ({"teacher": "t", "alpha": 1.5}, "distill.alpha"),
+    ({"teacher": "t", "targets": "best"}, "distill.targets must be oof or ensemble")])
+def test_bad_distill_settings_are_refused(kwargs, message):
+    with pytest.raises(TextclfError, match=message):
+        Distill(**kwargs)
