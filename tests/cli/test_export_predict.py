@@ -27,12 +27,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def exported(kfold_run, tmp_path_factory):
-    """A copy of the tiny run, exported by the CLI in fp32 (default folder) and int8 (export_int8/)."""
+    """A copy of the tiny run, exported by the CLI in fp32 (default folder, fused), int8 (export_int8/) and fp32
+    unfused (export_plain/)."""
     from conftest import run_textclf
 
     run_dir = tmp_path_factory.mktemp("export") / "run"
     shutil.copytree(kfold_run.run_dir, run_dir)
-    for extra in ([], ["quantize=int8", f"output={run_dir / 'export_int8'}"]):
+    for extra in ([], ["quantize=int8", f"output={run_dir / 'export_int8'}"],
+                  ["optimize=false", f"output={run_dir / 'export_plain'}"]):
         result = run_textclf(["export", f"run_dir={run_dir}", *extra], run_dir.parent)
         assert result[0] == 0, describe(result)
     return run_dir
@@ -63,6 +65,37 @@ def test_export_folder_serves_with_onnx_runtime_alone(exported):
     int8 = json.loads((exported / "export_int8" / "export.json").read_text())
     assert int8["quantize"] == "int8" and [f["file"] for f in int8["folds"]] == ["fold_0.int8.onnx", "fold_1.int8.onnx"]
     assert not list((exported / "export_int8").glob("fold_?.onnx")), "an int8 export holds the int8 models only"
+
+
+def graph_ops(path: Path) -> dict:
+    import onnx
+
+    return {(node.domain or "ai.onnx", node.op_type) for node in onnx.load(str(path)).graph.node}
+
+
+def test_export_fuses_the_graph_by_default_and_optimize_false_keeps_standard_ops(exported):
+    for name in ("export", "export_int8"):
+        manifest = json.loads((exported / name / "export.json").read_text())
+        assert manifest["optimize"] is True
+        for fold in manifest["folds"]:  # the tiny BERT has 2 layers
+            assert fold["optimized"]["Attention"] == 2 and fold["optimized"]["SkipLayerNormalization"] == 4
+        ops = graph_ops(exported / name / manifest["folds"][0]["file"])
+        fused = "QAttention" if name == "export_int8" else "Attention"
+        assert ("com.microsoft", fused) in ops and ("ai.onnx", "Softmax") not in ops
+    assert "fused by ONNX Runtime's transformer optimizer" in (exported / "export" / "README.md").read_text()
+    plain = json.loads((exported / "export_plain" / "export.json").read_text())
+    assert plain["optimize"] is False and not any(f["optimized"] for f in plain["folds"])
+    assert {domain for domain, _ in graph_ops(exported / "export_plain" / "fold_0.onnx")} == {"ai.onnx"}
+    assert "fused" not in (exported / "export_plain" / "README.md").read_text()
+
+
+def test_fused_and_plain_graphs_predict_the_same(exported, tmp_path):
+    table = write_frame(make_frame(40, seed=6), tmp_path / "new.csv")
+    fused = run_predict(exported, table, tmp_path / "fused.csv", "backend=onnx")
+    plain = run_predict(exported, table, tmp_path / "plain.csv", "backend=onnx",
+                        f"export_dir={exported / 'export_plain'}")
+    assert (fused["pred"] == plain["pred"]).all()
+    assert probs(fused) == pytest.approx(probs(plain), abs=1e-5)
 
 
 def test_readme_snippet_reproduces_predict(exported, kfold_run, tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from textclf.models.pooling import Pooling
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from textclf.commands import fusion  # noqa: E402
 from textclf.commands.export import check_inputs, export_graph, graph_inputs, verify  # noqa: E402
 from textclf.inference.onnx_folds import session  # noqa: E402
 
@@ -91,6 +92,27 @@ def test_export_reproduces_every_pooling(tiny_backbones, tmp_path, arch):
     padded = feeds[-1]["attention_mask"]
     assert (padded[:, 0 if left else -1] == 0).any(), "the check batches must hold padding on the tokenizer's side"
     assert verify(model, session(path), feeds, arch) <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "electra"])
+def test_the_fused_graph_reproduces_every_pooling(tiny_backbones, tmp_path, arch):
+    model, run, _ = every_pooling_model(tiny_backbones(arch), arch)
+    assert fusion.unsupported(run.backbone_config) is None
+    inputs, raw, fused = graph_inputs(run), tmp_path / "raw.onnx", tmp_path / "fused.onnx"
+    attention = model.backbone.config._attn_implementation
+    with fusion.fusable(model):
+        export_graph(model, inputs, raw, opset=None, what=arch)
+    assert model.backbone.config._attn_implementation == attention and "forward" not in vars(model.backbone)
+    counts = fusion.optimize(raw, fused, run.backbone_config, large=False)
+    # every layer's attention fuses (LayerNorm + residual fuses too with one pooling: the CLI test checks it; here
+    # the optimizer's symbolic shape inference gives up on the graph of every pooling side by side)
+    assert counts["Attention"] == LAYERS
+    assert verify(model, session(fused), check_inputs(run, inputs), arch) <= 1e-4
+
+
+def test_a_family_without_fusion_patterns_is_named(tiny_backbones):
+    _, run, _ = every_pooling_model(tiny_backbones("xlnet"), "xlnet")
+    assert "no fusion patterns for xlnet backbones" in fusion.unsupported(run.backbone_config)
 
 
 def test_a_graph_that_differs_from_pytorch_is_refused(tiny_backbones, tmp_path):

@@ -15,6 +15,7 @@ import inspect
 import io
 import logging
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig
 from transformers import AutoModel
 
 from textclf import __version__
+from textclf.commands import fusion
 from textclf.config.options import chosen
 from textclf.config.schema import validate_export
 from textclf.data.tables import marks_segments, resolve_path
@@ -165,13 +167,21 @@ def int8_agreement(model, session, feeds: list[dict]) -> tuple[float, float]:
     return same / max(rows, 1), worst
 
 
-def quantize_int8(fp32: Path, int8: Path) -> None:
-    """Dynamic int8 quantization of the MatMul weights (activations quantized at run time); embeddings, norms and
-    softmax stay fp32, which keeps the accuracy cost small."""
+def quantize_int8(fp32: Path, int8: Path, *, fused: bool = False) -> None:
+    """Dynamic int8 quantization of the MatMul weights, and of the fused Attention nodes' Q, K, V projections
+    (activations quantized at run time); embeddings, norms and softmax stay fp32, which keeps the accuracy cost
+    small. Static quantization (activation ranges from a calibration sample) is not offered: on CPU it measured
+    slower than dynamic (scripts/bench_predict.py --quantization)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet_exporter(), atomic_path(int8) as tmp:
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    ops = ["MatMul", "Attention"] if fused else ["MatMul"]
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # "Please consider to run pre-processing before quantization": for static
+    try:
+        with _quiet_exporter(), atomic_path(int8) as tmp:
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=ops)
+    finally:
+        logging.disable(previous)
 
 
 # ----------------------------------------------------------------------------- textclf export
@@ -193,8 +203,10 @@ def export(cfg: DictConfig) -> None:
                          if p.is_file() and p.name not in (EXPORT_MANIFEST, folder.RECORD)}
     write_json(out / EXPORT_MANIFEST, manifest)  # last: a folder with export.json is a finished export
     for fold in folds:
-        log.info("%s -> %s (largest logit difference to PyTorch %.2g, allowed %g%s)", fold["fold"], out / fold["file"],
-                 fold["max_abs_diff"], TOLERANCE, f"; int8 keeps the argmax of {fold['int8_argmax_agreement']:.0%} "
+        fused = fold["optimized"]
+        log.info("%s -> %s (%s; largest logit difference to PyTorch %.2g, allowed %g%s)", fold["fold"],
+                 out / fold["file"], "plain graph" if not fused else "fused: " + ", ".join(
+                     f"{n} {name}" for name, n in fused.items() if n), fold["max_abs_diff"], TOLERANCE, f"; int8 keeps the argmax of {fold['int8_argmax_agreement']:.0%} "
                  f"of the check rows" if "int8_argmax_agreement" in fold else "")
     log.info("exported %d fold(s) of %s to %s: textclf predict run_dir=%s backend=onnx%s ...", len(folds), run_dir, out,
              run_dir, "" if out == run_dir / "export" else f" export_dir={out}")
@@ -219,20 +231,25 @@ def start_export(out: Path, weights: list[Path]) -> None:
 
 
 def export_fold(run, path: Path, names: list[str], out: Path, cfg: DictConfig) -> dict:
-    """One fold: export, check against PyTorch, quantize when asked; its entry in export.json."""
+    """One fold: export (fused by ONNX Runtime's transformer optimizer where asked and possible, else the plain
+    graph), check against PyTorch, quantize when asked; its entry in export.json."""
     fold = path.parent.name
     model = load_torch_model(path, run.make_model, "cpu")
     pooling = chosen("pooling", run.cfg, choices=folder.read_choices(run.run_dir))
     what = f"{fold}: the {run.backbone_config.model_type} backbone with pooling={pooling}"
     fp32 = out / f"{fold}.onnx"
     fault_point(f"export:{fold}")
-    export_graph(model, names, fp32, opset=cfg.opset, what=what)
     feeds = check_inputs(run, names)
-    entry = {"fold": fold, "file": fp32.name, "weights_sha256": sha256(path),
-             "max_abs_diff": verify(model, session(fp32), feeds, what)}
+    entry = {"fold": fold, "file": fp32.name, "weights_sha256": sha256(path)}
+    fused = fuse_fold(run, model, names, fp32, feeds, what, cfg) if cfg.optimize else None
+    if fused is None:
+        export_graph(model, names, fp32, opset=cfg.opset, what=what)
+        entry.update(max_abs_diff=verify(model, session(fp32), feeds, what), optimized=False)
+    else:
+        entry.update(max_abs_diff=fused.pop("max_abs_diff"), optimized=fused)
     if cfg.quantize == "int8":
         int8 = out / f"{fold}.int8.onnx"
-        quantize_int8(fp32, int8)
+        quantize_int8(fp32, int8, fused=fused is not None)
         fp32.unlink()
         agreement, diff = int8_agreement(model, session(int8), feeds)
         entry.update(file=int8.name, int8_argmax_agreement=agreement, int8_max_abs_diff=diff)
@@ -241,6 +258,33 @@ def export_fold(run, path: Path, names: list[str], out: Path, cfg: DictConfig) -
                         "measure its accuracy on labelled data (predict backend=onnx input=<labelled table>) before "
                         "serving it", fold, 100 * agreement)
     return entry
+
+
+def fuse_fold(run, model, names: list[str], fp32: Path, feeds: list[dict], what: str, cfg: DictConfig) -> dict | None:
+    """The fold's graph fused by ONNX Runtime's transformer optimizer (commands.fusion) at `fp32`, checked against
+    PyTorch with TOLERANCE: the fused operator counts and the largest difference. None, with a message, when the
+    family has no fusion patterns, nothing fused, or the fused graph differs (the caller exports the plain graph)."""
+    reason = fusion.unsupported(run.backbone_config)
+    if reason:
+        log.info("%s: %s; exporting the plain graph", what, reason)
+        return None
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9
+    with tempfile.TemporaryDirectory(prefix="textclf-export-") as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with fusion.fusable(model):
+            export_graph(model, names, raw, opset=cfg.opset, what=what)
+        with _quiet_exporter(), atomic_path(fp32) as target:
+            counts = fusion.optimize(raw, target, run.backbone_config, large=large)
+    if not counts["Attention"]:
+        log.warning("%s: ONNX Runtime's transformer optimizer fused no attention layer in this graph; exporting "
+                    "the plain graph (optimize=false skips the attempt)", what)
+        return None
+    try:
+        counts["max_abs_diff"] = verify(model, session(fp32), feeds, what)
+    except TextclfError as e:
+        log.warning("%s: the fused graph was refused (%s); exporting the plain graph", what, str(e).split(": ", 1)[-1])
+        return None
+    return counts
 
 
 def check_export_output(cfg: DictConfig, run_dir: Path) -> Path:
@@ -272,6 +316,7 @@ def export_manifest(run, names: list[str], folds: list[dict], cfg: DictConfig) -
 
     tokenizer, mcfg = run.tokenizer, run.cfg.model
     return {"written_by": "textclf", "version": __version__, "format": "onnx", "quantize": cfg.quantize,
+            "optimize": bool(cfg.optimize),
             "inputs": names, "output": "logits", "tolerance": TOLERANCE, "folds": folds,
             "task": run.labels.task, "max_length": int(mcfg.max_length), "truncation": str(mcfg.truncation),
             "padding_side": tokenizer.padding_side, "pad_token_id": int(tokenizer.pad_token_id or 0),
@@ -328,10 +373,14 @@ def predict(texts):
 print(predict(["first text to classify", "second one"]))
 """
     kind = "int8 (dynamic quantization of the MatMul weights)" if manifest["quantize"] == "int8" else "fp32"
+    fused = [f["fold"] for f in manifest["folds"] if f.get("optimized")]
+    fused_note = (f"{'Every fold is' if len(fused) == len(files) else ', '.join(fused) + ' are'} fused by ONNX "
+                  f"Runtime's transformer optimizer: its `com.microsoft` operators run in ONNX Runtime only "
+                  f"(`textclf export ... optimize=false` writes standard ONNX operators).\n" if fused else "")
     return f"""# ONNX export of a textclf run
 
 {len(files)} fold model(s), {kind}, one per fold: backbone ({manifest['backbone']}) + pooling + head -> `logits`.
-Inputs: {', '.join(f'`{n}`' for n in names)} (int64, shape batch x sequence, both axes dynamic). Each export was
+{fused_note}Inputs: {', '.join(f'`{n}`' for n in names)} (int64, shape batch x sequence, both axes dynamic). Each export was
 checked against the PyTorch model on batches of 1 to 7 rows and lengths 1 to {manifest['max_length']}: largest
 logit difference {max(f['max_abs_diff'] for f in manifest['folds']):.2g} (allowed {manifest['tolerance']:g}).
 `labels.json` holds the classes and decision thresholds, `tokenizer/` the tokenizer, `export.json` the details.

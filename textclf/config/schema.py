@@ -307,6 +307,8 @@ class ExportConfig:
     format: str = key(Choice(("onnx",)))
     quantize: Optional[str] = key(Choice(("int8",)),
                                   hint="null: fp32 weights; int8: dynamic int8 quantization (ONNX Runtime)")
+    optimize: bool = key(hint="true: fuse the graph with ONNX Runtime's transformer optimizer where it keeps "
+                              "PyTorch's logits; false: standard ONNX ops only")
     output: Optional[str] = key(hint="the folder to write (null: <run_dir>/export)")
     folds: Optional[list[int]] = key(hint="fold numbers like [0,2]")
     opset: Optional[int] = key(Range(14), hint="ONNX opset (null: torch.onnx's default)")
