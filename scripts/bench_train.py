@@ -20,6 +20,7 @@ Run:
     python scripts/bench_train.py                                  # full default bench
     python scripts/bench_train.py --rows 600 --skip-textclf        # quick peer smoke run
     python scripts/bench_train.py --csv my.csv --text-col body --label-col y --threads 2
+    python scripts/bench_train.py --precision bf16 --peers group_by_length     # on a GPU: bf16 against bf16
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ def run_textclf(args, train_path: Path, valid_path: Path) -> dict:
         "model.max_length": args.max_length,
         "model.name_or_path": args.backbone,
         "trainer.seed": args.seed,
+        "trainer.precision": args.precision,
         "hydra.run.dir": run_dir,
     }
     prefix = shlex.split(args.textclf_cmd) if args.textclf_cmd else textclf_prefix()
@@ -215,6 +217,8 @@ def run_peer(kind: str, args, train_df: pd.DataFrame, valid_df: pd.DataFrame) ->
         log_level="error",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        bf16=args.precision == "bf16",
+        fp16=args.precision == "fp16",
         dataloader_num_workers=0,
         # transformers 5 replaced `group_by_length=True` with
         # `train_sampling_strategy="group_by_length"` (LengthGroupedSampler).
@@ -297,6 +301,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="mixed precision of every run: textclf trainer.precision, the peers' bf16 / fp16 flags")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave)")
     p.add_argument("--repeats", type=int, default=2,
                    help="runs of textclf and the group_by_length peer, order alternating; best kept")

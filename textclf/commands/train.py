@@ -309,7 +309,9 @@ class TrainRun:
         result = FoldResult(fold.index, {"fold": fold.index, "best_epoch": fit.best_epoch,
                                          "best_step": fit.best_metrics["step"], **best,
                                          "train_samples_per_s": fit.train_samples_per_s,
-                                         "eval_samples_per_s": fit.eval_samples_per_s},
+                                         "eval_samples_per_s": fit.eval_samples_per_s,
+                                         **({"peak_gpu_memory_mb": fit.peak_gpu_memory_mb}
+                                            if fit.peak_gpu_memory_mb is not None else {})},
                             rows, labels.outputs(logits), fold_curves(fit, self.monitor))
         if self.main:
             save_fold_outputs(fold_dir, result)

@@ -730,14 +730,14 @@ def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, tru
     want_types = pairs is not None or marks_segments(tokenizer)
     ids, type_ids, lengths, docs = [], [], [], []
     any_types = pairs is not None and takes_types
+    direct = None if template is not None else DirectEncoder.make(tokenizer, texts, pairs, max_length, want_types)
     for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", leave=False,
                       **bar_off(desc is None or len(texts) <= chunk)):
         a = texts[start:start + chunk]
         b = pairs[start:start + chunk] if pairs is not None else None
         if template is None:
-            enc = tokenizer(a, b, truncation=True, max_length=max_length, padding=False,
-                            return_attention_mask=False, return_token_type_ids=want_types)
-            rows, types, row_docs = enc["input_ids"], enc["token_type_ids"] if want_types else None, None
+            rows, types = direct(a, b) if direct else _call(tokenizer, a, b, max_length, want_types)
+            row_docs = None
         else:
             enc = tokenizer(a, add_special_tokens=False, truncation=False, padding=False,
                             return_attention_mask=False, return_token_type_ids=False)
@@ -765,6 +765,51 @@ def tokenize(tokenizer, texts: list, pairs: list | None, max_length: int, *, tru
     flat_types = np.concatenate(type_ids) if want_types and any_types and type_ids else None
     doc = np.asarray(docs, dtype=np.int64) if truncation == "window" else None
     return Encoded(flat, offsets, flat_types, doc)
+
+
+def _call(tokenizer, texts: list, pairs: list | None, max_length: int, want_types: bool) -> tuple[list, list | None]:
+    """Token ids (and segment ids when wanted) of a chunk through the tokenizer's own __call__."""
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False,
+                    return_attention_mask=False, return_token_type_ids=want_types)
+    return enc["input_ids"], enc["token_type_ids"] if want_types else None
+
+
+@dataclass
+class DirectEncoder:
+    """A fast tokenizer's Rust encoder called directly: the same ids as the tokenizer's __call__, without its
+    per-row conversion of every encoding into dicts of lists (attention masks, special-token masks) that textclf
+    throws away; at a million tweets that conversion is a fifth of the tokenizing time. The tokenizer's own
+    truncation set-up is used (set_truncation_and_padding), and `make` checks on the first texts that both ways
+    give the same ids, else keeps the __call__."""
+
+    backend: object
+    want_types: bool
+
+    @classmethod
+    def make(cls, tokenizer, texts: list, pairs: list | None, max_length: int, want_types: bool):
+        backend = getattr(tokenizer, "_tokenizer", None)
+        setup = getattr(tokenizer, "set_truncation_and_padding", None)
+        if not getattr(tokenizer, "is_fast", False) or backend is None or not hasattr(backend, "encode_batch") \
+                or setup is None or not texts:
+            return None
+        try:
+            from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
+
+            sample, sample_pairs = texts[:16], pairs[:16] if pairs is not None else None
+            expected = _call(tokenizer, sample, sample_pairs, max_length, want_types)  # sets the truncation too
+            setup(padding_strategy=PaddingStrategy.DO_NOT_PAD, truncation_strategy=TruncationStrategy.LONGEST_FIRST,
+                  max_length=max_length, stride=0, pad_to_multiple_of=None, padding_side=None)
+            encoder = cls(backend, want_types)
+            if encoder(sample, sample_pairs) != (expected[0], expected[1]):
+                return None
+        except Exception:  # noqa: BLE001 - any surprise in a tokenizer's internals: its __call__ is always right
+            return None
+        return encoder
+
+    def __call__(self, texts: list, pairs: list | None) -> tuple[list, list | None]:
+        encodings = self.backend.encode_batch(list(zip(texts, pairs)) if pairs is not None else texts,
+                                              add_special_tokens=True)
+        return [e.ids for e in encodings], [e.type_ids for e in encodings] if self.want_types else None
 
 
 def marks_segments(tokenizer) -> bool:

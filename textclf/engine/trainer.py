@@ -206,6 +206,7 @@ class FitResult:
     steps: list[dict] = field(default_factory=list)  # every step row
     train_samples_per_s: float = 0.0
     eval_samples_per_s: float = 0.0
+    peak_gpu_memory_mb: float | None = None  # on CUDA: the most memory torch's tensors held during the fit
 
 
 def eval_positions(steps_in_epoch: int, n: int) -> frozenset[int]:
@@ -343,7 +344,11 @@ class Trainer:
                 yield from self._choose(scores)
         trained = distributed.sum_over_ranks(p["train_samples"]) if self.ddp is not None else p["train_samples"]
         self.result = FitResult(p["best_epoch"], p["best"], self.best_logits, p["history"], p["steps"],
-                                trained / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9))
+                                trained / max(p["train_time"], 1e-9), p["eval_samples"] / max(p["eval_time"], 1e-9),
+                                self._peak_gpu_memory_mb())
+
+    def _peak_gpu_memory_mb(self) -> float | None:
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
 
     def time_steps(self, train_loader, n: int) -> list[float]:
         """The seconds each of the first n optimizer steps of a fresh fit takes (trainer.time_limit's measurement):
@@ -476,6 +481,8 @@ class Trainer:
         row = {"step": self.global_step, "epoch": epoch + 1, "loss": loss, "lr": self.step_lr,
                "grad_norm": None if self.grad_norm is None else float(self.grad_norm),
                "samples_per_s": samples / max(now - self._row_t0, 1e-9)}
+        if self.device.type == "cuda":
+            row["peak_gpu_memory_mb"] = self._peak_gpu_memory_mb()
         self._row_t0 = now
         self.progress["steps"].append(row)
         self.callbacks.on_step(self.settings.fold, row)
@@ -544,6 +551,8 @@ class Trainer:
         self.checkpoint, self.progress, self.best_logits = checkpoint, self._fresh_progress(), None
         self.meter = LossMeter(self.device)
         self.model.to(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         for h in self.hooks:
             h.on_fit_start(self)
