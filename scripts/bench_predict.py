@@ -93,8 +93,8 @@ def train_and_export(args, train: Path) -> Path:
              f"model.max_length={args.max_length}", "trainer.batch_size=32", f"trainer.device={args.device}", "plots=false",
              "logger=none", f"hydra.run.dir={run_dir}"], "train")
     for name, extra in EXPORTS.items():
-        if args.device != "cpu" and "quantize=int8" in extra:
-            continue  # int8 graphs run on the CPU
+        if args.device != "cpu" and ("quantize=int8" in extra or "textclf onnx" not in backends(args)):
+            continue  # int8 graphs run on the CPU; without ONNX Runtime's CUDA provider no graph runs on CUDA
         if not (run_dir / name / "export.json").exists():
             run(["textclf", "export", f"run_dir={run_dir}", f"output={run_dir / name}", *extra], "export")
     return run_dir

@@ -1,18 +1,19 @@
 """textclf's CUDA paths in one command, one line per check with its figure (scripts/gpu_check.sh runs this).
 
-On a CUDA machine (about six minutes on one H100; every check has its own time limit):
+On a CUDA machine, within --budget seconds (470: under eight minutes; a check past it is cut, one not yet started
+is skipped, in this order):
   train     the embedded default (BBC News, MiniLM-L6) for --steps optimizer steps of batch 32 at max_length 256,
             in fp32, fp16 (with the gradient scaler) and bf16, each without and with trainer.compile=true: one
             `textclf train -m` sweep of six jobs; per job the steady samples/s (median of the step rows after the
             first two, so compiling is not counted) and the peak GPU memory
   peer      the Hugging Face Trainer in bf16 with group_by_length against `textclf train trainer.precision=bf16`,
             same tweets, backbone, batch and epochs (scripts/bench_train.py --precision bf16)
-  ddp       `torchrun --nproc_per_node=N -m textclf train trainer.devices=N` (N: 2 when two GPUs are visible, else
-            1), and an NCCL all-reduce in a one-process group
   predict   `textclf predict` on CUDA (torch; ONNX Runtime's CUDA provider when onnxruntime-gpu is installed) against
             the pipeline on CUDA (scripts/bench_predict.py --device cuda)
-  resume    a run killed after its step-20 checkpoint and resumed ends with the metrics of an uninterrupted run
-            (trainer.deterministic=true)
+  resume    a run killed after its step-20 checkpoint (of 30) and resumed ends with the metrics of an uninterrupted
+            run (trainer.deterministic=true)
+  ddp       `torchrun --nproc_per_node=N -m textclf train trainer.devices=N` (N: 2 when two GPUs are visible, else
+            1), and an NCCL all-reduce in a one-process group
 Without a CUDA GPU it says so, runs the CPU smoke of the same code (fp32 and bf16 training steps, predict, resume
 after a kill) and exits 0 when that passes: CI runs it this way (tests/cli/test_gpu_check.py).
 
@@ -28,6 +29,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -43,6 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SCRIPTS = Path(__file__).resolve().parent
 TEXTCLF = [sys.executable, "-m", "textclf"]
 FAILED: list[str] = []
+DEADLINE = [float("inf")]  # time.monotonic() when the whole check must be done (--budget)
 
 
 def report(status: str, check: str, text: str) -> None:
@@ -55,6 +58,7 @@ def run(cmd: list[str], log: Path, *, timeout: float, env: dict | None = None) -
     """Run a command with its output in `log`; (exit status, seconds). A command past its time limit is killed
     (its whole process group) and gets status 124."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    timeout = max(1.0, min(timeout, DEADLINE[0] - time.monotonic()))
     t0 = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
@@ -66,6 +70,12 @@ def run(cmd: list[str], log: Path, *, timeout: float, env: dict | None = None) -
             proc.wait()
             rc = 124
     return rc, time.perf_counter() - t0
+
+
+def q(path: Path) -> str:
+    """A path as a Hydra override value: quoted when it holds characters the override grammar reads."""
+    text = str(path)
+    return text if re.fullmatch(r"[A-Za-z0-9_/.+-]+", text) else "'" + text.replace("'", "\\'") + "'"
 
 
 def tail(log: Path, lines: int = 3) -> str:
@@ -89,11 +99,11 @@ def train_matrix(args, cuda: bool) -> None:
     compiles = ["false", "true"] if cuda else ["false"]
     sweep = args.workdir / "train"
     shutil.rmtree(sweep, ignore_errors=True)
-    steps = args.steps if cuda else 4
+    steps = args.steps if cuda else 3
     overrides = ["debug=fast", f"trainer.limit_train_batches={steps}", "trainer.log_every_steps=5" if cuda else
                  "trainer.log_every_steps=1", "logger=csv", f"trainer.batch_size={32 if cuda else 8}",
                  f"model.max_length={256 if cuda else 64}", f"trainer.device={'cuda' if cuda else 'cpu'}",
-                 f"hydra.sweep.dir={sweep}", f"trainer.precision={','.join(precisions)}",
+                 f"hydra.sweep.dir={q(sweep)}", "hydra.sweep.subdir=${hydra.job.num}", f"trainer.precision={','.join(precisions)}",
                  f"trainer.compile={','.join(compiles)}"]
     rc, wall = run([*TEXTCLF, "train", "-m", *overrides], args.workdir / "train.log", timeout=args.timeout * 4)
     jobs = {}
@@ -145,7 +155,7 @@ def ddp(args, gpus: int) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
     rc, wall = run([*torchrun, "-m", "textclf", "train", "debug=fast", f"trainer.devices={n}", "trainer.device=cuda",
-                    "trainer.limit_train_batches=20", f"hydra.run.dir={run_dir}"], args.workdir / "ddp.log",
+                    "trainer.limit_train_batches=20", f"hydra.run.dir={q(run_dir)}"], args.workdir / "ddp.log",
                    timeout=args.timeout)
     metrics = run_dir / "metrics.json"
     if rc or not metrics.exists():
@@ -167,7 +177,7 @@ def ddp(args, gpus: int) -> None:
 def predict(args, cuda: bool) -> None:
     if cuda:
         work = args.workdir / "predict"
-        rc, wall = run([sys.executable, str(SCRIPTS / "bench_predict.py"), "--device", "cuda", "--rows", "20000",
+        rc, wall = run([sys.executable, str(SCRIPTS / "bench_predict.py"), "--device", "cuda", "--rows", "10000",
                         "--repeats", "1", "--workdir", str(work)], args.workdir / "predict.log", timeout=args.timeout)
         out = work / "bench_predict.json"
         if rc or not out.exists():
@@ -188,7 +198,7 @@ def predict(args, cuda: bool) -> None:
     table = args.workdir / "predict.csv"
     write_news_sample(table, 200)
     out = args.workdir / "predictions.csv"
-    rc, wall = run([*TEXTCLF, "predict", f"run_dir={run_dir}", f"input={table}", f"output={out}", "device=cpu"],
+    rc, wall = run([*TEXTCLF, "predict", f"run_dir={q(run_dir)}", f"input={q(table)}", f"output={q(out)}", "device=cpu"],
                    args.workdir / "predict.log", timeout=args.timeout)
     ok = rc == 0 and out.exists() and sum(1 for _ in open(out)) == 201
     report("ok" if ok else "FAIL", "predict cpu", f"200 texts in {wall:.1f} s, whole process" if ok else
@@ -202,23 +212,27 @@ def write_news_sample(path: Path, rows: int) -> None:
 
 
 def resume(args, cuda: bool) -> None:
-    """An uninterrupted run, and the same run killed after its step-20 checkpoint then resumed: the same metrics."""
+    """An uninterrupted run, and the same run killed after a checkpoint then resumed: the same metrics. On CUDA 30
+    steps, a checkpoint every 10, the kill after step 20; on the CPU smoke 12, 4 and 8."""
     device = "cuda" if cuda else "cpu"
-    common = ["debug=fast", "trainer.limit_train_batches=30", "trainer.limit_eval_batches=null",
-              "trainer.checkpoint_every_steps=10", "trainer.deterministic=true", f"trainer.device={device}",
+    steps, every = (30, 10) if cuda else (12, 4)
+    kill = 2 * every
+    common = ["debug=fast", f"trainer.limit_train_batches={steps}", "trainer.limit_eval_batches=null",
+              f"trainer.checkpoint_every_steps={every}", "trainer.deterministic=true", f"trainer.device={device}",
               f"trainer.batch_size={16 if cuda else 8}", f"model.max_length={128 if cuda else 64}"]
     whole, cut = args.workdir / "resume_whole", args.workdir / "resume_cut"
     for d in (whole, cut):
         shutil.rmtree(d, ignore_errors=True)
-    rc, _ = run([*TEXTCLF, "train", *common, f"hydra.run.dir={whole}"], args.workdir / "resume_whole.log",
+    rc, _ = run([*TEXTCLF, "train", *common, f"hydra.run.dir={q(whole)}"], args.workdir / "resume_whole.log",
                 timeout=args.timeout)
     if rc:
         report("FAIL", f"resume {device}", f"the uninterrupted run failed (exit {rc}): "
                                            f"{tail(args.workdir / 'resume_whole.log')}")
         return
-    rc_kill, _ = run([*TEXTCLF, "train", *common, f"hydra.run.dir={cut}"], args.workdir / "resume_cut.log",
-                     timeout=args.timeout, env={"TEXTCLF_KILL_AT": "step:0:20"})
-    rc, _ = run([*TEXTCLF, "train", f"resume={cut}"], args.workdir / "resume_again.log", timeout=args.timeout)
+    rc_kill, _ = run([*TEXTCLF, "train", *common, f"hydra.run.dir={q(cut)}"], args.workdir / "resume_cut.log",
+                     timeout=args.timeout, env={"TEXTCLF_KILL_AT": f"step:0:{kill}"})
+    rc, _ = run([*TEXTCLF, "train", *common, f"resume={q(cut)}"], args.workdir / "resume_again.log",
+                timeout=args.timeout)
     if rc_kill != -signal.SIGKILL or rc or not (cut / "metrics.json").exists():
         report("FAIL", f"resume {device}", f"killed run exit {rc_kill} (expected {-signal.SIGKILL}), resumed exit "
                                            f"{rc}: {tail(args.workdir / 'resume_again.log')}")
@@ -227,7 +241,7 @@ def resume(args, cuda: bool) -> None:
     keys = [k for k in ("macro_f1", "accuracy", "loss") if k in a and k in b]
     diff = max(abs(float(a[k]) - float(b[k])) for k in keys)
     report("ok" if diff <= 1e-4 else "FAIL", f"resume {device}",
-           f"killed at step 20, resumed: largest metric difference to the uninterrupted run {diff:.2g} "
+           f"killed at step {kill} of {steps}, resumed: largest metric difference to the uninterrupted run {diff:.2g} "
            f"({', '.join(f'{k} {b[k]:.4f}' for k in keys)})")
 
 
@@ -236,6 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/textclf_gpu_check"))
     p.add_argument("--steps", type=int, default=60, help="optimizer steps of each training job on CUDA")
     p.add_argument("--timeout", type=float, default=150, help="seconds each check's command may take")
+    p.add_argument("--budget", type=float, default=470,
+                   help="seconds for everything: a check that would start later is skipped, one running then is killed")
     p.add_argument("--skip", nargs="*", default=[], choices=("train", "peer", "ddp", "predict", "resume"))
     args = p.parse_args(argv)
     args.workdir = args.workdir.resolve()
@@ -251,16 +267,20 @@ def main(argv=None) -> int:
     else:
         print("no CUDA GPU here: the CPU smoke run of the same checks (fp32 and bf16 steps, predict, resume after a "
               "kill); the GPU checks are skipped", flush=True)
-    if "train" not in args.skip:
-        train_matrix(args, cuda)
-    if "peer" not in args.skip:
-        peer(args) if cuda else report("skip", "peer bf16", "needs a GPU")
-    if "ddp" not in args.skip:
-        ddp(args, torch.cuda.device_count()) if cuda else report("skip", "ddp torchrun + nccl", "needs a GPU")
-    if "predict" not in args.skip:
-        predict(args, cuda)
-    if "resume" not in args.skip:
-        resume(args, cuda)
+    DEADLINE[0] = time.monotonic() + args.budget
+    checks = [("train", lambda: train_matrix(args, cuda)),
+              ("peer", lambda: peer(args) if cuda else report("skip", "peer bf16", "needs a GPU")),
+              ("predict", lambda: predict(args, cuda)),
+              ("resume", lambda: resume(args, cuda)),
+              ("ddp", lambda: ddp(args, torch.cuda.device_count()) if cuda else
+               report("skip", "ddp torchrun + nccl", "needs a GPU"))]
+    for name, check in checks:
+        if name in args.skip:
+            continue
+        if DEADLINE[0] - time.monotonic() < 20:
+            report("skip", name, f"out of the {args.budget:.0f} s budget (--budget)")
+            continue
+        check()
     print(f"{'FAILED: ' + ', '.join(FAILED) if FAILED else 'all checks passed'} ({time.perf_counter() - t0:.0f} s; "
           f"logs in {args.workdir})", flush=True)
     return 1 if FAILED else 0

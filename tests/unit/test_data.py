@@ -9,8 +9,8 @@ import torch
 from conftest import model_node
 from omegaconf import OmegaConf
 
-from textclf.data.tables import (Collator, Encoded, EpochBatches, LabelSpace, length_grouped_batches, load_split,
-                          read_table, sorted_batches, tokenize)
+from textclf.data.tables import (Collator, DirectEncoder, Encoded, EpochBatches, LabelSpace, length_grouped_batches,
+                                 load_split, read_table, sorted_batches, tokenize)
 from textclf.errors import TextclfError
 
 
@@ -155,6 +155,29 @@ def test_tokenize_pairs_keeps_token_type_ids(tiny_tokenizer):
         s, e = enc.offsets[i], enc.offsets[i + 1]
         assert enc.ids[s:e].tolist() == expected["input_ids"]
         assert enc.type_ids[s:e].tolist() == expected["token_type_ids"]
+
+
+def test_tokenize_calls_the_rust_encoder_directly_with_the_ids_of_the_tokenizers_call(tiny_tokenizer, monkeypatch):
+    pairs = ["stock", "goal team", "a", "vote", "bank"]
+    for second in (None, pairs):
+        assert DirectEncoder.make(tiny_tokenizer, TEXTS, second, 16, second is not None) is not None
+        direct = tokenize(tiny_tokenizer, TEXTS * 3, second and second * 3, 16, chunk=4)
+        with monkeypatch.context() as m:
+            m.setattr(DirectEncoder, "make", classmethod(lambda cls, *a, **k: None))  # __call__ only
+            called = tokenize(tiny_tokenizer, TEXTS * 3, second and second * 3, 16, chunk=4)
+        assert np.array_equal(direct.ids, called.ids) and np.array_equal(direct.offsets, called.offsets)
+        assert (direct.type_ids is None) == (called.type_ids is None) == (second is None)
+
+
+def test_a_direct_encoder_that_differs_from_the_tokenizers_call_is_not_used(tiny_tokenizer, monkeypatch):
+    def off_by_one(self, texts, pairs):
+        return [[i + 1 for i in e.ids] for e in self.backend.encode_batch(texts)], None
+
+    monkeypatch.setattr(DirectEncoder, "__call__", off_by_one)
+    assert DirectEncoder.make(tiny_tokenizer, TEXTS, None, 16, False) is None
+    enc = tokenize(tiny_tokenizer, TEXTS, None, 16)
+    assert enc.ids[enc.offsets[0]:enc.offsets[1]].tolist() == tiny_tokenizer(TEXTS[0], truncation=True,
+                                                                               max_length=16)["input_ids"]
 
 
 def test_tail_truncation_keeps_the_end(tiny_bert):
