@@ -67,3 +67,16 @@ def test_a_running_jobs_record_that_does_not_describe_the_node_is_not_trusted():
         assert chosen("augment", now) == "eda" and chosen("loss", now) == "focal"
     finally:
         HydraConfig.instance().cfg = before
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_that_fp32_is_faster(monkeypatch, caplog, native):
+    from textclf.commands import validate
+
+    monkeypatch.setattr(validate, "cpu_has_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="textclf.commands.validate"):
+        assert validate.check_device(OmegaConf.create({"device": "cpu", "precision": "bf16"})).type == "cpu"
+        validate.check_device(OmegaConf.create({"device": "cpu", "precision": "fp32"}))
+    warned = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)
+    assert native or "trainer.precision=fp32 is the fast choice" in warned[0]
