@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +18,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+# A shell starts a background job (`cmd &` in a script) with SIGINT ignored, and every process below inherits that:
+# the CLI would never see the Ctrl-C the interrupt tests send it. With a handler here, the processes the tests
+# start get SIGINT's default back (an exec resets handlers, not ignored signals).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # never touch the network, in this process or in the CLI processes the tests start
 os.environ["HF_HUB_OFFLINE"] = "1"

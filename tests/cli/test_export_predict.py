@@ -217,3 +217,13 @@ def test_export_options_are_checked_before_anything_loads(cli, tmp_path):
     assert rc == 2 and "quantize" in err and "Traceback" not in out + err, describe((rc, out, err))
     rc, out, err = cli("export", f"run_dir={tmp_path}", "quantize=int4")
     assert rc == 2 and "int8" in err and "Traceback" not in out + err, describe((rc, out, err))
+
+
+def test_export_prints_its_own_lines_only(exported, tmp_path):
+    from conftest import run_textclf
+
+    rc, out, err = run_textclf(["export", f"run_dir={exported}", f"output={tmp_path / 'again'}"], tmp_path)
+    assert rc == 0, describe((rc, out, err))
+    assert out.strip() == str(tmp_path / "again")
+    assert "Optimized operators" not in err and "Model saved" not in err and "Sort graphs" not in err, err
+    assert "fused: 2 Attention" in err

@@ -126,13 +126,13 @@ def optimize(source: Path, target: Path, config, *, large: bool) -> dict:
     model = onnx.load(str(source))
     rewrite(model.graph)
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # the optimizer's modules log each pattern they try under their own names
+    logging.disable(logging.WARNING)  # the optimizer's modules log what they try, count and save, by their own names
     try:
         fused = optimizer.optimize_model(model, model_type="bert", num_heads=int(config.num_attention_heads),
                                          hidden_size=int(config.hidden_size), opt_level=0,
                                          optimization_options=FusionOptions("bert"))
+        counts = fused.get_fused_operator_statistics()
+        fused.save_model_to_file(str(target), use_external_data_format=large)
     finally:
         logging.disable(previous)
-    counts = fused.get_fused_operator_statistics()
-    fused.save_model_to_file(str(target), use_external_data_format=large)
     return {name: int(counts.get(name, 0)) for name in REPORTED}
