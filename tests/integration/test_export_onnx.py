@@ -159,3 +159,20 @@ def test_check_inputs_pad_with_the_tokenizers_ids(tiny_backbones):
         assert (feed["input_ids"][pad] == run.tokenizer.pad_token_id).all()
         assert (feed["token_type_ids"][pad] == run.tokenizer.pad_token_type_id).all()
         assert np.all(feed["attention_mask"].sum(1) >= 1)
+
+
+def test_an_optimizer_failure_falls_back_to_the_plain_graph(tiny_backbones, tmp_path, monkeypatch, caplog):
+    from textclf.commands import export
+
+    model, run, _ = every_pooling_model(tiny_backbones("bert"), "bert")
+    inputs = graph_inputs(run)
+
+    def broken(*args, **kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(fusion, "optimize", broken)
+    cfg = OmegaConf.create({"opset": None})
+    with caplog.at_level("WARNING"):
+        fused = export.fuse_fold(run, model, inputs, tmp_path / "f.onnx", check_inputs(run, inputs), "fold_0", cfg)
+    assert fused is None and not (tmp_path / "f.onnx").exists()
+    assert "could not be fused (IndexError: list index out of range); exporting the plain graph" in caplog.text

@@ -269,12 +269,17 @@ def fuse_fold(run, model, names: list[str], fp32: Path, feeds: list[dict], what:
         log.info("%s: %s; exporting the plain graph", what, reason)
         return None
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9
-    with tempfile.TemporaryDirectory(prefix="textclf-export-") as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        with fusion.fusable(model):
-            export_graph(model, names, raw, opset=cfg.opset, what=what)
-        with _quiet_exporter(), atomic_path(fp32) as target:
-            counts = fusion.optimize(raw, target, run.backbone_config, large=large)
+    try:
+        with tempfile.TemporaryDirectory(prefix="textclf-export-") as tmp:
+            raw = Path(tmp) / "raw.onnx"
+            with fusion.fusable(model):
+                export_graph(model, names, raw, opset=cfg.opset, what=what)
+            with _quiet_exporter(), atomic_path(fp32) as target:
+                counts = fusion.optimize(raw, target, run.backbone_config, large=large)
+    except Exception as e:  # noqa: BLE001 - the exporter or the optimizer on a graph it does not know
+        log.warning("%s: the graph could not be fused (%s: %s); exporting the plain graph", what, type(e).__name__,
+                    (str(e).strip().splitlines() or [""])[0][:200])
+        return None
     if not counts["Attention"]:
         log.warning("%s: ONNX Runtime's transformer optimizer fused no attention layer in this graph; exporting "
                     "the plain graph (optimize=false skips the attempt)", what)
