@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -43,6 +42,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+from bench_train import hydra_value as q  # noqa: E402 - a path as a Hydra override value, quoted where needed
 TEXTCLF = [sys.executable, "-m", "textclf"]
 FAILED: list[str] = []
 DEADLINE = [float("inf")]  # time.monotonic() when the whole check must be done (--budget)
@@ -70,12 +71,6 @@ def run(cmd: list[str], log: Path, *, timeout: float, env: dict | None = None) -
             proc.wait()
             rc = 124
     return rc, time.perf_counter() - t0
-
-
-def q(path: Path) -> str:
-    """A path as a Hydra override value: quoted when it holds characters the override grammar reads."""
-    text = str(path)
-    return text if re.fullmatch(r"[A-Za-z0-9_/.+-]+", text) else "'" + text.replace("'", "\\'") + "'"
 
 
 def tail(log: Path, lines: int = 3) -> str:

@@ -81,7 +81,7 @@ def export_graph(model, names: list[str], path: Path, *, opset: int | None, what
     if "token_type_ids" in example:
         example["token_type_ids"].zero_()
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9  # protobuf's 2 GB limit
+    large = _needs_external_data(model)
     with _quiet_exporter(), atomic_path(path) as tmp:
         try:
             torch.onnx.export(LogitsGraph(model).eval(), tuple(example[n] for n in names), str(tmp), input_names=names,
@@ -95,18 +95,22 @@ def export_graph(model, names: list[str], path: Path, *, opset: int | None, what
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """torch.onnx prints its progress and warns about torchvision and axis names: none of it is the user's."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+    """torch.onnx prints its progress and warns about torchvision and axis names, ONNX Runtime's optimizer and
+    quantizer log each step under their own top-level module names: none of it is the user's. Log records below
+    ERROR, warnings and stdout are dropped for the duration."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        logging.disable(previous)
+
+
+def _needs_external_data(model) -> bool:
+    """Whether the model's weights pass protobuf's 2 GB limit for one ONNX file (with room for the graph)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9
 
 
 # ----------------------------------------------------------------------------- checking an export
@@ -175,13 +179,8 @@ def quantize_int8(fp32: Path, int8: Path, *, fused: bool = False) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     ops = ["MatMul", "Attention"] if fused else ["MatMul"]
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # "Please consider to run pre-processing before quantization": for static
-    try:
-        with _quiet_exporter(), atomic_path(int8) as tmp:
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=ops)
-    finally:
-        logging.disable(previous)
+    with _quiet_exporter(), atomic_path(int8) as tmp:
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=ops)
 
 
 # ----------------------------------------------------------------------------- textclf export
@@ -203,11 +202,12 @@ def export(cfg: DictConfig) -> None:
                          if p.is_file() and p.name not in (EXPORT_MANIFEST, folder.RECORD)}
     write_json(out / EXPORT_MANIFEST, manifest)  # last: a folder with export.json is a finished export
     for fold in folds:
-        fused = fold["optimized"]
+        graph = ("fused: " + ", ".join(f"{n} {name}" for name, n in fold["optimized"].items() if n)
+                 if fold["optimized"] else "plain graph")
         log.info("%s -> %s (%s; largest logit difference to PyTorch %.2g, allowed %g%s)", fold["fold"],
-                 out / fold["file"], "plain graph" if not fused else "fused: " + ", ".join(
-                     f"{n} {name}" for name, n in fused.items() if n), fold["max_abs_diff"], TOLERANCE, f"; int8 keeps the argmax of {fold['int8_argmax_agreement']:.0%} "
-                 f"of the check rows" if "int8_argmax_agreement" in fold else "")
+                 out / fold["file"], graph, fold["max_abs_diff"], TOLERANCE,
+                 f"; int8 keeps the argmax of {fold['int8_argmax_agreement']:.0%} of the check rows"
+                 if "int8_argmax_agreement" in fold else "")
     log.info("exported %d fold(s) of %s to %s: textclf predict run_dir=%s backend=onnx%s ...", len(folds), run_dir, out,
              run_dir, "" if out == run_dir / "export" else f" export_dir={out}")
     print(out)
@@ -268,7 +268,7 @@ def fuse_fold(run, model, names: list[str], fp32: Path, feeds: list[dict], what:
     if reason:
         log.info("%s: %s; exporting the plain graph", what, reason)
         return None
-    large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9
+    large = _needs_external_data(model)
     try:
         with tempfile.TemporaryDirectory(prefix="textclf-export-") as tmp:
             raw = Path(tmp) / "raw.onnx"

@@ -17,13 +17,10 @@ graph instead (export.json records which, per fold).
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 #: backbone families (the config's model_type) whose graphs ONNX Runtime's "bert" optimizer fuses
 FAMILIES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
@@ -65,15 +62,14 @@ def fusable(model: torch.nn.Module):
         backbone.set_attn_implementation(before)
 
 
-def rewrite(graph) -> dict:
+def rewrite(graph) -> None:
     """The two value-preserving rewrites the optimizer's attention pattern needs, found from each Softmax:
-    its input is Add(QK^T * scale, mask) with mask = Mul(Sub(1, Unsqueeze(mask, [1, 2])), -10000).
-    Returns how many of each were made."""
+    its input is Add(QK^T * scale, mask) with mask = Mul(Sub(1, Unsqueeze(mask, [1, 2])), -10000)."""
     from onnx import helper, numpy_helper
 
     initializers = {i.name: i for i in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
-    done, split = {"scale_as_div": 0, "unsqueeze_split": 0}, {}
+    split = {}  # the two-axis Unsqueeze's name -> the new one-axis Unsqueeze that goes before it
     for softmax in (n for n in graph.node if n.op_type == "Softmax"):
         add = producer.get(softmax.input[0])
         if add is None or add.op_type != "Add":
@@ -89,7 +85,6 @@ def rewrite(graph) -> dict:
                     inverse = numpy_helper.from_array((1.0 / value).astype(value.dtype), f"{mul.name}_inverse_scale")
                     graph.initializer.append(inverse)
                     mul.op_type, mul.input[1] = "Div", inverse.name
-                    done["scale_as_div"] += 1
             elif source is not None and source.op_type == "Sub":
                 unsqueeze = producer.get(source.input[1])
                 axes = initializers.get(unsqueeze.input[1]) if unsqueeze is not None and \
@@ -103,7 +98,6 @@ def rewrite(graph) -> dict:
                     split[unsqueeze.name] = helper.make_node("Unsqueeze", [unsqueeze.input[0], names[0]], [middle],
                                                              name=f"{unsqueeze.name}_first")
                     unsqueeze.input[0], unsqueeze.input[1] = middle, names[1]
-                    done["unsqueeze_split"] += 1
     if split:  # each new node goes right before the one it feeds, so the graph stays in topological order
         nodes = []
         for node in graph.node:
@@ -112,27 +106,22 @@ def rewrite(graph) -> dict:
             nodes.append(node)
         del graph.node[:]
         graph.node.extend(nodes)
-    return done
 
 
 def optimize(source: Path, target: Path, config, *, large: bool) -> dict:
     """Rewrite and fuse the graph at `source` into `target`; the count of each fused operator (REPORTED).
     opt_level=0: the optimizer's Python fusions only; ONNX Runtime applies its own graph optimizations when a
-    session loads the model, for the machine it runs on."""
+    session loads the model, for the machine it runs on. The optimizer logs what it tries, counts and saves:
+    export runs this inside its quiet context."""
     import onnx
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     model = onnx.load(str(source))
     rewrite(model.graph)
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # the optimizer's modules log what they try, count and save, by their own names
-    try:
-        fused = optimizer.optimize_model(model, model_type="bert", num_heads=int(config.num_attention_heads),
-                                         hidden_size=int(config.hidden_size), opt_level=0,
-                                         optimization_options=FusionOptions("bert"))
-        counts = fused.get_fused_operator_statistics()
-        fused.save_model_to_file(str(target), use_external_data_format=large)
-    finally:
-        logging.disable(previous)
+    fused = optimizer.optimize_model(model, model_type="bert", num_heads=int(config.num_attention_heads),
+                                     hidden_size=int(config.hidden_size), opt_level=0,
+                                     optimization_options=FusionOptions("bert"))
+    counts = fused.get_fused_operator_statistics()
+    fused.save_model_to_file(str(target), use_external_data_format=large)
     return {name: int(counts.get(name, 0)) for name in REPORTED}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from textclf.data.tables import resolve_path
+from textclf.engine.launch import cpu_cores
 from textclf.errors import TextclfError
 from textclf.inference.ensemble import FoldModel
 from textclf.io import bar_off
@@ -53,7 +53,7 @@ def session(path: Path, device: str = "cpu"):
     options.log_severity_level = 3  # ONNX Runtime's own warnings about unused initializers are noise here
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = cpu_threads()
+    options.intra_op_num_threads = cpu_cores()
     options.inter_op_num_threads = 1
     providers = ["CPUExecutionProvider"]
     if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -62,14 +62,6 @@ def session(path: Path, device: str = "cpu"):
         raise TextclfError(f"device={device} with backend=onnx needs ONNX Runtime's CUDA build "
                            f"(pip install onnxruntime-gpu); installed: {', '.join(ort.get_available_providers())}")
     return ort.InferenceSession(str(path), options, providers=providers)
-
-
-def cpu_threads() -> int:
-    """The cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def check_export(run_dir: Path, weights: list[Path], export_dir: str | None) -> Path:
